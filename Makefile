@@ -1,0 +1,33 @@
+# The README's two commands: `make demo` and `make test`. Both make their own virtual
+# environment (.venv) and install what they need into it.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+BUDGET ?= 3m
+
+.PHONY: demo test test-slow install clean
+
+$(BIN)/automl-vision: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+install: $(BIN)/automl-vision
+
+# Installs, writes scikit-learn's digits as an image folder, runs a real search on it.
+demo: install
+	$(BIN)/python examples/make_digits.py examples/data/digits
+	$(BIN)/automl-vision search examples/data/digits --time-budget $(BUDGET) --out runs/digits-demo
+
+# Installs the test dependencies (Python packages, and PostgreSQL and Chromium from
+# Debian's packages when missing) and runs the whole default test suite.
+test: install
+	bash scripts/install-test-deps.sh
+	$(BIN)/python -m pytest
+
+test-slow: install
+	$(BIN)/python -m pytest -m slow
+
+clean:
+	rm -rf $(VENV) runs examples/data .pytest_cache

@@ -1,0 +1,67 @@
+"""The ``automl-vision`` command: one group of sub-commands.
+
+Each sub-command lives in ``automl_vision/commands/<name>.py`` with two functions:
+``add_parser(subparsers)`` (argparse only: importing it must stay cheap, so that
+``--help`` is fast) and ``run(args) -> int``. Usage errors print one clear line to
+stderr and exit with status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+from automl_vision import __version__
+
+COMMANDS = ("search", "worker", "ensemble", "predict", "export", "dashboard", "plugins", "space")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="automl-vision",
+        description="AutoML model selection for image classification: an Optuna search over timm backbones "
+        "and custom CNNs, augmentation and training hyperparameters, with real PyTorch training.",
+        epilog="Run 'automl-vision COMMAND --help' for the options of a command.",
+    )
+    parser.add_argument("--version", action="version", version=f"automl-vision {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"automl_vision.commands.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"automl_vision.commands.{name}":
+                continue
+            raise
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from automl_vision.types import UsageError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    if getattr(args, "verbose", False):
+        import logging
+
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except UsageError as exc:
+        print(f"automl-vision {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted (Ctrl-C); finished work is kept in the run directory.", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Sub-commands of ``automl-vision``; see :mod:`automl_vision.cli`."""

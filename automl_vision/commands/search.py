@@ -1,0 +1,150 @@
+"""``automl-vision search DATA_DIR``: run (or resume) a model search."""
+
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+from typing import Any
+
+HELP = "run (or resume) a model search on a folder of labelled images"
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _duration(text: str) -> float:
+    from automl_vision.settings import parse_duration
+    from automl_vision.types import UsageError
+
+    try:
+        return parse_duration(text)
+    except UsageError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _sizes(text: str) -> list[int]:
+    try:
+        sizes = [int(s) for s in text.replace(" ", "").split(",") if s]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected pixels like 64 or 64,96, got {text!r}") from None
+    if not sizes or any(s < 8 or s > 1024 for s in sizes):
+        raise argparse.ArgumentTypeError(f"image sizes must be between 8 and 1024 pixels, got {text!r}")
+    return sizes
+
+
+def add_search_options(p: argparse.ArgumentParser) -> None:
+    """Options shared by ``search`` and anything that starts a search."""
+    g = p.add_argument_group("budget")
+    g.add_argument("--time-budget", type=_duration, metavar="DURATION",
+                   help="hard limit on the whole search including the final evaluation, e.g. 90s, 10m, 2h "
+                        "(default: 10m unless --n-trials is given)")
+    g.add_argument("--n-trials", type=_positive_int, metavar="N",
+                   help="stop after N finished trials in the study (trials of earlier runs of the study count)")
+    g.add_argument("--max-epochs", type=_positive_int, metavar="N",
+                   help="epochs of a trial that is not pruned (default: from --preset: fast 8, balanced 20, best 40)")
+    g.add_argument("--preset", choices=["fast", "balanced", "best"], default="balanced",
+                   help="search preset: the model zoo, epochs and pruner (default: balanced)")
+    s = p.add_argument_group("search space")
+    s.add_argument("--image-size", type=_sizes, metavar="PX[,PX...]",
+                   help="input resolution in pixels; several values are searched (default: chosen from the images)")
+    s.add_argument("--models", metavar="LIST",
+                   help="comma-separated model families (cnn, timm, or a plugin's) and/or timm model names or "
+                        "patterns, e.g. 'cnn,resnet18,efficientnet_*' (default: every family, curated zoo)")
+    s.add_argument("--metric", default="accuracy",
+                   help="objective metric on the validation split; any registered metric (default: accuracy)")
+    s.add_argument("--pruner", choices=["hyperband", "sha", "median", "none"], default="hyperband",
+                   help="early stopping of bad trials over epochs (default: hyperband)")
+    s.add_argument("--sampler", choices=["tpe", "random"], default="tpe",
+                   help="Optuna sampler (default: tpe, seeded by --seed)")
+    s.add_argument("--seed", type=int, default=0, help="seed of the split, the sampler and training (default: 0)")
+    d = p.add_argument_group("execution")
+    d.add_argument("--device", default="auto",
+                   help="auto, cpu, cuda, cuda:N or mps (default: auto = a GPU when there is one)")
+    d.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
+                   help="auto measures the fastest accurate path on this CPU, or checks the GPU (default: auto)")
+    d.add_argument("--channels-last", choices=["auto", "on", "off"], default="auto",
+                   help="channels-last memory format (default: auto, measured on CPU, on for CUDA)")
+    r = p.add_argument_group("run directory and study")
+    r.add_argument("--out", metavar="RUN_DIR", help="run directory (default: runs/<study-name>)")
+    r.add_argument("--study-name", help="Optuna study name (default: from the data folder's name)")
+    r.add_argument("--storage", metavar="URL",
+                   help="Optuna storage URL, e.g. postgresql://user@host/db (default: a journal file in the run directory)")
+    r.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                   help="load a plugin module by import path (repeatable); also $AUTOML_VISION_PLUGINS")
+    p.add_argument("--plain", action="store_true", help="plain log lines instead of the live display")
+    p.add_argument("-v", "--verbose", action="store_true", help="more logging")
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("search", help=HELP, description=HELP + ". Running the same command again resumes the study.")
+    p.add_argument("data", metavar="DATA_DIR",
+                   help="class-per-folder image tree, a tree with train/ val/ [test/], a .csv manifest, or NAME:LOCATION "
+                        "for a plugin's dataset source")
+    add_search_options(p)
+    p.set_defaults(func=run)
+
+
+def _study_name(data: str) -> str:
+    name = Path(data.rstrip("/")).name or "study"
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", name.split(":")[-1] or name.split(":")[0]).strip("-")
+    return name or "study"
+
+
+def settings_from_options(data: str, out: str | None = None, **o: Any):
+    """SearchSettings from command-line style options (also used by the Python API)."""
+    from automl_vision.settings import SearchSettings, parse_duration
+
+    study_name = o.get("study_name") or _study_name(data)
+    time_budget = o.get("time_budget")
+    if isinstance(time_budget, str):
+        time_budget = parse_duration(time_budget)
+    if time_budget is None and o.get("n_trials") is None:
+        time_budget = 600.0
+    sizes = o.get("image_size")
+    if isinstance(sizes, int):
+        sizes = [sizes]
+    elif isinstance(sizes, str):
+        sizes = _sizes(sizes)
+    models = o.get("models") or []
+    if isinstance(models, str):
+        models = [m.strip() for m in models.split(",") if m.strip()]
+    options: dict[str, Any] = {"sampler": o.get("sampler") or "tpe"}
+    return SearchSettings(
+        data=data,
+        run_dir=str(out or Path("runs") / study_name),
+        study_name=study_name,
+        storage=o.get("storage"),
+        time_budget=time_budget,
+        n_trials=o.get("n_trials"),
+        max_epochs=o.get("max_epochs"),
+        image_sizes=list(sizes or []),
+        metric=o.get("metric") or "accuracy",
+        seed=int(o.get("seed") or 0),
+        device=o.get("device") or "auto",
+        precision=o.get("precision") or "auto",
+        channels_last=o.get("channels_last") or "auto",
+        preset=o.get("preset") or "balanced",
+        models=models,
+        pruner=o.get("pruner") or "hyperband",
+        plugins=list(o.get("plugin") or o.get("plugins") or []),
+        options=options,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    import sys
+
+    from automl_vision.search.run import run_search
+
+    options = {k: v for k, v in vars(args).items() if k not in ("data", "out", "func", "command")}
+    settings = settings_from_options(args.data, args.out, **options)
+    run_search(settings, argv=sys.argv, plain=True if args.plain else None)
+    return 0

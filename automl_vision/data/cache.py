@@ -1,0 +1,123 @@
+"""The decoded-image cache: every image decoded once per resolution, kept as uint8.
+
+A cache lives in ``RUN_DIR/cache/<size>px_<chans>ch/`` as ``images.npy`` (a NumPy
+array ``(N, H, W, C)`` opened as a memory map) and ``manifest.json``. The manifest
+is written last and lists every source with its size and modification time; a cache
+whose manifest is missing (a killed build) or whose sources changed is rebuilt. A file
+lock keeps two workers from building the same cache at once.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+
+from automl_vision.data.images import ImageDecodeError, decode
+from automl_vision.rundir import read_json, write_json
+from automl_vision.types import Sample
+
+CACHE_FORMAT = 1
+
+
+def source_fingerprint(samples: Sequence[Sample]) -> str:
+    """A hash of every source's identity, size and modification time."""
+    h = hashlib.sha256()
+    for s in samples:
+        h.update(s.key.encode("utf-8", "surrogateescape"))
+        if s.path is not None:
+            try:
+                st = os.stat(s.path)
+                h.update(f"{st.st_size}:{st.st_mtime_ns}".encode())
+            except OSError:
+                h.update(b"missing")
+        elif s.array is not None:
+            h.update(hashlib.sha1(np.ascontiguousarray(s.array).tobytes()).digest())
+    return h.hexdigest()
+
+
+@contextmanager
+def _locked(directory: Path) -> Iterator[None]:
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / ".lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _decode_one(sample: Sample, size: int, chans: int) -> tuple[np.ndarray | None, str | None]:
+    try:
+        return decode(sample.path if sample.path is not None else sample.array, size, chans), None
+    except ImageDecodeError as exc:
+        return None, str(exc)
+    except MemoryError:
+        return None, "out of memory while decoding"
+
+
+def load_or_build(
+    samples: Sequence[Sample],
+    directory: Path,
+    image_size: int,
+    in_chans: int,
+    threads: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[np.ndarray, dict[int, str]]:
+    """Return the cached images ``(N, size, size, chans)`` and ``{index: reason}`` of failures.
+
+    Images that fail to decode are left black in the array and reported; callers drop them.
+    """
+    directory = Path(directory)
+    fingerprint = source_fingerprint(samples)
+    with _locked(directory):
+        manifest = read_json(directory / "manifest.json")
+        data_path = directory / "images.npy"
+        if (
+            manifest
+            and manifest.get("format") == CACHE_FORMAT
+            and manifest.get("fingerprint") == fingerprint
+            and data_path.exists()
+        ):
+            arr = np.load(data_path, mmap_mode="r")
+            if arr.shape == (len(samples), image_size, image_size, in_chans):
+                return arr, {int(k): v for k, v in manifest.get("failures", {}).items()}
+        # (re)build: the manifest goes first so a killed build is never trusted
+        (directory / "manifest.json").unlink(missing_ok=True)
+        tmp = directory / "images.npy.tmp"
+        arr = np.lib.format.open_memmap(
+            tmp, mode="w+", dtype=np.uint8, shape=(len(samples), image_size, image_size, in_chans)
+        )
+        failures: dict[int, str] = {}
+        threads = threads or max(1, min(8, os.cpu_count() or 1))
+        done = 0
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            for i, (img, err) in enumerate(pool.map(lambda s: _decode_one(s, image_size, in_chans), samples, chunksize=16)):
+                if err is not None:
+                    failures[i] = err
+                else:
+                    arr[i] = img
+                done += 1
+                if progress is not None and (done % 64 == 0 or done == len(samples)):
+                    progress(done, len(samples))
+        arr.flush()
+        del arr
+        os.replace(tmp, data_path)
+        write_json(
+            directory / "manifest.json",
+            {
+                "format": CACHE_FORMAT,
+                "fingerprint": fingerprint,
+                "image_size": image_size,
+                "in_chans": in_chans,
+                "count": len(samples),
+                "failures": {str(k): v for k, v in failures.items()},
+            },
+        )
+        return np.load(data_path, mmap_mode="r"), failures

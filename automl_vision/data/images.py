@@ -1,0 +1,106 @@
+"""Decoding one image safely: EXIF orientation, odd modes, bombs, very large files.
+
+Every decoder in the project goes through :func:`decode`, so training, prediction and
+the dashboard see the same pixels.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps
+
+# A decompression bomb is refused before its pixels are decoded.
+MAX_PIXELS = 89_478_485  # PIL's own default warning threshold (about 9459 x 9459)
+GREY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+class ImageDecodeError(Exception):
+    """The file is not an image we can use; the message is the reason for the report."""
+
+
+def probe(path: Path) -> tuple[str, tuple[int, int], str]:
+    """Read only the header: (mode, (width, height), format). Raises ImageDecodeError."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                mode, size, fmt = img.mode, img.size, img.format or "?"
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageDecodeError(f"decompression bomb refused ({exc})") from exc
+    except Image.UnidentifiedImageError as exc:
+        raise ImageDecodeError("not an image (unrecognised format)") from exc
+    except OSError as exc:
+        raise ImageDecodeError(f"unreadable: {exc}") from exc
+    if size[0] < 1 or size[1] < 1:
+        raise ImageDecodeError(f"empty image ({size[0]}x{size[1]})")
+    if size[0] * size[1] > MAX_PIXELS:
+        raise ImageDecodeError(f"decompression bomb refused ({size[0]}x{size[1]} pixels > {MAX_PIXELS})")
+    return mode, size, fmt
+
+
+def is_grey_mode(mode: str) -> bool:
+    return mode in GREY_MODES
+
+
+def _to_mode(img: Image.Image, in_chans: int) -> Image.Image:
+    mode = img.mode
+    if mode.startswith("I;16") or mode in ("I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        hi = 65535.0 if (mode.startswith("I;16") or arr.max(initial=0) > 255) else 255.0
+        img = Image.fromarray(np.clip(arr / hi * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+        mode = "L"
+    if in_chans == 1:
+        return img if mode == "L" else img.convert("L")
+    if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img if mode == "RGB" else img.convert("RGB")
+
+
+def decode(source: Path | np.ndarray | Image.Image, image_size: int, in_chans: int) -> np.ndarray:
+    """Decode ``source`` to a square ``uint8`` array ``(image_size, image_size, in_chans)``.
+
+    JPEGs are decoded in draft mode near the target size, so a very large photo is never
+    fully decoded; EXIF orientation is applied; 16-bit, palette, CMYK and alpha images
+    are converted; animated images use their first frame. Raises ImageDecodeError.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            if isinstance(source, np.ndarray):
+                img = Image.fromarray(np.ascontiguousarray(source))
+                return _finish(img, image_size, in_chans)
+            if isinstance(source, Image.Image):
+                return _finish(source, image_size, in_chans)
+            with Image.open(source) as img:
+                if img.size[0] * img.size[1] > MAX_PIXELS:
+                    raise ImageDecodeError(f"decompression bomb refused ({img.size[0]}x{img.size[1]} pixels)")
+                if img.format == "JPEG":
+                    # decode at a reduced scale, still at least twice the target size
+                    img.draft(img.mode if img.mode in ("L", "RGB") else None, (image_size * 2, image_size * 2))
+                img.load()
+                return _finish(img, image_size, in_chans)
+    except ImageDecodeError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageDecodeError(f"decompression bomb refused ({exc})") from exc
+    except Image.UnidentifiedImageError as exc:
+        raise ImageDecodeError("not an image (unrecognised format)") from exc
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:
+        raise ImageDecodeError(f"corrupt or truncated image: {exc}") from exc
+
+
+def _finish(img: Image.Image, image_size: int, in_chans: int) -> np.ndarray:
+    img = ImageOps.exif_transpose(img) or img
+    img = _to_mode(img, in_chans)
+    if img.size != (image_size, image_size):
+        img = img.resize((image_size, image_size), Image.Resampling.BILINEAR, reducing_gap=3.0)
+    arr = np.asarray(img, dtype=np.uint8)
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    return arr

@@ -1,0 +1,262 @@
+"""From a dataset source's samples to validated, split, cached data in the run directory.
+
+Steps, each recorded in ``data_report.json``:
+
+1. read every image's header (format, size, mode) and refuse what is not an image or is
+   a decompression bomb;
+2. decode the rest once into the cache at the first resolution; files that fail here
+   (truncated, corrupt) are skipped too;
+3. split stratified into train / validation / test with the run's seed, unless the
+   source fixed the splits; the split is stored in ``splits.json`` and reused on resume;
+4. check that every split has every class, report duplicates across splits and class
+   imbalance.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from automl_vision.data import cache as cache_mod
+from automl_vision.data.images import ImageDecodeError, is_grey_mode, probe
+from automl_vision.rundir import RunDir, write_json
+from automl_vision.types import SPLITS, Dataset, DataError, Sample
+
+DEFAULT_FRACTIONS = (0.70, 0.15, 0.15)
+IMBALANCE_RATIO = 10.0
+
+
+@dataclass
+class PreparedData:
+    """Validated samples, their split, and access to cached pixels at any resolution."""
+
+    run_dir: RunDir
+    classes: list[str]
+    samples: list[Sample]
+    in_chans: int
+    split_index: dict[str, np.ndarray]  # split name -> indices into ``samples``
+    report: dict = field(default_factory=dict)
+
+    @property
+    def labels(self) -> np.ndarray:
+        return np.asarray([s.label for s in self.samples], dtype=np.int64)
+
+    def has_test(self) -> bool:
+        return len(self.split_index.get("test", [])) > 0
+
+    def images(self, image_size: int, progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+        """All valid samples at ``image_size``: ``uint8`` ``(N, H, W, C)`` (memory map)."""
+        arr, _failures = cache_mod.load_or_build(
+            self.samples, self.run_dir.cache_dir(image_size, self.in_chans), image_size, self.in_chans, progress=progress
+        )
+        return arr
+
+    def split(self, name: str, image_size: int) -> tuple[np.ndarray, np.ndarray]:
+        idx = self.split_index[name]
+        return np.asarray(self.images(image_size)[idx]), self.labels[idx]
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _scan(samples: list[Sample]) -> tuple[list[Sample], list[dict], list[str], dict[str, str]]:
+    """Header pass: (valid samples, skipped, modes, digest by key)."""
+    def one(s: Sample):
+        if s.array is not None:
+            arr = np.asarray(s.array)
+            if arr.dtype != np.uint8 or arr.ndim not in (2, 3) or min(arr.shape[:2]) < 1:
+                return s, "in-memory image must be uint8 (H, W) or (H, W, C)", None, None
+            grey = arr.ndim == 2 or arr.shape[2] == 1
+            return s, None, "L" if grey else "RGB", hashlib.blake2b(arr.tobytes(), digest_size=16).hexdigest()
+        try:
+            if os.path.getsize(s.path) == 0:
+                return s, "empty file (0 bytes)", None, None
+            mode, _size, _fmt = probe(s.path)
+            return s, None, mode, _file_digest(s.path)
+        except ImageDecodeError as exc:
+            return s, str(exc), None, None
+        except OSError as exc:
+            return s, f"unreadable: {exc.strerror or exc}", None, None
+
+    valid, skipped, modes, digests = [], [], [], {}
+    with ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1))) as pool:
+        for s, err, mode, digest in pool.map(one, samples, chunksize=32):
+            if err is not None:
+                skipped.append({"path": s.key, "reason": err})
+            else:
+                valid.append(s)
+                modes.append(mode)
+                digests[s.key] = digest
+    return valid, skipped, modes, digests
+
+
+def stratified_split(labels: np.ndarray, fractions: tuple[float, float, float], seed: int) -> dict[str, np.ndarray]:
+    """Indices per split; every class with at least 3 images gets one in each split."""
+    rng = np.random.default_rng(seed)
+    out: dict[str, list[int]] = {k: [] for k in SPLITS}
+    for cls in np.unique(labels):
+        idx = np.flatnonzero(labels == cls)
+        rng.shuffle(idx)
+        n = len(idx)
+        n_test = int(round(n * fractions[2])) if fractions[2] > 0 else 0
+        n_val = int(round(n * fractions[1]))
+        if n >= 3:
+            n_val = max(1, n_val)
+            n_test = max(1, n_test) if fractions[2] > 0 else 0
+        elif n == 2:
+            n_val, n_test = 1, 0
+        else:
+            n_val, n_test = 0, 0
+        n_train = n - n_val - n_test
+        if n_train < 1 and n >= 3:
+            n_train, n_test = 1, n - n_val - 1
+        out["train"].extend(idx[:n_train])
+        out["val"].extend(idx[n_train : n_train + n_val])
+        out["test"].extend(idx[n_train + n_val :])
+    return {k: np.sort(np.asarray(v, dtype=np.int64)) for k, v in out.items()}
+
+
+def prepare(
+    dataset: Dataset,
+    run_dir: RunDir,
+    image_size: int,
+    seed: int = 0,
+    fractions: tuple[float, float, float] = DEFAULT_FRACTIONS,
+    log: Callable[[str], None] = lambda msg: None,
+) -> PreparedData:
+    """Validate, cache and split ``dataset`` into ``run_dir``. Raises DataError."""
+    classes = list(dataset.classes)
+    if not dataset.samples:
+        where = dataset.root or "the data location"
+        raise DataError(
+            f"no image found in {where}. Expected one folder per class (DATA_DIR/<class>/<image>) "
+            "or train/ and val/ folders that each hold one folder per class."
+        )
+    skipped = list(dataset.skipped)
+    valid, bad, modes, digests = _scan(list(dataset.samples))
+    skipped += bad
+    if not valid:
+        raise DataError(f"none of the {len(dataset.samples)} files in {dataset.root} is a readable image; see the reasons with --verbose or in data_report.json")
+    in_chans = 1 if all(is_grey_mode(m) for m in modes) else 3
+    log(f"decoding {len(valid)} images at {image_size}px ({'greyscale' if in_chans == 1 else 'colour'}) into the cache")
+    _arr, failures = cache_mod.load_or_build(valid, run_dir.cache_dir(image_size, in_chans), image_size, in_chans)
+    if failures:
+        for i, reason in sorted(failures.items()):
+            skipped.append({"path": valid[i].key, "reason": reason})
+        keep = [s for i, s in enumerate(valid) if i not in failures]
+        # the cache is keyed by the sample list, so rebuild it for the kept samples
+        valid = keep
+        cache_mod.load_or_build(valid, run_dir.cache_dir(image_size, in_chans), image_size, in_chans)
+
+    labels = np.asarray([s.label for s in valid], dtype=np.int64)
+    present = sorted(set(labels.tolist()))
+    if len(present) < 2:
+        only = classes[present[0]] if present else "none"
+        raise DataError(
+            f"{dataset.root}: found only one class ({only}) with readable images; classification needs at "
+            "least two class folders, each with images."
+        )
+
+    split_index = _splits(valid, labels, run_dir, seed, fractions)
+    for name in ("train", "val"):
+        missing = sorted(set(present) - set(labels[split_index[name]].tolist()))
+        if missing:
+            names = ", ".join(classes[m] for m in missing)
+            raise DataError(
+                f"split {name!r} has no image of class(es) {names}. Every class needs images in train and "
+                "validation: add images, or let automl-vision split a class-per-folder tree itself."
+            )
+    if len(split_index["test"]):
+        missing = sorted(set(present) - set(labels[split_index["test"]].tolist()))
+        if missing:
+            raise DataError(
+                f"split 'test' has no image of class(es) {', '.join(classes[m] for m in missing)}; "
+                "add test images for every class or remove the test/ folder."
+            )
+
+    report = _report(dataset, valid, labels, classes, split_index, skipped, digests, in_chans, image_size, seed, fractions)
+    write_json(run_dir.data_report, report)
+    return PreparedData(run_dir, classes, valid, in_chans, split_index, report)
+
+
+def _splits(valid: list[Sample], labels: np.ndarray, run_dir: RunDir, seed: int, fractions) -> dict[str, np.ndarray]:
+    keys = [s.key for s in valid]
+    stored = run_dir.read_splits()
+    if stored and set(stored.get("keys", [])) == set(keys):
+        pos = {k: i for i, k in enumerate(keys)}
+        return {name: np.asarray(sorted(pos[k] for k in stored["splits"][name]), dtype=np.int64) for name in SPLITS}
+    fixed = {s.split for s in valid}
+    if fixed - {None}:
+        if None in fixed:
+            raise DataError("the dataset source fixed the split of some samples but not others")
+        index = {name: np.flatnonzero(np.asarray([s.split == name for s in valid])) for name in SPLITS}
+        if len(index["val"]) == 0:
+            raise DataError("the data has a train split but no validation split (val/, valid/ or validation/)")
+    else:
+        index = stratified_split(labels, fractions, seed)
+    write_json(
+        run_dir.splits,
+        {"seed": seed, "keys": keys, "splits": {name: [keys[i] for i in index[name]] for name in SPLITS}},
+    )
+    return index
+
+
+def _report(dataset, valid, labels, classes, split_index, skipped, digests, in_chans, image_size, seed, fractions) -> dict:
+    counts = {
+        name: {classes[c]: int(n) for c, n in sorted(Counter(labels[idx].tolist()).items())}
+        for name, idx in split_index.items()
+    }
+    split_of = {}
+    for name, idx in split_index.items():
+        for i in idx:
+            split_of[valid[i].key] = name
+    by_digest: dict[str, list[str]] = {}
+    for key, d in digests.items():
+        if key in split_of:
+            by_digest.setdefault(d, []).append(key)
+    duplicates = []
+    for keys in by_digest.values():
+        if len(keys) > 1:
+            splits = sorted({split_of[k] for k in keys})
+            duplicates.append({"files": sorted(keys), "splits": splits, "leak": len(splits) > 1})
+    totals = Counter(labels.tolist())
+    warnings = []
+    if totals and max(totals.values()) / max(1, min(totals.values())) >= IMBALANCE_RATIO:
+        warnings.append(
+            f"extreme class imbalance: largest class has {max(totals.values())} images, smallest "
+            f"{min(totals.values())}; class-weighted loss is part of the search and balanced accuracy is reported"
+        )
+    leaks = [d for d in duplicates if d["leak"]]
+    if leaks:
+        warnings.append(f"{len(leaks)} group(s) of identical images appear in more than one split (validation leaks into training)")
+    empty = [c for i, c in enumerate(classes) if i not in totals]
+    if empty:
+        warnings.append(f"class folder(s) with no usable image: {', '.join(empty)}")
+    return {
+        "root": dataset.root,
+        "classes": classes,
+        "in_chans": in_chans,
+        "image_size": image_size,
+        "num_images": len(valid),
+        "num_skipped": len(skipped),
+        "split_seed": seed,
+        "split_fractions": list(fractions),
+        "split_source": "fixed by the data" if any(s.split for s in valid) else "stratified by automl-vision",
+        "counts": counts,
+        "skipped": skipped,
+        "duplicates": duplicates,
+        "warnings": warnings,
+        "notes": list(dataset.notes),
+    }

@@ -1,0 +1,83 @@
+"""Building and loading trained models from the run directory.
+
+A trained model is two files: ``model.json`` (family, its parameters, input channels,
+image size, classes, normalisation) and ``weights.safetensors``. Loading rebuilds the
+architecture through the model family's plugin and loads the weights; no pickled object
+is ever read, so opening a run directory cannot execute code.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from automl_vision.plugins import PluginManager, get_plugin_manager
+from automl_vision.rundir import load_weights, read_json, save_weights, write_json
+from automl_vision.types import UsageError
+
+
+def build_model(spec: dict[str, Any], pm: PluginManager | None = None) -> nn.Module:
+    pm = pm or get_plugin_manager()
+    family = pm.model_families.get(spec["family"])
+    return family.build(spec["params"], in_chans=spec["in_chans"], image_size=spec["image_size"], num_classes=spec["num_classes"])
+
+
+def save_model(directory: str | Path, model: nn.Module, spec: dict[str, Any]) -> None:
+    """Write ``weights.safetensors`` then ``model.json`` (the latter marks it complete)."""
+    directory = Path(directory)
+    save_weights(directory / "weights.safetensors", model.state_dict(), metadata={"family": str(spec["family"])})
+    write_json(directory / "model.json", spec)
+
+
+def load_model(directory: str | Path, pm: PluginManager | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """The model saved in ``directory`` (eval mode, on CPU) and its spec."""
+    directory = Path(directory)
+    spec = read_json(directory / "model.json")
+    if spec is None:
+        raise UsageError(f"{directory}: no model.json; this trial did not finish or the run is incomplete")
+    try:
+        model = build_model(spec, pm)
+    except UsageError:
+        raise
+    except Exception as exc:
+        raise UsageError(f"{directory}: cannot rebuild model family {spec.get('family')!r}: {exc}") from exc
+    state = load_weights(directory / "weights.safetensors")
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise UsageError(
+            f"{directory}: weights do not match the architecture (missing {len(missing)}, unexpected "
+            f"{len(unexpected)} keys); the plugin that built it may have changed version"
+        )
+    model.eval()
+    return model, spec
+
+
+def count_params(model: nn.Module) -> int:
+    return int(sum(p.numel() for p in model.parameters()))
+
+
+def preprocessing(spec: dict[str, Any]) -> dict[str, Any]:
+    """What a user needs to feed the model without automl-vision (written beside exports)."""
+    return {
+        "image_size": spec["image_size"],
+        "in_chans": spec["in_chans"],
+        "color_mode": "L" if spec["in_chans"] == 1 else "RGB",
+        "resize": "square, bilinear, EXIF orientation applied",
+        "scale": "pixel / 255",
+        "mean": spec["mean"],
+        "std": spec["std"],
+        "layout": "NCHW float32",
+        "classes": spec["classes"],
+        "output": "logits; apply softmax" + (f" with temperature {spec['temperature']}" if spec.get("temperature") else ""),
+    }
+
+
+def write_preprocessing(path: str | Path, spec: dict[str, Any]) -> None:
+    write_json(path, preprocessing(spec))
+
+
+def to_device(model: nn.Module, device: str, channels_last: bool) -> nn.Module:
+    return model.to(device=torch.device(device), memory_format=torch.channels_last if channels_last else torch.contiguous_format)

@@ -1,0 +1,219 @@
+"""One trial: sample a configuration, train it, evaluate it, write its artefacts.
+
+Every trial writes ``trials/<n>/`` in the run directory: ``config.json`` when it
+starts, ``history.json`` after every epoch, and when it completes ``weights.safetensors``,
+``model.json``, ``val_probs.npy`` and ``metrics.json``; ``status.json`` is written last
+and is the trial's summary (state, reason, metrics), so a reader that finds it finds
+everything it lists.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import optuna
+import torch
+
+from automl_vision.data.prepare import PreparedData
+from automl_vision.evaluation import compute_metrics, per_class
+from automl_vision.models import count_params, save_model
+from automl_vision.plugins import PluginManager
+from automl_vision.rundir import RunDir, write_json, write_npy
+from automl_vision.search import space
+from automl_vision.settings import SearchSettings
+from automl_vision.training.device import ExecPath
+from automl_vision.training.inference import channel_stats, nhwc_to_tensor
+from automl_vision.training.trainer import BudgetExceeded, NonFiniteLoss, TensorData, train
+
+
+class Interrupted(Exception):
+    """The user pressed Ctrl-C during a trial."""
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+@dataclass
+class Budget:
+    """The search's time limit, shared by every trial of this process."""
+
+    deadline: float | None  # absolute time.time(); None: no limit
+    reserve: float = 0.0  # seconds kept for the final steps
+    epoch_times: list[float] = field(default_factory=list)
+
+    def left(self) -> float:
+        return math.inf if self.deadline is None else self.deadline - self.reserve - time.time()
+
+    def can_start(self, min_epochs: int = 1) -> bool:
+        if self.deadline is None:
+            return True
+        needed = (min(self.epoch_times) * min_epochs) if self.epoch_times else 0.0
+        return self.left() > max(needed, 1.0)
+
+
+class Objective:
+    def __init__(self, settings: SearchSettings, data: PreparedData, pm: PluginManager, path: ExecPath,
+                 budget: Budget, progress, objectives: list[str], max_epochs: int):
+        self.settings = settings
+        self.data = data
+        self.pm = pm
+        self.path = path
+        self.budget = budget
+        self.progress = progress
+        self.objectives = objectives
+        self.max_epochs = max_epochs
+        self.run_dir = RunDir(settings.run_dir)
+        self.families, self.timm_models = space.families_and_models(settings, pm)
+        self._tensors: dict[int, TensorData] = {}
+        self.worker = worker_id()
+
+    # data at one resolution, kept for the life of the worker
+    def tensors(self, image_size: int) -> TensorData:
+        if image_size not in self._tensors:
+            arr = self.data.images(image_size)
+            tr, va = self.data.split_index["train"], self.data.split_index["val"]
+            x_train = np.asarray(arr[tr])
+            mean, std = channel_stats(x_train)
+            self._tensors[image_size] = TensorData(
+                x_train=nhwc_to_tensor(x_train),
+                y_train=torch.from_numpy(self.data.labels[tr]),
+                x_val=nhwc_to_tensor(np.asarray(arr[va])),
+                y_val=torch.from_numpy(self.data.labels[va]),
+                mean=mean,
+                std=std,
+                num_classes=len(self.data.classes),
+            )
+        return self._tensors[image_size]
+
+    def __call__(self, trial: optuna.Trial):
+        tdir = self.run_dir.trial_dir(trial.number)
+        tdir.mkdir(parents=True, exist_ok=True)
+        started = time.time()
+        record: dict[str, Any] = {"number": trial.number, "state": "RUNNING", "worker": self.worker, "started": started}
+        history: list[dict[str, Any]] = []
+        objective_metric = self.objectives[0]
+        direction = self.pm.metrics.get(objective_metric).direction
+        try:
+            cfg = space.sample(
+                trial, self.settings, self.pm, self.families, self.timm_models, len(self.data.classes),
+                self.data.in_chans, len(self.data.split_index["train"]), self.path.device, self.max_epochs,
+            )
+            family = self.pm.model_families.get(cfg.family)
+            label = family.label(cfg.model_params)
+            record.update(model=label, family=cfg.family, image_size=cfg.image_size, aug=cfg.aug_preset)
+            write_json(tdir / "config.json", {**cfg.as_dict(), "worker": self.worker})
+            trial.set_user_attr("model", label)
+            trial.set_user_attr("worker", self.worker)
+            data = self.tensors(cfg.image_size)
+            try:
+                model = family.build(cfg.model_params, in_chans=self.data.in_chans, image_size=cfg.image_size,
+                                     num_classes=len(self.data.classes))
+            except Exception as exc:
+                raise RuntimeError(f"model family {cfg.family!r} failed to build {label}: {type(exc).__name__}: {exc}") from exc
+            n_params = count_params(model)
+            record["params_count"] = n_params
+            trial.set_user_attr("params_count", n_params)
+            self.progress.trial_start(trial.number, label, cfg.epochs)
+
+            def on_epoch(epoch: int, probs: np.ndarray, rec: dict[str, Any]) -> None:
+                metrics = compute_metrics(data.y_val.numpy(), probs, self.pm)
+                if objective_metric not in metrics:
+                    raise RuntimeError(f"objective metric {objective_metric!r} could not be computed")
+                rec.update({f"val_{k}": v for k, v in metrics.items()})
+                history.append(rec)
+                write_json(tdir / "history.json", history)
+                value = metrics[objective_metric]
+                self.progress.epoch(trial.number, epoch, cfg.epochs, objective_metric, value, rec["train_seconds"])
+                if len(self.objectives) == 1:
+                    trial.report(value, epoch)
+                    if trial.should_prune():
+                        raise optuna.TrialPruned(f"pruned after epoch {epoch} ({objective_metric} {value:.4f})")
+
+            def plan(epochs_done: int, epoch_seconds: float) -> int:
+                if epochs_done == 1:
+                    self.budget.epoch_times.append(epoch_seconds)
+                left = self.budget.left()
+                if math.isinf(left):
+                    return cfg.epochs
+                return epochs_done + int(max(0.0, left) // max(epoch_seconds, 1e-3))
+
+            def abort() -> str | None:
+                if self.budget.deadline is not None and time.time() > self.budget.deadline - self.budget.reserve * 0.5:
+                    return "time budget reached"
+                return None
+
+            result = train(model, cfg, data, self.path, on_epoch=on_epoch, plan=plan, abort=abort)
+            metrics = {k[4:]: v for k, v in history[-1].items() if k.startswith("val_")}
+            spec = {
+                "family": cfg.family,
+                "params": cfg.model_params,
+                "label": label,
+                "in_chans": self.data.in_chans,
+                "image_size": cfg.image_size,
+                "num_classes": len(self.data.classes),
+                "classes": self.data.classes,
+                "mean": data.mean,
+                "std": data.std,
+                "trial": trial.number,
+                "params_count": n_params,
+            }
+            save_model(tdir, result.model.to("cpu"), spec)
+            write_npy(tdir / "val_probs.npy", result.val_probs.astype(np.float32))
+            write_json(tdir / "metrics.json", {"val": metrics, **per_class(data.y_val.numpy(), result.val_probs, self.data.classes)})
+            values = [metrics[m] if m in metrics else self._extra_objective(m, spec, result) for m in self.objectives]
+            for name, value in metrics.items():
+                trial.set_user_attr(f"val_{name}", value)
+            record.update(state="COMPLETE", value=values[0], values=values, metrics=metrics, epochs=result.epochs_run,
+                          reason=result.stopped_early or "")
+            return values[0] if len(values) == 1 else tuple(values)
+        except optuna.TrialPruned as exc:
+            record.update(state="PRUNED", reason=str(exc) or "pruned", epochs=len(history))
+            self._last_metrics(record, history)
+            raise
+        except NonFiniteLoss as exc:
+            record.update(state="PRUNED", reason=str(exc), epochs=len(history))
+            self._last_metrics(record, history)
+            raise optuna.TrialPruned(str(exc)) from exc
+        except BudgetExceeded as exc:
+            record.update(state="PRUNED", reason=f"stopped mid-epoch: {exc}", epochs=len(history))
+            self._last_metrics(record, history)
+            raise optuna.TrialPruned(record["reason"]) from exc
+        except KeyboardInterrupt:
+            record.update(state="FAIL", reason="interrupted", epochs=len(history))
+            trial.set_user_attr("reason", "interrupted")
+            raise
+        except torch.OutOfMemoryError as exc:
+            record.update(state="FAIL", reason=f"out of memory: {exc}".splitlines()[0], epochs=len(history))
+            trial.set_user_attr("reason", record["reason"])
+            raise
+        except Exception as exc:
+            record.update(state="FAIL", reason=f"{type(exc).__name__}: {exc}", epochs=len(history),
+                          traceback=traceback.format_exc(limit=8))
+            trial.set_user_attr("reason", record["reason"])
+            raise
+        finally:
+            record["seconds"] = time.time() - started
+            record["finished"] = time.time()
+            if record["state"] == "PRUNED":
+                trial.set_user_attr("reason", record["reason"])
+            write_json(tdir / "status.json", record)
+            self.last_record = record
+
+    def _last_metrics(self, record: dict[str, Any], history: list[dict[str, Any]]) -> None:
+        if history:
+            record["metrics"] = {k[4:]: v for k, v in history[-1].items() if k.startswith("val_")}
+            record["value"] = record["metrics"].get(self.objectives[0])
+
+    def _extra_objective(self, name: str, spec: dict[str, Any], result) -> float:
+        """Objectives that are not metrics of predictions (multi-objective: params, latency)."""
+        if name == "params":
+            return float(spec["params_count"])
+        raise RuntimeError(f"unknown objective {name!r}")

@@ -1,0 +1,246 @@
+"""The search from start to end: data, study, trials, leaderboard, final report.
+
+:func:`run_search` is what ``automl-vision search`` and :func:`automl_vision.search`
+call. The trial loop itself is :func:`run_worker`, which a worker joining a study from
+another process or machine runs too.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import sys
+import time
+from typing import Any
+
+import optuna
+
+from automl_vision import __version__
+from automl_vision import leaderboard as lb
+from automl_vision.data.images import ImageDecodeError, probe
+from automl_vision.data.prepare import PreparedData, prepare
+from automl_vision.data.sources import load_dataset
+from automl_vision.plugins import PluginManager, get_plugin_manager
+from automl_vision.progress import make_progress
+from automl_vision.rundir import RunDir, read_json, write_json
+from automl_vision.search.objective import Budget, Objective, worker_id
+from automl_vision.search.study import open_study, redact
+from automl_vision.settings import PRESETS, SearchSettings, format_duration
+from automl_vision.training.device import ExecPath, choose
+from automl_vision.types import Dataset, UsageError
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
+
+
+def versions() -> dict[str, str]:
+    import timm
+    import torch
+
+    return {
+        "automl_vision": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+        "optuna": optuna.__version__,
+    }
+
+
+def auto_image_sizes(dataset: Dataset, device: str) -> list[int]:
+    """Pick the resolution from the images: small images are upsampled a little, photos
+    are trained at 64 px on CPU (where compute is the limit) and 96 px on a GPU."""
+    sides = []
+    for s in dataset.samples[:: max(1, len(dataset.samples) // 64)][:64]:
+        if s.array is not None:
+            sides.append(min(s.array.shape[:2]))
+            continue
+        try:
+            _mode, (w, h), _fmt = probe(s.path)
+            sides.append(min(w, h))
+        except (ImageDecodeError, OSError):
+            continue
+    median = statistics.median(sides) if sides else 64
+    if median <= 40:
+        return [32]
+    return [96] if device.startswith("cuda") else [64]
+
+
+def check_settings(settings: SearchSettings, pm: PluginManager) -> list[str]:
+    """Validate names against the registries; returns the objectives."""
+    objectives = [o.strip() for o in settings.metric.split(",") if o.strip()]
+    if not objectives:
+        raise UsageError("--metric: give a metric name, e.g. accuracy")
+    for name in objectives[:1]:
+        if name not in pm.metrics:
+            raise UsageError("--metric: " + pm.metrics.unknown_message(name))
+    if settings.preset not in PRESETS:
+        raise UsageError(f"--preset {settings.preset!r}: expected one of {', '.join(PRESETS)}")
+    from automl_vision.search.space import families_and_models
+
+    families, _ = families_and_models(settings, pm)
+    if not families:
+        raise UsageError("no model family is available; check --models and the installed plugins")
+    return objectives
+
+
+def directions_for(objectives: list[str], pm: PluginManager) -> list[str]:
+    out = []
+    for name in objectives:
+        if name in pm.metrics:
+            out.append(pm.metrics.get(name).direction)
+        elif name in ("params", "latency", "macs"):
+            out.append("minimize")
+        else:
+            raise UsageError("--metric/--objectives: " + pm.metrics.unknown_message(name))
+    return out
+
+
+def recover_stale_trials(study: optuna.Study, log) -> int:
+    """Fail RUNNING trials whose worker process on this host is gone, and re-queue them once."""
+    import socket
+
+    host = socket.gethostname()
+    n = 0
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        worker = t.user_attrs.get("worker", "")
+        w_host, _, pid = worker.rpartition("-")
+        if w_host != host or not pid.isdigit() or _alive(int(pid)):
+            continue
+        study._storage.set_trial_user_attr(t._trial_id, "reason", "worker died (process gone); re-queued")
+        study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+        if not t.user_attrs.get("retry_of"):
+            study.enqueue_trial(t.params, user_attrs={"retry_of": t.number}, skip_if_exists=False)
+        log(f"trial {t.number} was left running by a process that is gone: marked failed and re-queued")
+        n += 1
+    return n
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def run_worker(study: optuna.Study, objective: Objective, budget: Budget, n_trials: int | None, pm: PluginManager,
+               progress, direction: str) -> None:
+    run_dir = objective.run_dir
+
+    def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        record = read_json(run_dir.trial_dir(trial.number) / "status.json") or {"number": trial.number}
+        record["state"] = trial.state.name
+        lb.write(run_dir, study)
+        best_v, best_n = None, None
+        try:
+            if len(study.directions) == 1:
+                best = study.best_trial
+                best_v, best_n = best.value, best.number
+        except ValueError:
+            pass
+        progress.trial_end(record, best_v, best_n)
+        pm.on_trial_end(str(run_dir.path), trial, record)
+
+    while True:
+        if n_trials is not None:
+            trials = study.get_trials(deepcopy=False)
+            finished = sum(t.state in FINISHED for t in trials)
+            running = sum(t.state == optuna.trial.TrialState.RUNNING for t in trials)
+            if finished + running >= n_trials:
+                break
+        if not budget.can_start():
+            if budget.deadline is not None:
+                progress.log("time budget: not enough time left for another trial")
+            break
+        study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=[after_trial], gc_after_trial=False)
+
+
+def run_search(settings: SearchSettings, argv: list[str] | None = None, plain: bool | None = None) -> dict[str, Any]:
+    """Run a whole search; returns the final report. Raises UsageError for bad input."""
+    t_start = time.time()
+    deadline = t_start + settings.time_budget if settings.time_budget else None
+    pm = get_plugin_manager(settings.plugins)
+    objectives = check_settings(settings, pm)
+    directions = directions_for(objectives, pm)
+    dataset = load_dataset(settings.data, pm)
+    path = choose(settings.device, settings.precision, settings.channels_last)
+    if not settings.image_sizes:
+        settings.image_sizes = auto_image_sizes(dataset, path.device)
+    max_epochs = settings.max_epochs or PRESETS[settings.preset]["max_epochs"]
+    run_dir = RunDir(settings.run_dir)
+    run_dir.path.mkdir(parents=True, exist_ok=True)
+    progress = make_progress(deadline, n_trials=settings.n_trials, plain=plain)
+    log = progress.log
+    log(f"automl-vision {__version__}: searching {settings.data} -> {run_dir.path}")
+    log(f"execution path: {path.describe()}")
+    data = prepare(dataset, run_dir, settings.image_sizes[0], seed=settings.seed, log=log)
+    counts = {k: int(sum(v.values())) for k, v in data.report["counts"].items()}
+    log(
+        f"data: {len(data.classes)} classes, {counts['train']} train / {counts['val']} val / {counts['test']} test"
+        f" images, {data.report['num_skipped']} skipped (see data_report.json)"
+    )
+    for w in data.report.get("warnings", []):
+        log(f"warning: {w}")
+
+    stored = dict(settings.as_dict(), storage=redact(settings.storage))
+    run_info = read_json(run_dir.run_json) or {}
+    run_info.update(
+        layout_version=1,
+        command=argv if argv is not None else sys.argv,
+        versions=versions(),
+        settings=stored,
+        objectives=objectives,
+        directions=directions,
+        max_epochs=max_epochs,
+        study_name=settings.study_name,
+        storage=redact(settings.storage) or "journal file study.journal in the run directory",
+        exec_path=path.as_dict(),
+        data={"root": data.report["root"], "classes": data.classes, "in_chans": data.in_chans, "counts": counts,
+              "skipped": data.report["num_skipped"]},
+        plugins=pm.fingerprint(),
+        started=run_info.get("started", t_start),
+        sessions=run_info.get("sessions", []) + [{"started": t_start, "time_budget": settings.time_budget,
+                                                  "n_trials": settings.n_trials}],
+    )
+    write_json(run_dir.run_json, run_info)
+
+    study = open_study(settings, directions, max_epochs)
+    study.set_user_attr("settings", stored)
+    study.set_user_attr("automl_vision_version", __version__)
+    study.set_user_attr("plugins", pm.fingerprint())
+    study.set_user_attr("run_dir", str(run_dir.path.resolve()))
+    recover_stale_trials(study, log)
+    pm.on_search_start(str(run_dir.path), stored)
+
+    # keep a small reserve for the final evaluation and ensemble
+    reserve = min(60.0, max(3.0, 0.04 * settings.time_budget)) if settings.time_budget else 0.0
+    budget = Budget(deadline=deadline, reserve=reserve)
+    objective = Objective(settings, data, pm, path, budget, progress, objectives, max_epochs)
+    interrupted = False
+    with progress:
+        try:
+            run_worker(study, objective, budget, settings.n_trials, pm, progress, directions[0])
+        except KeyboardInterrupt:
+            interrupted = True
+    df = lb.write(run_dir, study)
+    lb.render(df, objectives[0], directions[0])
+    if interrupted:
+        progress.log("interrupted: the running trial is marked failed (reason: interrupted); finished trials are kept. "
+                     "Run the same command again to resume.")
+        raise KeyboardInterrupt
+    from automl_vision.search.final import finalize, print_summary
+
+    report = finalize(run_dir, data, pm, path, objectives[0], log=log)
+    report["search_seconds"] = time.time() - t_start
+    report["time_budget"] = settings.time_budget
+    write_json(run_dir.final_dir / "report.json", report)
+    print_summary(report)
+    run_info["finished"] = time.time()
+    write_json(run_dir.run_json, run_info)
+    pm.on_search_end(str(run_dir.path), study, report)
+    log(f"run directory: {run_dir.path}  (total {format_duration(time.time() - t_start)})")
+    return report

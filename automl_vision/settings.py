@@ -1,0 +1,82 @@
+"""Search settings: what the user asked for, stored in run.json and with the study.
+
+A worker joining a study (``automl-vision worker``) reads them back from the study's
+user attributes, so that every worker runs the same search.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from automl_vision.types import UsageError
+
+PRESETS = {
+    # preset: (max_epochs, pruner, aug presets)
+    "fast": {"max_epochs": 8, "pruner": "hyperband"},
+    "balanced": {"max_epochs": 20, "pruner": "hyperband"},
+    "best": {"max_epochs": 40, "pruner": "hyperband"},
+}
+
+
+@dataclass
+class SearchSettings:
+    data: str
+    run_dir: str
+    study_name: str
+    storage: str | None = None  # None: the embedded journal file in the run directory
+    time_budget: float | None = None  # seconds
+    n_trials: int | None = None
+    max_epochs: int | None = None
+    image_sizes: list[int] = field(default_factory=list)  # empty: chosen from the data
+    metric: str = "accuracy"
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "auto"
+    channels_last: str = "auto"
+    preset: str = "balanced"
+    models: list[str] = field(default_factory=list)  # families and/or timm names/patterns
+    pruner: str = "hyperband"
+    plugins: list[str] = field(default_factory=list)
+    workers: int = 1
+    options: dict[str, Any] = field(default_factory=dict)  # room for later settings
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "SearchSettings":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|sec|m|min|h|hr|d)?\s*$", re.I)
+_UNITS = {None: 1, "ms": 0.001, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "hr": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> float:
+    """'90s', '10m', '2h', '1.5h', '300' (seconds) -> seconds."""
+    total = 0.0
+    parts = re.findall(r"\d+(?:\.\d+)?\s*[a-zA-Z]*", str(text))
+    if not parts or "".join(p.replace(" ", "") for p in parts) != str(text).replace(" ", ""):
+        raise UsageError(f"invalid duration {text!r}: use e.g. 90s, 10m, 2h or 1h30m")
+    for part in parts:
+        m = _DURATION.match(part)
+        if not m:
+            raise UsageError(f"invalid duration {text!r}: use e.g. 90s, 10m, 2h or 1h30m")
+        total += float(m.group(1)) * _UNITS[m.group(2).lower() if m.group(2) else None]
+    if total <= 0:
+        raise UsageError(f"invalid duration {text!r}: must be more than zero")
+    return total
+
+
+def format_duration(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    if h:
+        return f"{h}h{m:02d}m"
+    if m:
+        return f"{m}m{s:02d}s"
+    return f"{s}s"

@@ -1,0 +1,169 @@
+"""Augmentation policies applied to whole batches on the training device.
+
+Geometry (random-resized crop, flip, rotation, translation) is one affine warp per
+sample done for the whole batch with a single ``grid_sample``; colour jitter is a few
+per-sample tensor ops; TrivialAugment / RandAugment come from torchvision's v2
+transforms on uint8 sub-batches; mixup/cutmix (with label smoothing) and random
+erasing come from timm. So augmentation runs where the model runs (the GPU when there
+is one) and never starves it.
+
+Named presets are points of the same space: ``none``, ``light``, ``medium`` and
+``heavy``; ``custom`` lets the search set every knob.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class AugPolicy:
+    flip: bool = False
+    crop_scale: float = 1.0  # smallest area share kept by random-resized crop (1 = no crop)
+    rotate: float = 0.0  # max degrees
+    translate: float = 0.0  # max shift as a share of the side
+    color: float = 0.0  # brightness/contrast/saturation jitter strength
+    auto: str = "none"  # none, trivial, rand
+    auto_magnitude: int = 9  # RandAugment magnitude (0-30)
+    mixup: float = 0.0  # mixup alpha (0 = off)
+    cutmix: float = 0.0  # cutmix alpha (0 = off)
+    erase: float = 0.0  # random erasing probability
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def mixes(self) -> bool:
+        return self.mixup > 0 or self.cutmix > 0
+
+
+PRESETS: dict[str, AugPolicy] = {
+    "none": AugPolicy(),
+    "light": AugPolicy(flip=True, crop_scale=0.7, translate=0.05),
+    "medium": AugPolicy(flip=True, crop_scale=0.35, rotate=10, translate=0.1, color=0.2),
+    "heavy": AugPolicy(flip=True, crop_scale=0.25, rotate=15, translate=0.1, color=0.3, auto="trivial", mixup=0.2, cutmix=1.0, erase=0.25),
+}
+
+
+def suggest_policy(trial, choices: list[str] | None = None) -> tuple[str, AugPolicy]:
+    """Sample a preset or, for ``custom``, every knob (define-by-run)."""
+    names = choices or ["none", "light", "medium", "heavy", "custom"]
+    name = trial.suggest_categorical("aug.preset", names)
+    if name != "custom":
+        return name, PRESETS[name]
+    flip = trial.suggest_categorical("aug.flip", [True, False])
+    crop = trial.suggest_float("aug.crop_scale", 0.2, 1.0)
+    rotate = trial.suggest_float("aug.rotate", 0.0, 30.0)
+    translate = trial.suggest_float("aug.translate", 0.0, 0.2)
+    color = trial.suggest_float("aug.color", 0.0, 0.4)
+    auto = trial.suggest_categorical("aug.auto", ["none", "trivial", "rand"])
+    magnitude = trial.suggest_int("aug.auto_magnitude", 5, 15) if auto == "rand" else 9
+    mix = trial.suggest_categorical("aug.mix", ["none", "mixup", "cutmix", "both"])
+    mixup = trial.suggest_float("aug.mixup_alpha", 0.1, 1.0) if mix in ("mixup", "both") else 0.0
+    cutmix = trial.suggest_float("aug.cutmix_alpha", 0.2, 1.0) if mix in ("cutmix", "both") else 0.0
+    erase = trial.suggest_float("aug.erase", 0.0, 0.5)
+    return name, AugPolicy(flip, crop, rotate, translate, color, auto, magnitude, mixup, cutmix, erase)
+
+
+class BatchAugmenter:
+    """Applies an :class:`AugPolicy` to float batches in [0, 1] (N, C, H, W)."""
+
+    def __init__(self, policy: AugPolicy, num_classes: int, label_smoothing: float, generator: torch.Generator | None = None):
+        self.policy = policy
+        self.num_classes = num_classes
+        self.label_smoothing = label_smoothing
+        self.generator = generator
+        self._auto = None
+        if policy.auto != "none":
+            from torchvision.transforms import v2
+
+            self._auto = v2.TrivialAugmentWide() if policy.auto == "trivial" else v2.RandAugment(magnitude=policy.auto_magnitude)
+        self._mix = None
+        if policy.mixes:
+            from timm.data import Mixup
+
+            self._mix = Mixup(
+                mixup_alpha=policy.mixup,
+                cutmix_alpha=policy.cutmix,
+                label_smoothing=label_smoothing,
+                num_classes=num_classes,
+                mode="batch",
+            )
+        self._erase = None
+        if policy.erase > 0:
+            from timm.data.random_erasing import RandomErasing
+
+            self._erase = RandomErasing(probability=policy.erase, mode="pixel", device="cpu")
+
+    def _rand(self, n: int, device) -> torch.Tensor:
+        return torch.rand(n, generator=self.generator).to(device)
+
+    def uint8_stage(self, x: torch.Tensor) -> torch.Tensor:
+        """Ops that need uint8 (TrivialAugment/RandAugment), per sub-batch of 8."""
+        if self._auto is None or x.shape[1] not in (1, 3):
+            return x
+        chunks = [self._auto(c) for c in x.split(8)]
+        return torch.cat(chunks)
+
+    def geometry(self, x: torch.Tensor) -> torch.Tensor:
+        p = self.policy
+        if not (p.flip or p.crop_scale < 1.0 or p.rotate or p.translate):
+            return x
+        n, device = x.shape[0], x.device
+        area = p.crop_scale + (1 - p.crop_scale) * self._rand(n, device)
+        log_ratio = (self._rand(n, device) * 2 - 1) * math.log(4 / 3)
+        ratio = torch.exp(log_ratio)
+        sx = torch.sqrt(area * ratio).clamp(max=1.0)
+        sy = torch.sqrt(area / ratio).clamp(max=1.0)
+        tx = (1 - sx) * (self._rand(n, device) * 2 - 1) + p.translate * (self._rand(n, device) * 2 - 1) * 2
+        ty = (1 - sy) * (self._rand(n, device) * 2 - 1) + p.translate * (self._rand(n, device) * 2 - 1) * 2
+        angle = (self._rand(n, device) * 2 - 1) * math.radians(p.rotate)
+        flip = torch.where(self._rand(n, device) < 0.5, -1.0, 1.0) if p.flip else torch.ones(n, device=device)
+        cos, sin = torch.cos(angle), torch.sin(angle)
+        theta = torch.stack(
+            [
+                torch.stack([sx * cos * flip, -sy * sin, tx], dim=1),
+                torch.stack([sx * sin * flip, sy * cos, ty], dim=1),
+            ],
+            dim=1,
+        ).to(x.dtype)
+        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+        return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+
+    def colour(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.policy.color
+        if s <= 0:
+            return x
+        n, device = x.shape[0], x.device
+        shape = (n, 1, 1, 1)
+        bright = (1 + (self._rand(n, device) * 2 - 1) * s).view(shape).to(x.dtype)
+        contrast = (1 + (self._rand(n, device) * 2 - 1) * s).view(shape).to(x.dtype)
+        x = x * bright
+        mean = x.mean(dim=(1, 2, 3), keepdim=True)
+        x = (x - mean) * contrast + mean
+        if x.shape[1] == 3:
+            sat = (1 + (self._rand(n, device) * 2 - 1) * s).view(shape).to(x.dtype)
+            grey = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
+            x = (x - grey) * sat + grey
+        return x.clamp(0, 1)
+
+    def mix(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mixup/cutmix with soft targets, or one-hot targets with label smoothing."""
+        if self._mix is not None and x.shape[0] % 2 == 0:
+            return self._mix(x, y)
+        return x, y
+
+    def erase(self, x: torch.Tensor) -> torch.Tensor:
+        if self._erase is None:
+            return x
+        self._erase.device = x.device
+        return self._erase(x)
+
+
+def policy_from_dict(d: dict[str, Any]) -> AugPolicy:
+    return replace(AugPolicy(), **{k: v for k, v in d.items() if k in AugPolicy.__dataclass_fields__})

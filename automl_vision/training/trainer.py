@@ -1,0 +1,240 @@
+"""The trial runner: trains one model on the cached training split and evaluates it on
+the validation split after every epoch.
+
+The hot loop is kept as lean as a hand-written one (the engine-overhead benchmark
+checks it): the cached uint8 images live on the training device, a batch is an index
+into them, augmentation runs on the batch, and nothing is copied or synchronised that
+a plain PyTorch loop would not.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from automl_vision.training.augment import AugPolicy, BatchAugmenter
+from automl_vision.training.device import ExecPath
+from automl_vision.training.inference import predict_probs
+
+
+class NonFiniteLoss(Exception):
+    """The training loss became NaN or infinite."""
+
+
+@dataclass
+class TrialConfig:
+    """Everything that defines how one trial trains (the sampled hyperparameters)."""
+
+    family: str
+    model_params: dict[str, Any]
+    image_size: int
+    batch_size: int = 64
+    optimizer: str = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    schedule: str = "cosine"  # cosine (with linear warmup) or onecycle
+    warmup: float = 0.05  # share of the steps used for warmup (cosine)
+    epochs: int = 10
+    ema: bool = False
+    grad_clip: float = 0.0  # max gradient norm; 0 = off
+    label_smoothing: float = 0.0
+    class_weighting: bool = False
+    aug_preset: str = "light"
+    aug: AugPolicy = field(default_factory=AugPolicy)
+    seed: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["aug"] = self.aug.as_dict()
+        return d
+
+
+@dataclass
+class TensorData:
+    """Cached images of the training and validation splits as uint8 tensors (N, C, H, W)."""
+
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+    mean: list[float]
+    std: list[float]
+    num_classes: int
+
+
+@dataclass
+class TrainResult:
+    model: nn.Module
+    history: list[dict[str, Any]]
+    val_probs: np.ndarray
+    epochs_run: int
+    stopped_early: str | None = None
+
+
+class BudgetExceeded(Exception):
+    """The search's hard time limit was reached in the middle of an epoch."""
+
+
+def _lr_lambda(schedule: str, plan: dict[str, int], warmup: float) -> Callable[[int], float]:
+    """Per-step LR factor. ``plan["total"]`` may shrink while training (budget), and the
+    schedule then anneals to its end within the new number of steps."""
+
+    def factor(step: int) -> float:
+        total = plan["total"]
+        if schedule == "onecycle":
+            # warm up over 25% of the steps from lr/25, then cosine anneal to ~0
+            up = max(1, int(total * 0.25))
+            if step < up:
+                return 0.04 + 0.96 * step / up
+            t = (step - up) / max(1, total - up)
+        else:
+            warm = max(1, int(total * warmup))
+            if step < warm:
+                return (step + 1) / warm
+            t = (step - warm) / max(1, total - warm)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, t))) + 1e-4
+
+    return factor
+
+
+def make_optimizer(model: nn.Module, cfg: TrialConfig) -> torch.optim.Optimizer:
+    from timm.optim import create_optimizer_v2
+
+    kwargs: dict[str, Any] = {}
+    if cfg.optimizer == "sgd":
+        kwargs["momentum"] = 0.9  # timm's "sgd" is SGD with Nesterov momentum
+    return create_optimizer_v2(model, opt=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay, **kwargs)
+
+
+def train(
+    model: nn.Module,
+    cfg: TrialConfig,
+    data: TensorData,
+    path: ExecPath,
+    on_epoch: Callable[[int, np.ndarray, dict[str, Any]], None] | None = None,
+    plan: Callable[[int, float], int] | None = None,
+    abort: Callable[[], str | None] | None = None,
+) -> TrainResult:
+    """Train ``model`` for ``cfg.epochs`` epochs.
+
+    After every epoch the validation probabilities and the epoch's record (train loss,
+    seconds, images per second, learning rate) go to ``on_epoch``, which may raise
+    ``optuna.TrialPruned`` to stop the trial.
+    ``plan(epochs_done, seconds_per_epoch)`` is asked after every epoch and returns how
+    many epochs the trial may run in all (the time budget); when that is fewer than
+    planned, the learning-rate schedule is compressed to end on time, so a trial near
+    the end of the budget still finishes its schedule instead of being cut off.
+    ``abort()`` is checked every few steps and returns a reason to stop at once
+    (raises :class:`BudgetExceeded`). Raises :class:`NonFiniteLoss` when the loss is NaN
+    or infinite.
+    """
+    device = path.torch_device
+    gen = torch.Generator().manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    memory_format = torch.channels_last if path.channels_last else torch.contiguous_format
+    model = model.to(device=device, memory_format=memory_format)
+    mean = torch.tensor(data.mean, device=device).view(1, -1, 1, 1)
+    std = torch.tensor(data.std, device=device).view(1, -1, 1, 1)
+    x_train = data.x_train.to(device)
+    y_train = data.y_train.to(device)
+
+    n = x_train.shape[0]
+    batch_size = max(2, min(cfg.batch_size, n))
+    steps_per_epoch = max(1, n // batch_size)  # drop the last partial batch (BatchNorm, mixup need >1)
+    epochs = cfg.epochs
+    steps_plan = {"total": steps_per_epoch * epochs}
+
+    optimizer = make_optimizer(model, cfg)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg.schedule, steps_plan, cfg.warmup))
+    scaler = torch.amp.GradScaler(device.type, enabled=(path.precision == "fp16"))
+    augmenter = BatchAugmenter(cfg.aug, data.num_classes, cfg.label_smoothing, generator=gen)
+    weight = None
+    if cfg.class_weighting:
+        counts = torch.bincount(data.y_train, minlength=data.num_classes).float().clamp(min=1)
+        weight = (counts.sum() / (data.num_classes * counts)).to(device)
+    hard_loss = nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
+    ema = None
+    if cfg.ema:
+        from timm.utils import ModelEmaV3
+
+        ema = ModelEmaV3(model, decay=0.998, use_warmup=True)
+
+    history: list[dict[str, Any]] = []
+    val_probs = np.zeros((0, data.num_classes))
+    stopped = None
+    step = 0
+    epoch = 0
+    while epoch < epochs:
+        epoch += 1
+        model.train()
+        t0 = time.perf_counter()
+        perm = torch.randperm(n, generator=gen).to(device)
+        loss_sum = torch.zeros((), device=device)
+        for b in range(steps_per_epoch):
+            idx = perm[b * batch_size : (b + 1) * batch_size]
+            xb = augmenter.uint8_stage(x_train[idx])
+            xb = xb.float().div_(255.0)
+            xb = augmenter.colour(augmenter.geometry(xb))
+            xb = ((xb - mean) / std).contiguous(memory_format=memory_format)
+            xb = augmenter.erase(xb)
+            yb = y_train[idx]
+            xb, target = augmenter.mix(xb, yb)
+            with path.autocast():
+                logits = model(xb)
+            logits = logits.float()
+            if logits.ndim != 2 or logits.shape != (xb.shape[0], data.num_classes):
+                raise ValueError(
+                    f"model {cfg.family} returned shape {tuple(logits.shape)}, expected ({xb.shape[0]}, {data.num_classes})"
+                )
+            if target.ndim == 2:  # soft targets from mixup/cutmix
+                loss = torch.sum(-target * torch.log_softmax(logits, dim=-1), dim=-1).mean()
+            else:
+                loss = hard_loss(logits, target)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if cfg.grad_clip > 0:
+                scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            if ema is not None:
+                ema.update(model, step=step)
+            loss_sum += loss.detach()
+            step += 1
+            if abort is not None and b % 8 == 7:
+                reason = abort()
+                if reason:
+                    raise BudgetExceeded(reason)
+        train_loss = float(loss_sum) / steps_per_epoch
+        if not math.isfinite(train_loss):
+            raise NonFiniteLoss(f"training loss became {train_loss} in epoch {epoch} (lr {cfg.lr:.3g}); the trial is pruned")
+        seconds = time.perf_counter() - t0
+        eval_model = ema.module if ema is not None else model
+        t1 = time.perf_counter()
+        val_probs = predict_probs(eval_model, data.x_val, mean, std, path)
+        record = {
+            "epoch": epoch,
+            "train_loss": train_loss,
+            "lr": optimizer.param_groups[0]["lr"],
+            "train_seconds": seconds,
+            "eval_seconds": time.perf_counter() - t1,
+            "images_per_second": steps_per_epoch * batch_size / max(seconds, 1e-9),
+        }
+        history.append(record)
+        if on_epoch is not None:
+            on_epoch(epoch, val_probs, record)
+        if plan is not None and epoch < epochs:
+            allowed = max(epoch, min(epochs, plan(epoch, seconds + record["eval_seconds"])))
+            if allowed < epochs:
+                stopped = f"epochs cut from {epochs} to {allowed} to fit the time budget"
+                epochs = allowed
+                steps_plan["total"] = steps_per_epoch * epochs
+    final = ema.module if ema is not None else model
+    return TrainResult(final, history, val_probs, epoch, stopped)
