@@ -1,0 +1,119 @@
+"""Unit tests of the foundation's parts: settings, splits, registry, trainer, augmentation, device."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from automl_vision.data.prepare import stratified_split
+from automl_vision.registry import ConflictError, Registry
+from automl_vision.settings import parse_duration
+from automl_vision.training.augment import PRESETS, BatchAugmenter
+from automl_vision.training.device import choose
+from automl_vision.training.trainer import TensorData, TrialConfig, train
+from automl_vision.types import UsageError
+
+
+@pytest.mark.parametrize("text,seconds", [("90s", 90), ("10m", 600), ("2h", 7200), ("1h30m", 5400), ("300", 300), ("1.5m", 90)])
+def test_parse_duration(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "ten minutes", "5 parsecs", "0s", "-3m"])
+def test_parse_duration_rejects(text):
+    with pytest.raises(UsageError):
+        parse_duration(text)
+
+
+def test_stratified_split_keeps_every_class_in_val_and_is_seeded():
+    labels = np.array([0] * 100 + [1] * 4 + [2] * 3)
+    a = stratified_split(labels, (0.7, 0.15, 0.15), seed=1)
+    b = stratified_split(labels, (0.7, 0.15, 0.15), seed=1)
+    c = stratified_split(labels, (0.7, 0.15, 0.15), seed=2)
+    for name in ("train", "val", "test"):
+        assert set(labels[a[name]]) == {0, 1, 2}
+        np.testing.assert_array_equal(a[name], b[name])
+    assert not np.array_equal(a["val"], c["val"])
+    all_idx = np.concatenate([a["train"], a["val"], a["test"]])
+    assert sorted(all_idx.tolist()) == list(range(len(labels)))  # a partition
+
+
+def test_registry_suggests_close_names_and_names_conflicting_plugins():
+    reg: Registry[int] = Registry("metric")
+    reg.add("accuracy", 1, "builtin")
+    with pytest.raises(UsageError, match="Did you mean 'accuracy'"):
+        reg.get("acuracy")
+    reg.add("accuracy", 2, "thirdparty")
+    with pytest.raises(ConflictError, match="builtin, thirdparty"):
+        reg.get("accuracy")
+    reg.preferred["accuracy"] = "thirdparty"
+    assert reg.get("accuracy") == 2
+
+
+def _blobs(n=128, k=3, size=12, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % k
+    x = torch.randint(0, 60, (n, 3, size, size), generator=g, dtype=torch.uint8)
+    for c in range(k):
+        x[y == c, c] += 150  # each class brightens its own channel
+    return x, y
+
+
+def test_trainer_really_learns_a_separable_task():
+    x, y = _blobs()
+    xv, yv = _blobs(seed=1)
+    data = TensorData(x, y, xv, yv, mean=[0.5] * 3, std=[0.25] * 3, num_classes=3)
+    from automl_vision.builtin.custom_cnn import build
+
+    params = {"cnn.block": "plain", "cnn.stages": 2, "cnn.blocks": 1, "cnn.width": 16, "cnn.kernel": 3,
+              "cnn.norm": "batch", "cnn.act": "relu", "cnn.dropout": 0.0, "cnn.pool": "avg"}
+    model = build(params, in_chans=3, image_size=12, num_classes=3)
+    cfg = TrialConfig(family="cnn", model_params=params, image_size=12, batch_size=32, lr=3e-3, epochs=4)
+    path = choose("cpu", "fp32", "off")
+    seen = []
+    result = train(model, cfg, data, path, on_epoch=lambda e, p, rec: seen.append((e, rec["train_loss"])))
+    assert [e for e, _ in seen] == [1, 2, 3, 4]
+    assert seen[-1][1] < seen[0][1]
+    assert (result.val_probs.argmax(1) == yv.numpy()).mean() > 0.9
+    np.testing.assert_allclose(result.val_probs.sum(1), 1.0, rtol=1e-5)
+
+
+def test_trainer_plan_shortens_the_trial_and_keeps_its_schedule_whole():
+    x, y = _blobs(n=64)
+    data = TensorData(x, y, x, y, mean=[0.5] * 3, std=[0.25] * 3, num_classes=3)
+    from automl_vision.builtin.custom_cnn import build
+
+    params = {"cnn.block": "plain", "cnn.stages": 1, "cnn.blocks": 1, "cnn.width": 8, "cnn.kernel": 3,
+              "cnn.norm": "batch", "cnn.act": "relu", "cnn.dropout": 0.0, "cnn.pool": "avg"}
+    cfg = TrialConfig(family="cnn", model_params=params, image_size=12, batch_size=16, lr=1e-2, epochs=10)
+    lrs = []
+    result = train(build(params, 3, 12, 3), cfg, data, choose("cpu", "fp32", "off"),
+                   on_epoch=lambda e, p, rec: lrs.append(rec["lr"]), plan=lambda done, secs: 3)
+    assert result.epochs_run == 3
+    assert "cut from 10 to 3" in result.stopped_early
+    assert lrs[-1] < 0.01 * cfg.lr  # the cosine reached its end within the 3 epochs
+
+
+@pytest.mark.parametrize("preset", list(PRESETS))
+def test_augmentation_presets_keep_shape_and_range(preset):
+    x = torch.rand(8, 3, 16, 16)
+    y = torch.arange(8) % 2
+    aug = BatchAugmenter(PRESETS[preset], num_classes=2, label_smoothing=0.1, generator=torch.Generator().manual_seed(0))
+    u8 = aug.uint8_stage((x * 255).to(torch.uint8))
+    out = aug.erase(aug.colour(aug.geometry(u8.float() / 255)))
+    xb, target = aug.mix(out, y)
+    assert xb.shape == x.shape
+    assert target.shape[0] == 8
+    if preset == "none":
+        torch.testing.assert_close(out, (x * 255).to(torch.uint8).float() / 255)
+
+
+def test_forced_execution_path_is_respected_and_bad_values_refused():
+    path = choose("cpu", "fp32", "on")
+    assert (path.device, path.precision, path.channels_last) == ("cpu", "fp32", True)
+    assert "forced" in path.reason
+    with pytest.raises(UsageError, match="fp16"):
+        choose("cpu", "fp16", "off")
+    with pytest.raises(UsageError, match="--device"):
+        choose("tpu", "auto", "auto")
