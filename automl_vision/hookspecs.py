@@ -1,23 +1,32 @@
 """The plugin contract of automl-vision.
 
 Every hook a plugin can implement is specified here, and the docstrings below are the
-reference for plugin authors (``docs/plugins.md`` is generated from them and a test
-checks that they agree).
+reference for plugin authors: ``docs/hooks.md`` is generated from them by
+``docs/gen_hooks.py``, and ``tests/test_docs.py`` fails when the two disagree.
 
 Two kinds of hook exist:
 
-* ``register_<kind>(register)`` hooks are called once, when the plugin manager loads.
-  The core passes a ``register`` callback; a plugin calls it once for every thing it
-  adds, so one plugin can add many datasets, families or metrics. Return values are
-  ignored. Every implementation is called (plain collection semantics, no
-  ``firstresult``).
+* ``register_<kind>(register)`` hooks are called once per plugin, when the plugin
+  manager loads it. The core passes a ``register`` callback and the plugin calls it
+  once for every thing it adds, so one plugin can add many datasets, families or
+  metrics. Every implementation is called (plain collection semantics, no
+  ``firstresult``): return values are not used, and returning something instead of
+  calling ``register`` is reported as a mistake.
 * ``on_<event>(...)`` hooks are notifications sent while a search runs. Every
-  implementation is called; return values are ignored. An exception raised by an
-  event hook is logged with the plugin's name and never stops the search.
+  implementation is called, in load order; return values are ignored. An exception
+  raised by an event hook is logged with the plugin's name and never stops the
+  search.
 
-Implement a hook with the :data:`automl_vision.hookimpl` marker::
+No hook is ``firstresult``: choosing between plugins (which dataset source reads a
+location, which family builds a trial's model) is done by name, so that the choice is
+visible and a clash between two plugins is an error instead of an accident of load
+order.
+
+Implement a hook with the :data:`automl_vision.hookimpl` marker; the function's
+argument names must be the hook's (you may leave arguments out)::
 
     from automl_vision import hookimpl
+    from automl_vision.types import Metric
 
     @hookimpl
     def register_metrics(register):
@@ -54,11 +63,23 @@ def register_datasets(register: Callable[["DatasetSource"], None]) -> None:
     CSV manifest, ``digits:``, ``npz:/path/file.npz``) into labelled samples. Call
     ``register(source)`` once per :class:`automl_vision.types.DatasetSource`.
 
-    A location of the form ``NAME:REST`` is sent to the source called ``NAME``; any other
-    location is offered to each source's ``detect(location)`` in registration order and
-    the first one that answers ``True`` loads it.
+    A location of the form ``NAME:REST`` is sent to the source called ``NAME``, which
+    receives ``REST``; any other location is offered to each source's
+    ``detect(location)`` in load order (built-ins, installed plugins, ``--plugin``
+    modules) and the first one that answers ``True`` receives the whole location.
 
-    :param register: callback taking a :class:`~automl_vision.types.DatasetSource`.
+    ``source.load(location)`` returns a :class:`automl_vision.types.Dataset`: class
+    names and :class:`automl_vision.types.Sample` objects, each with a label index and
+    either an image file ``path`` or a ``uint8`` ``array`` (``(H, W)`` or
+    ``(H, W, C)``), and optionally a fixed ``split``. For a location that cannot be
+    used it raises :class:`automl_vision.types.DataError` with a message saying what
+    is wrong and what to do; the user sees it as is. Any other exception is reported
+    with the source's and the plugin's names.
+
+    Naming: two or more characters of ``a-z 0-9 _ -``, starting with a letter.
+
+    Args:
+        register: callback taking one :class:`automl_vision.types.DatasetSource`.
     """
 
 
@@ -68,15 +89,27 @@ def register_model_families(register: Callable[["ModelFamily"], None]) -> None:
 
     A model family is asked for its hyperparameters through the Optuna trial
     (``family.suggest(trial, context)``, define-by-run, so conditional parameters exist
-    only where they apply), then builds an ``nn.Module`` with
-    ``family.build(params, in_chans=..., image_size=..., num_classes=...)``. The module
-    must map a float batch ``(N, in_chans, H, W)`` to logits ``(N, num_classes)``.
-    Call ``register(family)`` once per :class:`automl_vision.types.ModelFamily`.
+    only where they apply) and returns them as a dict of JSON values. It then builds an
+    ``nn.Module`` with ``family.build(params, in_chans=..., image_size=...,
+    num_classes=...)``. The module must map a float batch ``(N, in_chans, H, W)`` to
+    logits ``(N, num_classes)``. Call ``register(family)`` once per
+    :class:`automl_vision.types.ModelFamily`.
 
-    A family whose ``build`` raises fails that one trial only, with the error as the
-    trial's reason.
+    Name every parameter ``"<family>.<name>"`` (e.g. ``"mixer.depth"``): the trial is
+    shared with the training hyperparameters and with the other families. The
+    :class:`automl_vision.types.SearchContext` tells the family the number of classes,
+    input channels, image size, training set size and device, so the space can adapt
+    (e.g. a patch size that divides the image size).
 
-    :param register: callback taking a :class:`~automl_vision.types.ModelFamily`.
+    A family whose ``suggest`` or ``build`` raises, or whose module fails in training,
+    fails that one trial only, with the error as the trial's reason in the
+    leaderboard; the search goes on with other trials.
+
+    Naming: ``a-z 0-9 _ -``, starting with a letter; the name is what users type in
+    ``--models`` and what the leaderboard's ``family`` column shows.
+
+    Args:
+        register: callback taking one :class:`automl_vision.types.ModelFamily`.
     """
 
 
@@ -86,12 +119,20 @@ def register_metrics(register: Callable[["Metric"], None]) -> None:
 
     A metric has a name, a direction (``"maximize"`` or ``"minimize"``) and a function
     ``fn(y_true, probs) -> float`` of integer labels ``(N,)`` and class probabilities
-    ``(N, K)``. Every registered metric is computed for every trial on the validation
-    split, shows in the leaderboard, and can be chosen as the objective with
-    ``--metric NAME``. Call ``register(metric)`` once per
-    :class:`automl_vision.types.Metric`.
+    ``(N, K)`` whose rows sum to one. Every registered metric is computed for every
+    trial on the validation split and shows in the leaderboard as ``val_<name>``; any
+    of them can be chosen as the objective with ``--metric NAME``. Call
+    ``register(metric)`` once per :class:`automl_vision.types.Metric`.
 
-    :param register: callback taking a :class:`~automl_vision.types.Metric`.
+    A metric function that raises is left out of that trial's metrics (and logged
+    with the plugin's name), unless it is the objective, which then fails the trial.
+    Set ``min_classes`` for metrics that only make sense with enough classes.
+
+    Naming: ``a-z 0-9 _``, starting with a letter; ``params``, ``latency``, ``macs``
+    and ``value`` are reserved.
+
+    Args:
+        register: callback taking one :class:`automl_vision.types.Metric`.
     """
 
 
@@ -104,8 +145,11 @@ def register_metrics(register: Callable[["Metric"], None]) -> None:
 def on_search_start(run_dir: str, settings: dict[str, Any]) -> None:
     """Called when a search (or a worker joining one) starts, before the first trial.
 
-    :param run_dir: path of the run directory.
-    :param settings: the search settings as stored in ``run.json`` (plain JSON types).
+    Args:
+        run_dir: path of the run directory.
+        settings: the search settings as stored in ``run.json`` (plain JSON types:
+            ``data``, ``metric``, ``models``, ``time_budget``, ``n_trials``, ``seed``,
+            ...). Read it; changing it has no effect.
     """
 
 
@@ -113,10 +157,17 @@ def on_search_start(run_dir: str, settings: dict[str, Any]) -> None:
 def on_trial_end(run_dir: str, trial: "optuna.trial.FrozenTrial", record: dict[str, Any]) -> None:
     """Called after every trial, whatever its end (complete, pruned or failed).
 
-    :param run_dir: path of the run directory.
-    :param trial: the Optuna trial as stored in the study.
-    :param record: the trial's summary as written to ``trials/<n>/status.json``: number,
-        state, reason, model, params, epochs, seconds and the validation metrics.
+    The trial's files in ``trials/<number>/`` and the leaderboard are written before
+    this is called, so a tracking plugin can copy or upload them.
+
+    Args:
+        run_dir: path of the run directory.
+        trial: the Optuna trial as stored in the study (``number``, ``state``,
+            ``params``, ``value``, ``user_attrs``).
+        record: the trial's summary as written to ``trials/<n>/status.json``:
+            ``number``, ``state`` (``COMPLETE``, ``PRUNED`` or ``FAIL``), ``reason``,
+            ``model``, ``family``, ``epochs``, ``seconds``, ``value`` and ``metrics``
+            (validation metric name -> value).
     """
 
 
@@ -124,8 +175,9 @@ def on_trial_end(run_dir: str, trial: "optuna.trial.FrozenTrial", record: dict[s
 def on_search_end(run_dir: str, study: "optuna.Study", summary: dict[str, Any]) -> None:
     """Called once when the search has finished and the final report is written.
 
-    :param run_dir: path of the run directory.
-    :param study: the Optuna study.
-    :param summary: the content of ``final/report.json`` (best trial, test metrics,
-        ensemble, deliverable).
+    Args:
+        run_dir: path of the run directory.
+        study: the Optuna study.
+        summary: the content of ``final/report.json`` (best trial, test metrics,
+            ensemble, deliverable).
     """

@@ -5,31 +5,37 @@ for it):
 
 1. the built-ins listed in :data:`BUILTIN_PLUGINS`, registered like any other plugin;
 2. installed distributions that declare an entry point in the group ``automl_vision``;
-3. modules named with ``--plugin module.path`` or in the environment variable
-   ``AUTOML_VISION_PLUGINS`` (comma separated), for local development.
+3. modules named with ``--plugin module.path`` (or ``--plugin path/to/file.py``) or in
+   the environment variable ``AUTOML_VISION_PLUGINS`` (comma separated), for local
+   development.
 
-A plugin that fails to import, whose registration hook raises, or that registers an
-object of the wrong type is recorded as broken with a clear message; every other plugin
-keeps working. ``AUTOML_VISION_DISABLE_ENTRYPOINTS=1`` skips installed plugins (the
-test suite uses it to stay hermetic), and ``AUTOML_VISION_BLOCK=name,name`` blocks
+A plugin that fails to import, whose registration hook raises, that registers an
+object of the wrong type or with a bad name, or that implements a hook that does not
+exist is recorded as broken with a message naming the plugin, the hook and what was
+wrong; every other plugin keeps working, and so does whatever the broken plugin
+registered correctly. ``AUTOML_VISION_DISABLE_ENTRYPOINTS=1`` skips installed plugins
+(the test suite uses it to stay hermetic), and ``AUTOML_VISION_BLOCK=name,name`` blocks
 plugins by name.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import logging
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 from importlib import metadata
+from pathlib import Path
 from typing import Any, Callable
 
 import pluggy
 
 from automl_vision import hookspecs
 from automl_vision.registry import Registry
-from automl_vision.types import DatasetSource, Metric, ModelFamily
+from automl_vision.types import DatasetSource, Metric, ModelFamily, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +51,17 @@ BUILTIN_PLUGINS = (
     "automl_vision.builtin.timm_backbones",
     "automl_vision.builtin.classification_metrics",
 )
+
+# Naming rules, checked when a thing is registered. Dataset sources are typed as
+# ``NAME:location`` (one letter would be a Windows drive); families and metrics are
+# typed in comma-separated lists and metrics become ``val_<name>`` leaderboard columns.
+NAME_RULES: dict[str, tuple[re.Pattern[str], str]] = {
+    "datasets": (re.compile(r"^[a-z][a-z0-9_-]+$"), "two or more of a-z 0-9 _ -, starting with a letter"),
+    "model_families": (re.compile(r"^[a-z][a-z0-9_-]*$"), "a-z 0-9 _ -, starting with a letter"),
+    "metrics": (re.compile(r"^[a-z][a-z0-9_]*$"), "a-z 0-9 _, starting with a letter"),
+}
+# objectives that are not metrics of predictions (multi-objective search)
+RESERVED_METRIC_NAMES = frozenset({"params", "latency", "macs", "value"})
 
 
 @dataclass
@@ -83,13 +100,20 @@ _REGISTER_HOOKS: dict[str, tuple[str, type]] = {
     "register_model_families": ("model_families", ModelFamily),
     "register_metrics": ("metrics", Metric),
 }
+# callables each registered object must carry (optional ones may be None)
+_CALLABLES: dict[type, tuple[tuple[str, bool], ...]] = {
+    DatasetSource: (("load", True), ("detect", False)),
+    ModelFamily: (("suggest", True), ("build", True), ("describe", False)),
+    Metric: (("fn", True),),
+}
 
 
 class PluginManager:
     """Loads plugins and holds what they registered.
 
-    The core talks to plugins only through this class: one typed method per hook, so no
-    untyped ``pm.hook.*`` call is spread through the code.
+    The core talks to plugins only through this class: the registries
+    (:attr:`datasets`, :attr:`model_families`, :attr:`metrics`) and one typed method
+    per event hook, so no untyped ``pm.hook.*`` call is spread through the code.
     """
 
     def __init__(self) -> None:
@@ -99,9 +123,18 @@ class PluginManager:
         self.model_families: Registry[ModelFamily] = Registry("model family")
         self.metrics: Registry[Metric] = Registry("metric")
         self.plugins: dict[str, PluginInfo] = {}
+        self._event_failures: dict[tuple[str, str], int] = {}
 
     # ---------------------------------------------------------------- loading
     def load(self, extra_modules: list[str] | None = None, entry_points: bool | None = None) -> "PluginManager":
+        """Load the built-ins, then installed entry points, then ``extra_modules``.
+
+        Args:
+            extra_modules: import paths (or ``.py`` files) given with ``--plugin``;
+                ``$AUTOML_VISION_PLUGINS`` is read too.
+            entry_points: load installed plugins; default: unless
+                ``$AUTOML_VISION_DISABLE_ENTRYPOINTS`` is set.
+        """
         blocked = {b.strip() for b in os.environ.get(ENV_BLOCK, "").split(",") if b.strip()}
         for module in BUILTIN_PLUGINS:
             short = module.rsplit(".", 1)[-1]
@@ -109,11 +142,14 @@ class PluginManager:
                 continue
             self._load_module(short, module, origin="builtin", distribution="automl-vision")
         if entry_points is None:
-            entry_points = os.environ.get(ENV_DISABLE_ENTRYPOINTS, "") not in ("1", "true", "yes")
+            entry_points = os.environ.get(ENV_DISABLE_ENTRYPOINTS, "").lower() not in ("1", "true", "yes")
         if entry_points:
-            for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
-                if ep.name in blocked:
+            seen: set[tuple[str, str]] = set()
+            for ep in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+                # a distribution visible twice on sys.path lists its entry points twice
+                if ep.name in blocked or (ep.name, ep.value) in seen:
                     continue
+                seen.add((ep.name, ep.value))
                 dist = getattr(ep, "dist", None)
                 self._load_entry_point(ep, dist.name if dist else None, dist.version if dist else None)
         modules = [m.strip() for m in os.environ.get(ENV_PLUGINS, "").split(",") if m.strip()]
@@ -121,17 +157,36 @@ class PluginManager:
         for module in dict.fromkeys(modules):
             if module in blocked:
                 continue
-            self._load_module(module, module, origin="module")
+            self._load_module(self._module_plugin_name(module), module, origin="module")
         return self
 
+    @staticmethod
+    def _module_plugin_name(module: str) -> str:
+        if module.endswith(".py"):
+            return Path(module).stem
+        return module
+
+    def _new_info(self, name: str, **kwargs: Any) -> PluginInfo:
+        info = PluginInfo(name=name, **kwargs)
+        if name in self.plugins:
+            # two plugins with one name: keep both visible, and say so
+            other = self.plugins[name]
+            info.name = f"{name}#{sum(1 for n in self.plugins if n.split('#')[0] == name) + 1}"
+            info.errors.append(
+                f"plugin name {name!r} is already used by {other.module!r} ({other.origin}); "
+                f"this one was not loaded. Rename its entry point or module."
+            )
+        self.plugins[info.name] = info
+        return info
+
     def _load_entry_point(self, ep: metadata.EntryPoint, dist: str | None, version: str | None) -> None:
-        info = PluginInfo(name=ep.name, origin="entrypoint", module=ep.value, distribution=dist, version=version)
-        self.plugins[ep.name] = info
+        info = self._new_info(ep.name, origin="entrypoint", module=ep.value, distribution=dist, version=version)
+        if info.broken:
+            return
         try:
             obj = ep.load()
         except Exception as exc:  # a broken plugin must not take the others down
-            info.errors.append(f"import of {ep.value!r} failed: {type(exc).__name__}: {exc}")
-            log.warning("plugin %s (%s) is broken: %s", ep.name, dist, info.errors[-1])
+            self._error(info, f"import of {ep.value!r} failed: {type(exc).__name__}: {exc}")
             return
         self._register(info, obj)
 
@@ -139,58 +194,110 @@ class PluginManager:
         version = None
         if distribution == "automl-vision":
             from automl_vision import __version__ as version
-        info = PluginInfo(name=name, origin=origin, module=module, distribution=distribution, version=version)
-        self.plugins[name] = info
+        info = self._new_info(name, origin=origin, module=module, distribution=distribution, version=version)
+        if info.broken:
+            return
         try:
-            obj = importlib.import_module(module)
+            obj = _import(module)
         except Exception as exc:
-            hint = " (is it installed, or on PYTHONPATH?)" if isinstance(exc, ModuleNotFoundError) else ""
-            info.errors.append(f"import of {module!r} failed{hint}: {type(exc).__name__}: {exc}")
-            log.warning("plugin %s is broken: %s", name, info.errors[-1])
+            hint = ""
+            if isinstance(exc, ModuleNotFoundError) and exc.name and module.startswith(exc.name):
+                hint = " (is it installed, or on PYTHONPATH? A file can be given as path/to/plugin.py)"
+            self._error(info, f"import of {module!r} failed{hint}: {type(exc).__name__}: {exc}")
             return
         self._register(info, obj)
+
+    def _error(self, info: PluginInfo, message: str) -> None:
+        info.errors.append(message)
+        log.info("plugin %s is broken: %s", info.name, message)
 
     def _register(self, info: PluginInfo, obj: Any) -> None:
         try:
             self.pm.register(obj, name=info.name)
         except ValueError:
-            # already registered under another name (e.g. a module given twice)
-            info.errors.append(f"{info.module!r} is already registered as another plugin")
+            # already registered under another name (e.g. one module named two ways)
+            self._error(info, f"{info.module!r} is already loaded as another plugin")
             return
         except pluggy.PluginValidationError as exc:
-            info.errors.append(f"invalid hook implementation: {exc}")
+            self._error(info, f"invalid hook implementation: {exc}")
             return
-        info.hooks = sorted(
-            {impl.__name__ for impl in (getattr(obj, n, None) for n in dir(obj)) if _is_hookimpl(impl)}
-        )
-        unknown = [h for h in info.hooks if not hasattr(hookspecs, h)]
-        if unknown:
-            info.errors.append(f"implements unknown hook(s) {', '.join(unknown)}; see automl_vision.hookspecs")
+        info.hooks = sorted({name for name in dir(obj) if _is_hookimpl(getattr(obj, name, None))})
+        unknown = [h for h in info.hooks if h not in _HOOK_NAMES]
+        for hook in unknown:
+            close = [h for h in _HOOK_NAMES if _close(hook, h)]
+            hint = f" Did you mean {close[0]}?" if close else f" Known hooks: {', '.join(sorted(_HOOK_NAMES))}."
+            self._error(info, f"implements unknown hook {hook!r}: it is never called.{hint}")
         for hook_name, (kind, expected) in _REGISTER_HOOKS.items():
-            impl = getattr(obj, hook_name, None)
-            if impl is None or not _is_hookimpl(impl):
-                continue
-            self._call_register(info, hook_name, impl, kind, expected)
+            if hook_name in info.hooks:
+                self._call_register(info, hook_name, getattr(obj, hook_name), kind, expected)
 
     def _call_register(self, info: PluginInfo, hook: str, impl: Callable, kind: str, expected: type) -> None:
         registry: Registry = getattr(self, kind)
         added: list[str] = []
+        where = f"hook {hook}"
 
         def register(obj: Any) -> None:
-            if not isinstance(obj, expected):
-                raise TypeError(
-                    f"register() expects a {expected.__module__}.{expected.__name__}, got {type(obj).__name__}"
-                )
-            registry.add(obj.name, obj, info.name)
+            # A bad object is reported and skipped, not raised: the plugin's other
+            # registrations still count, and the plugin is shown as broken.
+            problem = _check_object(obj, kind, expected)
+            if problem is None:
+                try:
+                    registry.add(obj.name, obj, info.name)
+                except ValueError as exc:
+                    problem = str(exc)
+            if problem is not None:
+                self._error(info, f"{where}: {problem}")
+                return
             added.append(obj.name)
 
         try:
-            impl(register=register)
+            returned = impl(register=register)
         except Exception as exc:
-            info.errors.append(f"hook {hook} raised {type(exc).__name__}: {exc}")
-            log.warning("plugin %s: hook %s failed: %s", info.name, hook, exc)
+            self._error(info, f"{where} raised {type(exc).__name__}: {exc}")
+        else:
+            if returned is not None:
+                self._error(
+                    info,
+                    f"{where} returned a {type(returned).__name__}, which is ignored: "
+                    f"call register(obj) once per {expected.__name__} instead of returning them",
+                )
         if added:
             info.registered.setdefault(kind, []).extend(added)
+
+    # ---------------------------------------------------------------- choices
+    def apply_preferences(self, prefer: dict[str, str] | None) -> None:
+        """Resolve conflicts with the user's picks (``--prefer NAME=PLUGIN``).
+
+        Raises:
+            UsageError: a name nobody registered twice, or a plugin that did not
+                register that name.
+        """
+        for name, plugin in (prefer or {}).items():
+            found = False
+            for registry in (self.datasets, self.model_families, self.metrics):
+                owners = [e.plugin for e in registry.candidates(name)]
+                if not owners:
+                    continue
+                found = True
+                if plugin not in owners:
+                    raise UsageError(
+                        f"--prefer {name}={plugin}: plugin {plugin!r} does not register the {registry.kind} "
+                        f"{name!r}; it is registered by {', '.join(owners)}."
+                    )
+                registry.preferred[name] = plugin
+            if not found:
+                raise UsageError(
+                    f"--prefer {name}={plugin}: no plugin registers anything called {name!r}; "
+                    f"'automl-vision plugins' lists what each plugin registers."
+                )
+
+    def unresolved_conflicts(self) -> list[str]:
+        """One message per name registered by several plugins and not picked."""
+        return [
+            registry.conflict_message(name)
+            for registry in (self.datasets, self.model_families, self.metrics)
+            for name in registry.unresolved()
+        ]
 
     # ---------------------------------------------------------------- events
     def _notify(self, hook: str, **kwargs: Any) -> None:
@@ -199,19 +306,32 @@ class PluginManager:
             try:
                 impl.function(**{k: kwargs[k] for k in impl.argnames})
             except Exception as exc:  # integrations never stop a search
-                log.warning("plugin %s: hook %s raised %s: %s", impl.plugin_name, hook, type(exc).__name__, exc)
+                key = (impl.plugin_name, hook)
+                self._event_failures[key] = self._event_failures.get(key, 0) + 1
+                # the first failure is shown; repeats are only logged, to keep the display readable
+                level = logging.WARNING if self._event_failures[key] == 1 else logging.DEBUG
+                log.log(level, "plugin %s: hook %s raised %s: %s (the search goes on)",
+                        impl.plugin_name, hook, type(exc).__name__, exc)
 
     def on_search_start(self, run_dir: str, settings: dict[str, Any]) -> None:
+        """Tell every plugin that a search starts."""
         self._notify("on_search_start", run_dir=run_dir, settings=settings)
 
     def on_trial_end(self, run_dir: str, trial: Any, record: dict[str, Any]) -> None:
+        """Tell every plugin that a trial has finished."""
         self._notify("on_trial_end", run_dir=run_dir, trial=trial, record=record)
 
     def on_search_end(self, run_dir: str, study: Any, summary: dict[str, Any]) -> None:
+        """Tell every plugin that the search has finished."""
         self._notify("on_search_end", run_dir=run_dir, study=study, summary=summary)
+
+    def event_failures(self) -> dict[str, int]:
+        """``"plugin:hook"`` -> how many times that event hook raised."""
+        return {f"{p}:{h}": n for (p, h), n in self._event_failures.items()}
 
     # ---------------------------------------------------------------- info
     def broken(self) -> list[PluginInfo]:
+        """Plugins with at least one error."""
         return [p for p in self.plugins.values() if p.broken]
 
     def fingerprint(self) -> dict[str, str]:
@@ -219,23 +339,93 @@ class PluginManager:
         return {p.name: p.version or "" for p in self.plugins.values() if not p.broken}
 
 
+_HOOK_NAMES = frozenset(
+    name for name in dir(hookspecs) if hasattr(getattr(hookspecs, name), hookspecs.PROJECT_NAME + "_spec")
+)
+
+
+def _close(a: str, b: str) -> bool:
+    import difflib
+
+    return difflib.SequenceMatcher(None, a, b).ratio() > 0.75
+
+
 def _is_hookimpl(obj: Any) -> bool:
     return callable(obj) and hasattr(obj, hookspecs.PROJECT_NAME + "_impl")
 
 
+def _check_object(obj: Any, kind: str, expected: type) -> str | None:
+    """What is wrong with a registered object, or None."""
+    if not isinstance(obj, expected):
+        return (
+            f"register() expects a {expected.__module__}.{expected.__name__}, got {type(obj).__module__}."
+            f"{type(obj).__name__} ({obj!r:.60})"
+        )
+    pattern, rule = NAME_RULES[kind]
+    name = getattr(obj, "name", None)
+    if not isinstance(name, str) or not pattern.match(name):
+        return f"{expected.__name__} name {name!r} is not allowed: use {rule}"
+    if kind == "metrics" and name in RESERVED_METRIC_NAMES:
+        return f"metric name {name!r} is reserved; pick another name"
+    for attr, required in _CALLABLES[expected]:
+        value = getattr(obj, attr, None)
+        if (value is not None or required) and not callable(value):
+            return f"{expected.__name__} {name!r}: {attr} must be callable, got {type(value).__name__}"
+    return None
+
+
+def _import(module: str) -> Any:
+    """Import a module by dotted path, or a ``.py`` file by path."""
+    if module.endswith(".py") or os.sep in module:
+        path = Path(module).expanduser()
+        if not path.is_file():
+            raise ModuleNotFoundError(f"no plugin file {str(path)!r}", name=module)
+        mod_name = f"automl_vision_local_plugin_{path.stem}"
+        spec = importlib.util.spec_from_file_location(mod_name, path)
+        assert spec is not None and spec.loader is not None
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[mod_name] = mod
+        try:
+            spec.loader.exec_module(mod)
+        except BaseException:
+            sys.modules.pop(mod_name, None)
+            raise
+        return mod
+    return importlib.import_module(module)
+
+
 _MANAGER: PluginManager | None = None
+_MANAGER_KEY: tuple[str, ...] | None = None
 
 
-def get_plugin_manager(extra_modules: list[str] | None = None, reload: bool = False) -> PluginManager:
-    """The process-wide plugin manager, loaded on first use."""
-    global _MANAGER
-    if _MANAGER is None or reload or extra_modules:
-        if extra_modules:
+def get_plugin_manager(extra_modules: list[str] | None = None, reload: bool = False,
+                       prefer: dict[str, str] | None = None) -> PluginManager:
+    """The process-wide plugin manager, loaded on first use.
+
+    Broken plugins and conflicts nobody resolved are reported once on stderr when it
+    loads; they do not stop anything that does not use them.
+
+    Args:
+        extra_modules: ``--plugin`` modules; a different list loads again.
+        reload: load again even if loaded.
+        prefer: ``NAME -> PLUGIN`` picks for names registered by several plugins.
+
+    Raises:
+        UsageError: a pick in ``prefer`` that matches no registration.
+    """
+    global _MANAGER, _MANAGER_KEY
+    key = tuple(extra_modules or ())
+    if _MANAGER is None or reload or key != _MANAGER_KEY:
+        if extra_modules and os.getcwd() not in sys.path:
             # make modules in the current directory importable, as for `python -m`
-            if os.getcwd() not in sys.path:
-                sys.path.insert(0, os.getcwd())
+            sys.path.insert(0, os.getcwd())
         _MANAGER = PluginManager().load(extra_modules)
+        _MANAGER_KEY = key
         for info in _MANAGER.broken():
             for err in info.errors:
                 print(f"warning: plugin {info.name!r} is broken: {err}", file=sys.stderr)
+    _MANAGER.apply_preferences(prefer)
+    if prefer is not None or reload:
+        for message in _MANAGER.unresolved_conflicts():
+            print(f"warning: {message} Until then it is not used.", file=sys.stderr)
     return _MANAGER

@@ -39,6 +39,7 @@ class SearchSettings:
     models: list[str] = field(default_factory=list)  # families and/or timm names/patterns
     pruner: str = "hyperband"
     plugins: list[str] = field(default_factory=list)
+    prefer: dict[str, str] = field(default_factory=dict)  # NAME -> PLUGIN picked on a conflict
     workers: int = 1
     options: dict[str, Any] = field(default_factory=dict)  # room for later settings
 

@@ -8,42 +8,74 @@ import json
 HELP = "list loaded plugins (built-in, installed, --plugin) and what each registered"
 
 
+def _preference(text: str) -> tuple[str, str]:
+    name, sep, plugin = text.partition("=")
+    if not sep or not name.strip() or not plugin.strip():
+        raise argparse.ArgumentTypeError(f"expected NAME=PLUGIN, got {text!r}")
+    return name.strip(), plugin.strip()
+
+
 def add_parser(sub) -> None:
-    p = sub.add_parser("plugins", help=HELP, description=HELP + "; broken plugins are shown with their error.")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.add_argument("--plugin", action="append", default=[], metavar="MODULE", help="also load this plugin module")
+    p = sub.add_parser(
+        "plugins",
+        help=HELP,
+        description=HELP + ". Broken plugins are shown with what is wrong, and names registered by more than "
+        "one plugin (conflicts) with the plugins involved. Exit status 0 even when a plugin is broken.",
+    )
+    p.add_argument("--json", action="store_true",
+                   help="machine-readable output: {plugins: [...], conflicts: {...}, hooks: [...]}")
+    p.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                   help="also load this plugin module or .py file (repeatable), as search --plugin does")
+    p.add_argument("--prefer", action="append", default=[], type=_preference, metavar="NAME=PLUGIN",
+                   help="show conflicts as resolved by this pick, as search --prefer does")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from automl_vision.plugins import PluginManager
+    import os
+    import sys
 
+    from automl_vision.plugins import _HOOK_NAMES, PluginManager
+
+    if args.plugin and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     pm = PluginManager().load(args.plugin)
+    pm.apply_preferences(dict(args.prefer))
     plugins = [p.as_dict() for p in pm.plugins.values()]
-    conflicts = {kind: getattr(pm, kind).conflicts() for kind in ("datasets", "model_families", "metrics")}
+    conflicts = {}
+    for kind in ("datasets", "model_families", "metrics"):
+        registry = getattr(pm, kind)
+        conflicts[kind] = {
+            name: {"plugins": owners, "preferred": registry.preferred.get(name)}
+            for name, owners in registry.conflicts().items()
+        }
     if args.json:
-        print(json.dumps({"plugins": plugins, "conflicts": conflicts}, indent=2))
+        print(json.dumps({"plugins": plugins, "conflicts": conflicts, "hooks": sorted(_HOOK_NAMES)}, indent=2))
         return 0
     from rich.console import Console
-    from rich.table import Table
+    from rich.markup import escape
 
-    table = Table(title="automl-vision plugins")
-    for col in ("plugin", "origin", "distribution", "status", "registered"):
-        table.add_column(col)
+    console = Console(highlight=False)
     for p in plugins:
-        registered = "; ".join(f"{k}: {', '.join(v)}" for k, v in p["registered"].items()) or "-"
-        hooks = [h for h in p["hooks"] if h.startswith("on_")]
-        if hooks:
-            registered += ("; " if registered != "-" else "") + "events: " + ", ".join(hooks)
-        status = "[green]ok[/]" if p["status"] == "ok" else "[red]broken[/]"
-        dist = f"{p['distribution']} {p['version']}" if p["distribution"] else "-"
-        table.add_row(p["name"], p["origin"], dist, status, registered)
-    console = Console()
-    console.print(table)
-    for p in plugins:
+        dist = f"{p['distribution']} {p['version'] or ''}".strip() if p["distribution"] else "-"
+        status = "[green]ok[/]" if p["status"] == "ok" else "[bold red]BROKEN[/]"
+        console.print(f"[bold]{escape(p['name'])}[/]  {p['origin']}  {escape(dist)}  {status}")
+        for kind, names in p["registered"].items():
+            console.print(f"    {kind.replace('_', ' ')}: {escape(', '.join(names))}")
+        events = [h for h in p["hooks"] if h.startswith("on_")]
+        if events:
+            console.print(f"    events: {', '.join(events)}")
         for err in p["errors"]:
-            console.print(f"[red]broken plugin {p['name']}:[/] {err}", highlight=False)
+            console.print(f"    [red]error:[/] {escape(err)}")
     for kind, items in conflicts.items():
-        for name, owners in items.items():
-            console.print(f"[yellow]conflict:[/] {kind} {name!r} is registered by {', '.join(owners)}")
+        for name, c in items.items():
+            owners = " and ".join(c["plugins"])
+            if c["preferred"]:
+                console.print(f"[yellow]conflict:[/] {kind.replace('_', ' ')} {name!r} is registered by {owners}; "
+                              f"using {c['preferred']} (--prefer)")
+            else:
+                console.print(f"[yellow]conflict:[/] {kind.replace('_', ' ')} {name!r} is registered by {owners}; "
+                              f"not used until you pick one with --prefer {name}=PLUGIN")
+    n_broken = sum(p["status"] == "broken" for p in plugins)
+    console.print(f"{len(plugins)} plugins, {n_broken} broken")
     return 0

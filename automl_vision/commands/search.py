@@ -40,6 +40,13 @@ def _sizes(text: str) -> list[int]:
     return sizes
 
 
+def _preference(text: str) -> tuple[str, str]:
+    name, sep, plugin = text.partition("=")
+    if not sep or not name.strip() or not plugin.strip():
+        raise argparse.ArgumentTypeError(f"expected NAME=PLUGIN, e.g. mcc=automl-vision-mixer, got {text!r}")
+    return name.strip(), plugin.strip()
+
+
 def add_search_options(p: argparse.ArgumentParser) -> None:
     """Options shared by ``search`` and anything that starts a search."""
     g = p.add_argument_group("budget")
@@ -78,7 +85,10 @@ def add_search_options(p: argparse.ArgumentParser) -> None:
     r.add_argument("--storage", metavar="URL",
                    help="Optuna storage URL, e.g. postgresql://user@host/db (default: a journal file in the run directory)")
     r.add_argument("--plugin", action="append", default=[], metavar="MODULE",
-                   help="load a plugin module by import path (repeatable); also $AUTOML_VISION_PLUGINS")
+                   help="load a plugin module by import path or .py file (repeatable); also $AUTOML_VISION_PLUGINS")
+    r.add_argument("--prefer", action="append", default=[], type=_preference, metavar="NAME=PLUGIN",
+                   help="when two plugins register the same dataset source, model family or metric NAME, "
+                        "use the one from PLUGIN (repeatable; see 'automl-vision plugins')")
     p.add_argument("--plain", action="store_true", help="plain log lines instead of the live display")
     p.add_argument("-v", "--verbose", action="store_true", help="more logging")
 
@@ -135,6 +145,7 @@ def settings_from_options(data: str, out: str | None = None, **o: Any):
         models=models,
         pruner=o.get("pruner") or "hyperband",
         plugins=list(o.get("plugin") or o.get("plugins") or []),
+        prefer=dict(o.get("prefer") or {}),
         options=options,
     )
 

@@ -80,6 +80,8 @@ def check_settings(settings: SearchSettings, pm: PluginManager) -> list[str]:
     from automl_vision.search.space import families_and_models
 
     families, _ = families_and_models(settings, pm)
+    for family in families:
+        pm.model_families.get(family)  # a family two plugins register fails here, naming both
     if not families:
         raise UsageError("no model family is available; check --models and the installed plugins")
     return objectives
@@ -163,7 +165,7 @@ def run_search(settings: SearchSettings, argv: list[str] | None = None, plain: b
     """Run a whole search; returns the final report. Raises UsageError for bad input."""
     t_start = time.time()
     deadline = t_start + settings.time_budget if settings.time_budget else None
-    pm = get_plugin_manager(settings.plugins)
+    pm = get_plugin_manager(settings.plugins, prefer=settings.prefer)
     objectives = check_settings(settings, pm)
     directions = directions_for(objectives, pm)
     dataset = load_dataset(settings.data, pm)
