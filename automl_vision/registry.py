@@ -81,7 +81,7 @@ class Registry(Generic[T]):
         """The error shown when a name registered by several plugins is used."""
         owners = [e.plugin for e in self._conflicts.get(name, [])]
         return (
-            f"{self.kind} {name!r} is registered by more than one plugin: {' and '.join(owners)}. "
+            f"{self.kind} {name!r} is registered by more than one plugin: {', '.join(owners)}. "
             f"Pick one with --prefer {name}={owners[0] if owners else 'PLUGIN'} (or uninstall one of them); "
             f"'automl-vision plugins' lists what each plugin registers."
         )
