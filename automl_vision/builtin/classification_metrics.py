@@ -34,7 +34,8 @@ def top5_accuracy(y, p):
 
 
 def log_loss(y, p):
-    return float(skm.log_loss(y, np.clip(p, 1e-7, 1.0), labels=np.arange(p.shape[1])))
+    p = np.clip(np.asarray(p, dtype=np.float64), 1e-7, 1.0)
+    return float(skm.log_loss(y, p / p.sum(axis=1, keepdims=True), labels=np.arange(p.shape[1])))
 
 
 def expected_calibration_error(y, p, bins: int = 15):
