@@ -1,30 +1,48 @@
 """After the search: pick the deliverable, touch the test split once, write the report.
 
-1. the best complete trial by the validation objective is copied to ``best/``;
-2. an ensemble is selected on validation probabilities (``ensemble.json``);
-3. the best single model and the ensemble are evaluated once on the test split;
-4. the deliverable is the ensemble only when it beats the best single model on
-   validation; ``final/report.json`` says which and why.
+1. the best complete trial by the validation objective is the best single model;
+2. an ensemble is selected on the trials' validation probabilities (greedy selection
+   with replacement, or top-k averaging);
+3. optionally, flip test-time augmentation is tried on validation and kept for a model
+   only when it improves the objective there;
+4. optionally, a temperature is fitted on validation (calibration);
+5. optionally, the chosen configurations are retrained on train + validation with the
+   epochs the search found (``--refit``); the choices above stay as made on validation;
+6. the best single model and the ensemble are evaluated once on the test split, in
+   fp32, with the same :class:`~automl_vision.predict.ProbabilityModel` that
+   ``predict``, the Python API and ``export`` use;
+7. the deliverable is the ensemble only when it beats the best single model on
+   validation; ``final/report.json`` says which and why, ``best/`` holds the best single
+   model and ``ensemble.json`` the ensemble.
+
+:func:`finalize` is called at the end of ``automl-vision search`` and by
+``automl-vision ensemble RUN_DIR``, which rebuilds the ensemble of a finished or still
+running search with other settings.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
+from automl_vision import calibration
 from automl_vision import ensemble as ens
 from automl_vision.data.prepare import PreparedData
 from automl_vision.evaluation import compute_metrics, is_better, per_class
-from automl_vision.models import load_model, write_preprocessing
+from automl_vision.models import build_model, load_model, save_model, write_preprocessing
 from automl_vision.plugins import PluginManager
+from automl_vision.predict import ProbabilityModel
 from automl_vision.progress import make_console
 from automl_vision.rundir import RunDir, read_json, write_json, write_npy
 from automl_vision.training.device import ExecPath
-from automl_vision.training.inference import nhwc_to_tensor, predict_probs, stats_tensors
+from automl_vision.types import UsageError
+
+REFIT = "refit"
 
 
 def complete_trials(run_dir: RunDir) -> list[dict[str, Any]]:
@@ -36,18 +54,163 @@ def complete_trials(run_dir: RunDir) -> list[dict[str, Any]]:
     return out
 
 
+def run_options(run_dir: RunDir) -> dict[str, Any]:
+    """The final-step options the search was started with (``--refit``, ``--tta``, ``--calibrate``)."""
+    settings = (run_dir.read_run() or {}).get("settings") or {}
+    return dict(settings.get("options") or {})
+
+
+def run_deadline(run_dir: RunDir) -> float | None:
+    """The absolute deadline of the latest search session, if it had a time budget."""
+    sessions = (run_dir.read_run() or {}).get("sessions") or []
+    if sessions and sessions[-1].get("time_budget"):
+        return float(sessions[-1]["started"]) + float(sessions[-1]["time_budget"])
+    return None
+
+
+def fp32(path: ExecPath) -> ExecPath:
+    """The final evaluation runs in fp32 on the search's device: the numbers reported are
+    then the ones ``predict`` reproduces, whatever autocast dtype the trials used."""
+    return ExecPath(path.device, "fp32", path.channels_last, "final evaluation in fp32")
+
+
+def split_probs(module: ProbabilityModel, data: PreparedData, split: str, path: ExecPath) -> np.ndarray:
+    """Probabilities of ``module`` on the cached images of ``split``."""
+    idx = data.split_index[split]
+    arrays = [np.asarray(data.images(size)[idx]) for size in module.sizes]
+    return module.probs(arrays, device=path.torch_device, channels_last=path.channels_last)
+
+
+# kept for callers of the first version (dashboard, benchmarks): raw test probabilities of one trial
 def test_probs(run_dir: RunDir, number: int, data: PreparedData, path: ExecPath, pm: PluginManager) -> np.ndarray:
     model, spec = load_model(run_dir.trial_dir(number), pm)
-    model = model.to(path.torch_device, memory_format=torch.channels_last if path.channels_last else torch.contiguous_format)
-    x = nhwc_to_tensor(np.asarray(data.images(spec["image_size"])[data.split_index["test"]]))
-    mean, std = stats_tensors(spec["mean"], spec["std"], spec["in_chans"], path.torch_device)
-    return predict_probs(model, x, mean, std, path)
+    return split_probs(ProbabilityModel([model], [spec], [1.0]), data, "test", fp32(path))
+
+
+# ------------------------------------------------------------------ data of a run
+def load_prepared(run_dir: RunDir, pm: PluginManager) -> PreparedData:
+    """The run's samples, splits and image cache, rebuilt from the run directory and its data.
+
+    The split is the one stored in ``splits.json``; nothing in the run directory is
+    rewritten. Raises UsageError when the data is gone or changed.
+    """
+    from automl_vision.data.sources import load_dataset
+    from automl_vision.types import SPLITS
+
+    run = run_dir.read_run() or {}
+    settings = run.get("settings") or {}
+    report = run_dir.read_data_report()
+    stored = run_dir.read_splits()
+    if not report or not stored:
+        raise UsageError(f"{run_dir.path}: the search has not prepared its data yet (no data_report.json or splits.json)")
+    location = str(settings.get("data") or report.get("root") or "")
+    if not os.path.exists(location) and report.get("root") and os.path.exists(report["root"]):
+        location = report["root"]  # the search was started from another working directory
+    try:
+        dataset = load_dataset(location, pm)
+    except UsageError as exc:
+        raise UsageError(
+            f"this step re-reads the run's validation and test images from {location!r}, but: {exc}"
+        ) from None
+    by_key = {s.key: s for s in dataset.samples}
+    missing = [k for k in stored["keys"] if k not in by_key]
+    if missing:
+        raise UsageError(
+            f"{len(missing)} image(s) used by the run are gone from {location} (e.g. {missing[0]}); restore the data "
+            "the search was run on, or start a new search"
+        )
+    samples = [by_key[k] for k in stored["keys"]]
+    pos = {k: i for i, k in enumerate(stored["keys"])}
+    split_index = {name: np.asarray(sorted(pos[k] for k in stored["splits"].get(name, [])), dtype=np.int64)
+                   for name in SPLITS}
+    return PreparedData(run_dir, list(report["classes"]), samples, int(report["in_chans"]), split_index, report)
+
+
+# ------------------------------------------------------------------ refit
+def trial_config(config: dict[str, Any], epochs: int):
+    """The :class:`TrialConfig` of a trial's ``config.json``, with ``epochs`` epochs."""
+    from dataclasses import fields
+
+    from automl_vision.training.augment import policy_from_dict
+    from automl_vision.training.trainer import TrialConfig
+
+    names = {f.name for f in fields(TrialConfig)} - {"aug"}
+    cfg = TrialConfig(**{k: v for k, v in config.items() if k in names})
+    cfg.aug = policy_from_dict(config.get("aug") or {})
+    cfg.epochs = int(epochs)
+    return cfg
+
+
+def refit_trial(run_dir: RunDir, number: int, data: PreparedData, pm: PluginManager, path: ExecPath,
+                log: Callable[[str], None]) -> dict[str, Any]:
+    """Retrain trial ``number``'s configuration on train + validation into ``refit/<n>/``.
+
+    The number of epochs is the one the trial ran (its schedule ended there), the
+    seed, normalisation and every hyperparameter are the trial's. An existing refit of
+    the same trial is reused.
+    """
+    from automl_vision.training.inference import nhwc_to_tensor
+    from automl_vision.training.trainer import TensorData, train
+
+    tdir = run_dir.trial_dir(number)
+    out = run_dir.path / REFIT / tdir.name
+    spec = read_json(tdir / "model.json")
+    status = run_dir.read_trial(number) or {}
+    epochs = int(status.get("epochs") or len(run_dir.read_history(number)) or 1)
+    done = read_json(out / "model.json")
+    if done and (done.get("refit") or {}).get("of_trial") == number and (out / "weights.safetensors").exists():
+        return {"trial": number, "dir": f"{REFIT}/{tdir.name}", "epochs": epochs, "reused": True, "seconds": 0.0}
+    config = read_json(tdir / "config.json")
+    if not config or not spec:
+        raise RuntimeError(f"trial {number} has no config.json or model.json to refit from")
+    cfg = trial_config(config, epochs)
+    t0 = time.time()
+    idx = np.concatenate([data.split_index["train"], data.split_index["val"]])
+    arr = data.images(cfg.image_size)
+    val = data.split_index["val"][:64]  # the trainer reports on these after each epoch; nothing is decided on them
+    tensors = TensorData(
+        x_train=nhwc_to_tensor(np.asarray(arr[np.sort(idx)])),
+        y_train=torch.from_numpy(data.labels[np.sort(idx)]),
+        x_val=nhwc_to_tensor(np.asarray(arr[val])),
+        y_val=torch.from_numpy(data.labels[val]),
+        mean=list(spec["mean"]),
+        std=list(spec["std"]),
+        num_classes=len(data.classes),
+    )
+    torch.manual_seed(cfg.seed)  # the same initial weights as the trial
+    model = build_model(spec, pm)
+    log(f"refit: trial {number} ({spec.get('label', '')}) on {len(idx)} train+val images for {epochs} epochs")
+    result = train(model, cfg, tensors, path)
+    refit_info = {"of_trial": number, "epochs": epochs, "images": int(len(idx)), "seconds": time.time() - t0}
+    save_model(out, result.model.to("cpu"), {**spec, "refit": refit_info})
+    write_json(out / "config.json", {**config, "epochs": epochs, "refit_of": number})
+    return {"trial": number, "dir": f"{REFIT}/{tdir.name}", "epochs": epochs, "reused": False,
+            "seconds": refit_info["seconds"]}
+
+
+# ------------------------------------------------------------------ finalize
+def _metric_or_nan(metrics: dict[str, float], name: str) -> float:
+    return float(metrics.get(name, float("nan")))
 
 
 def finalize(run_dir: RunDir, data: PreparedData, pm: PluginManager, path: ExecPath, metric: str,
-             method: str = "greedy", max_members: int = 5, log=print) -> dict[str, Any]:
+             method: str = "greedy", max_members: int = 5, log=print, tta: bool | None = None,
+             calibrate: bool | None = None, refit: bool | None = None, respect_budget: bool = True) -> dict[str, Any]:
+    """Select, evaluate and write the deliverable (see the module docstring).
+
+    ``tta``, ``calibrate`` and ``refit`` default to the options the search was started
+    with (``run.json``). With ``respect_budget`` a refit that would overrun the search's
+    time budget is skipped, and the report says so.
+    """
     t0 = time.time()
+    opts = run_options(run_dir)
+    tta = bool(opts.get("tta")) if tta is None else tta
+    calibrate = bool(opts.get("calibrate")) if calibrate is None else calibrate
+    refit = bool(opts.get("refit")) if refit is None else refit
+    if method not in ens.METHODS:
+        raise UsageError(f"--method {method!r}: expected one of {', '.join(ens.METHODS)}")
     m = pm.metrics.get(metric)
+    eval_path = fp32(path)
     trials = complete_trials(run_dir)
     report: dict[str, Any] = {"metric": metric, "direction": m.direction, "has_test": data.has_test(), "finished": t0}
     if not trials:
@@ -55,63 +218,146 @@ def finalize(run_dir: RunDir, data: PreparedData, pm: PluginManager, path: ExecP
         write_json(run_dir.final_dir / "report.json", report)
         return report
     y_val = data.labels[data.split_index["val"]]
-    val = {r["number"]: run_dir.read_val_probs(r["number"]).astype(np.float64) for r in trials}
-    val = {n: p for n, p in val.items() if p is not None and p.shape[0] == len(y_val)}
+    val = {r["number"]: run_dir.read_val_probs(r["number"]) for r in trials}
+    val = {n: p.astype(np.float64) for n, p in val.items() if p is not None and p.shape[0] == len(y_val)}
+    if not val:
+        report["error"] = ("no finished trial has validation probabilities that match the run's validation split; "
+                           "the data may have changed since the search")
+        write_json(run_dir.final_dir / "report.json", report)
+        return report
     best_n = None
     best_v = None
-    for n, p in val.items():
+    for n, p in sorted(val.items()):
         v = float(m.fn(y_val, p))
         if best_n is None or is_better(v, best_v, m.direction):
             best_n, best_v = n, v
     best_rec = next(r for r in trials if r["number"] == best_n)
-
-    # best/: everything needed to load and predict without the study
-    best_dir = run_dir.best_dir
-    tmp = run_dir.path / ".best.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for name in ("model.json", "weights.safetensors", "config.json", "metrics.json"):
-        src = run_dir.trial_dir(best_n) / name
-        if src.exists():
-            shutil.copy2(src, tmp / name)
-    write_preprocessing(tmp / "preprocessing.json", read_json(tmp / "model.json"))
-    shutil.rmtree(best_dir, ignore_errors=True)
-    tmp.rename(best_dir)
+    models_of = {r["number"]: r.get("model", "") for r in trials}
 
     weights = ens.select(method, val, y_val, m.fn, m.direction, max_members=max_members)
-    ens_val = ens.combine(val, weights)
-    ens_val_metrics = compute_metrics(y_val, ens_val, pm)
-    single_val_metrics = compute_metrics(y_val, val[best_n], pm)
+    members = sorted(weights, key=lambda n: (-weights[n], n))
+    needed = sorted(set(members) | {best_n})
+    nets: dict[int, tuple[torch.nn.Module, dict[str, Any]]] = {n: load_model(run_dir.trial_dir(n), pm) for n in needed}
+
+    def best_module(nets, tta_on=False, temperature=1.0) -> ProbabilityModel:
+        net, spec = nets[best_n]
+        return ProbabilityModel([net], [spec], [1.0], temperature=temperature, tta=tta_on)
+
+    def ens_module(nets, tta_on=False, temperature=1.0) -> ProbabilityModel:
+        return ProbabilityModel([nets[n][0] for n in members], [nets[n][1] for n in members],
+                                [weights[n] for n in members], temperature=temperature, tta=tta_on)
+
+    # validation probabilities of both candidates, as the trials produced them
+    best_val_p = val[best_n]
+    ens_val_p = ens.combine(val, weights)
+    tta_info: dict[str, Any] = {"requested": tta}
+    best_tta = ens_tta = False
+    if tta:
+        for name, build, current in (("best", best_module, best_val_p), ("ensemble", ens_module, ens_val_p)):
+            plain = split_probs(build(nets, False), data, "val", eval_path)
+            flipped = split_probs(build(nets, True), data, "val", eval_path)
+            without, with_ = compute_metrics(y_val, plain, pm), compute_metrics(y_val, flipped, pm)
+            used = is_better(with_[metric], without[metric], m.direction)
+            tta_info[name] = {"used": used, "val_without": without, "val_with": with_}
+            if used:
+                if name == "best":
+                    best_tta, best_val_p = True, flipped
+                else:
+                    ens_tta, ens_val_p = True, flipped
+        log(f"test-time augmentation (flip): best {'kept' if best_tta else 'not kept'}, "
+            f"ensemble {'kept' if ens_tta else 'not kept'} (decided on validation {metric})")
+
+    cal_info: dict[str, Any] = {"requested": calibrate}
+    best_t = ens_t = 1.0
+    if calibrate:
+        best_t = calibration.fit_temperature(best_val_p, y_val)
+        ens_t = calibration.fit_temperature(ens_val_p, y_val)
+        for name, t, p in (("best", best_t, best_val_p), ("ensemble", ens_t, ens_val_p)):
+            cal_info[name] = {
+                "temperature": t,
+                "val_ece_before": calibration.expected_calibration_error(y_val, p),
+                "val_ece_after": calibration.expected_calibration_error(y_val, calibration.apply_temperature(p, t)),
+                "val_nll_before": calibration.nll(p, y_val),
+                "val_nll_after": calibration.nll(p, y_val, t),
+            }
+        best_val_p = calibration.apply_temperature(best_val_p, best_t)
+        ens_val_p = calibration.apply_temperature(ens_val_p, ens_t)
+        log(f"calibration: temperature {best_t:.3f} (best), {ens_t:.3f} (ensemble), fitted on validation")
+
+    single_val_metrics = compute_metrics(y_val, best_val_p, pm)
+    ens_val_metrics = compute_metrics(y_val, ens_val_p, pm)
     use_ensemble = len(weights) > 1 and is_better(ens_val_metrics[metric], single_val_metrics[metric], m.direction)
+
+    # refit on train + validation: choices stay as made on validation
+    refit_info: dict[str, Any] = {"requested": refit}
+    dirs = {n: str(run_dir.trial_dir(n).relative_to(run_dir.path)) for n in needed}
+    if refit:
+        n_train, n_val = len(data.split_index["train"]), len(data.split_index["val"])
+        estimate = sum(float((run_dir.read_trial(n) or {}).get("seconds") or 0.0) for n in needed) * (n_train + n_val) / max(1, n_train)
+        deadline = run_deadline(run_dir) if respect_budget else None
+        if deadline is not None and time.time() + estimate > deadline:
+            refit_info["skipped"] = (f"not enough time left in the search's time budget (refit needs about "
+                                     f"{estimate:.0f}s, {max(0.0, deadline - time.time()):.0f}s left); run "
+                                     f"'automl-vision ensemble {run_dir.path} --refit' to refit without a budget")
+            log(f"refit skipped: {refit_info['skipped']}")
+        else:
+            done = [refit_trial(run_dir, n, data, pm, path, log) for n in needed]
+            refit_info["models"] = done
+            for d in done:
+                dirs[d["trial"]] = d["dir"]
+            nets = {n: load_model(run_dir.path / dirs[n], pm) for n in needed}
+
+    # best/: everything needed to load and predict without the study
+    best_src = run_dir.path / dirs[best_n]
+    tmp = run_dir.path / f".best.{os.getpid()}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name in ("weights.safetensors", "config.json", "metrics.json"):
+        src = best_src / name
+        if not src.exists():
+            src = run_dir.trial_dir(best_n) / name
+        if src.exists():
+            shutil.copy2(src, tmp / name)
+    best_spec = {**nets[best_n][1], "temperature": best_t, "tta": best_tta, "source": dirs[best_n]}
+    write_json(tmp / "model.json", best_spec)
+    write_preprocessing(tmp / "preprocessing.json", best_spec)
+    old = run_dir.path / f".best.{os.getpid()}.old"
+    if run_dir.best_dir.exists():
+        run_dir.best_dir.rename(old)
+    tmp.rename(run_dir.best_dir)
+    shutil.rmtree(old, ignore_errors=True)
+
     ensemble_info = {
         "method": method,
-        "members": [{"trial": n, "weight": w, "model": next((r.get("model") for r in trials if r["number"] == n), "")}
-                    for n, w in sorted(weights.items(), key=lambda kv: -kv[1])],
+        "max_members": max_members,
+        "members": [{"trial": n, "weight": weights[n], "model": models_of.get(n, ""), "dir": dirs[n]} for n in members],
+        "tta": ens_tta,
+        "temperature": ens_t,
         "val": ens_val_metrics,
     }
-
+    if use_ensemble:
+        why = (f"the ensemble of {len(weights)} models beats the best single model on validation "
+               f"({ens_val_metrics[metric]:.4f} vs {single_val_metrics[metric]:.4f})")
+    elif len(weights) <= 1:
+        why = "only one model was selected for the ensemble, so it is the best single model"
+    else:
+        why = (f"the ensemble does not beat the best single model on validation "
+               f"({ens_val_metrics[metric]:.4f} vs {single_val_metrics[metric]:.4f}), so the simpler model is delivered")
     report.update(
         best_trial=best_n,
         best_model=best_rec.get("model"),
         best_val=single_val_metrics,
         ensemble=ensemble_info,
         deliverable="ensemble" if use_ensemble else "best",
-        why=(
-            f"the ensemble of {len(weights)} models beats the best single model on validation "
-            f"({ens_val_metrics[metric]:.4f} vs {single_val_metrics[metric]:.4f})"
-            if use_ensemble
-            else (
-                "only one model was selected for the ensemble" if len(weights) <= 1 else
-                f"the ensemble does not beat the best single model on validation "
-                f"({ens_val_metrics[metric]:.4f} vs {single_val_metrics[metric]:.4f})"
-            )
-        ),
+        why=why,
+        tta=tta_info,
+        calibration=cal_info,
+        refit=refit_info,
     )
     if data.has_test():
         y_test = data.labels[data.split_index["test"]]
-        test = {n: test_probs(run_dir, n, data, path, pm) for n in set(weights) | {best_n}}
-        best_test = test[best_n]
-        ens_test = ens.combine(test, weights)
+        best_test = split_probs(best_module(nets, best_tta, best_t), data, "test", eval_path)
+        ens_test = split_probs(ens_module(nets, ens_tta, ens_t), data, "test", eval_path)
         write_npy(run_dir.final_dir / "test_probs_best.npy", best_test.astype(np.float32))
         write_npy(run_dir.final_dir / "test_probs_ensemble.npy", ens_test.astype(np.float32))
         write_npy(run_dir.final_dir / "test_labels.npy", y_test)
@@ -120,11 +366,19 @@ def finalize(run_dir: RunDir, data: PreparedData, pm: PluginManager, path: ExecP
         report["best_test_detail"] = per_class(y_test, best_test, data.classes)
         report["ensemble_test_detail"] = per_class(y_test, ens_test, data.classes)
         report["test_keys"] = [data.samples[i].key for i in data.split_index["test"]]
+        if calibrate:
+            # the temperature is invertible: T' = 1/T gives back the uncalibrated probabilities
+            for name, t, p in (("best", best_t, best_test), ("ensemble", ens_t, ens_test)):
+                cal_info[name]["test_ece_before"] = calibration.expected_calibration_error(
+                    y_test, calibration.apply_temperature(p, 1.0 / t))
+                cal_info[name]["test_ece_after"] = calibration.expected_calibration_error(y_test, p)
     else:
         report["note"] = (
             "no test split: the scores below are validation scores, which are optimistic because the "
             "validation split was used to select the model"
         )
+    # the dashboard's per-class validation metrics of the best model and the ensemble need the labels
+    write_npy(run_dir.final_dir / "val_labels.npy", y_val)
     write_json(run_dir.path / "ensemble.json", {**ensemble_info, "selected": use_ensemble, "metric": metric})
     report["seconds"] = time.time() - t0
     write_json(run_dir.final_dir / "report.json", report)
@@ -146,15 +400,54 @@ def print_summary(report: dict[str, Any], console=None) -> None:
     for c in cols:
         table.add_column(c, justify="right")
     split = "best_test" if has_test else "best_val"
-    ens_metrics = report["ensemble"].get("test" if has_test else "val", {})
-    members = ", ".join(f"#{mbr['trial']}x{mbr['weight']:.2f}" for mbr in report["ensemble"]["members"])
+    ens_info = report["ensemble"]
+    ens_metrics = ens_info.get("test" if has_test else "val", {})
+    members = ", ".join(f"#{mbr['trial']}x{mbr['weight']:.2f}" for mbr in ens_info["members"])
+    best_extra = _extras(report, "best")
+    ens_extra = _extras(report, "ensemble")
     rows = [
-        (f"best single: trial {report['best_trial']} ({report['best_model']})", report.get(split, {})),
-        (f"ensemble ({report['ensemble']['method']}: {members})", ens_metrics),
+        (f"best single: trial {report['best_trial']} ({report['best_model']}){best_extra}", report.get(split, {})),
+        (f"ensemble ({ens_info['method']}: {members}){ens_extra}", ens_metrics),
     ]
     for name, mets in rows:
         table.add_row(name, *[f"{mets[c]:.4f}" if c in mets else "-" for c in cols])
     console.print(table)
+    cal = report.get("calibration") or {}
+    if cal.get("requested") and "best" in cal:
+        key = "test" if has_test and "test_ece_before" in cal["best"] else "val"
+        console.print(
+            "Calibration (temperature fitted on validation), ECE on "
+            f"{'test' if key == 'test' else 'validation'}: best {cal['best'][key + '_ece_before']:.4f} -> "
+            f"{cal['best'][key + '_ece_after']:.4f} (T={cal['best']['temperature']:.3f}), ensemble "
+            f"{cal['ensemble'][key + '_ece_before']:.4f} -> {cal['ensemble'][key + '_ece_after']:.4f} "
+            f"(T={cal['ensemble']['temperature']:.3f})"
+        )
+    tta = report.get("tta") or {}
+    if tta.get("requested") and "best" in tta:
+        parts = []
+        for name in ("best", "ensemble"):
+            t = tta[name]
+            parts.append(f"{name} {t['val_without'].get(metric, float('nan')):.4f} -> {t['val_with'].get(metric, float('nan')):.4f} "
+                         f"({'kept' if t['used'] else 'not kept'})")
+        console.print(f"Flip test-time augmentation, validation {metric}: " + "; ".join(parts))
+    refit = report.get("refit") or {}
+    if refit.get("requested"):
+        if refit.get("skipped"):
+            console.print(f"[yellow]Refit skipped:[/] {refit['skipped']}")
+        else:
+            done = ", ".join(f"trial {d['trial']} ({d['epochs']} epochs{', reused' if d.get('reused') else ''})"
+                             for d in refit.get("models", []))
+            console.print(f"Refit on train + validation: {done}; test scores above are the refit models'.")
     console.print(f"Deliverable: [bold]{report['deliverable']}[/] — {report['why']}.")
     if report.get("note"):
         console.print(f"[yellow]Note:[/] {report['note']}")
+
+
+def _extras(report: dict[str, Any], name: str) -> str:
+    parts = []
+    if ((report.get("tta") or {}).get(name) or {}).get("used"):
+        parts.append("flip TTA")
+    t = ((report.get("calibration") or {}).get(name) or {}).get("temperature")
+    if t is not None and t != 1.0:
+        parts.append(f"T={t:.2f}")
+    return f" [{', '.join(parts)}]" if parts else ""
