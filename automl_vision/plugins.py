@@ -160,6 +160,17 @@ class PluginManager:
             self._load_module(self._module_plugin_name(module), module, origin="module")
         return self
 
+    def add_plugin(self, obj: Any, name: str | None = None) -> PluginInfo:
+        """Register an already imported object (a module or a class instance) as a plugin.
+
+        For the Python API and tests; the command line loads plugins by name.
+        """
+        module = getattr(obj, "__name__", None) or type(obj).__module__
+        info = self._new_info(name or module, origin="object", module=module)
+        if not info.broken:
+            self._register(info, obj)
+        return info
+
     @staticmethod
     def _module_plugin_name(module: str) -> str:
         if module.endswith(".py"):
