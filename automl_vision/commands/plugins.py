@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.markup import escape
 
-    console = Console(highlight=False)
+    console = Console(highlight=False, soft_wrap=True)  # long errors stay one line, for grep
     for p in plugins:
         dist = f"{p['distribution']} {p['version'] or ''}".strip() if p["distribution"] else "-"
         status = "[green]ok[/]" if p["status"] == "ok" else "[bold red]BROKEN[/]"

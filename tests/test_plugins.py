@@ -1,0 +1,345 @@
+"""The plugin system: load order, broken plugins, conflicts, events, the plugins command.
+
+Throwaway plugins live in ``tests/plugins/`` and are loaded by file path, as a plugin
+author does with ``--plugin path/to/plugin.py``. Installing real distributions with
+pip is tested in ``test_plugin_distributions.py``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from torch import nn
+
+from automl_vision.plugins import BUILTIN_PLUGINS, PluginManager
+from automl_vision.registry import ConflictError
+from automl_vision.testing import PluginCheckError, check_metric, check_model_family, check_plugin
+from automl_vision.types import Metric, ModelFamily, UsageError
+
+from conftest import cli_env, run_cli
+
+HERE = Path(__file__).resolve().parent
+TEST_PLUGINS = HERE / "plugins"
+
+
+def plugin_file(name: str) -> str:
+    return str(TEST_PLUGINS / f"{name}.py")
+
+
+def load(*names: str, entry_points: bool = False) -> PluginManager:
+    return PluginManager().load([plugin_file(n) for n in names], entry_points=entry_points)
+
+
+# ------------------------------------------------------------------ load order
+
+
+def test_builtins_load_first_then_entry_points_then_modules(tmp_path, monkeypatch):
+    # an installed distribution, as pip leaves it: a package and a dist-info with entry_points.txt
+    (tmp_path / "epplugin_pkg.py").write_text(
+        "from automl_vision import hookimpl\nfrom automl_vision.types import Metric\n"
+        "@hookimpl\ndef register_metrics(register):\n    register(Metric('ep_metric', 'maximize', lambda y, p: 1.0))\n"
+    )
+    info = tmp_path / "epplugin-1.2.3.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: epplugin\nVersion: 1.2.3\n")
+    (info / "entry_points.txt").write_text("[automl_vision]\nepplugin = epplugin_pkg\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("AUTOML_VISION_PLUGINS", plugin_file("conflict_a"))
+
+    pm = PluginManager().load([plugin_file("unknown_hook")], entry_points=True)
+
+    names = list(pm.plugins)
+    builtin = [m.rsplit(".", 1)[-1] for m in BUILTIN_PLUGINS]
+    assert names[: len(builtin)] == builtin
+    rest = names[len(builtin):]
+    assert rest.index("epplugin") < rest.index("conflict_a") < rest.index("unknown_hook")
+    ep = pm.plugins["epplugin"]
+    assert (ep.origin, ep.distribution, ep.version) == ("entrypoint", "epplugin", "1.2.3")
+    assert pm.metrics.plugin_of("ep_metric") == "epplugin"
+    # registries keep load order: built-in metrics come before plugin metrics
+    metrics = list(pm.metrics)
+    assert metrics.index("accuracy") < metrics.index("ep_metric") < metrics.index("agreement")
+
+
+def test_entry_points_are_skipped_when_disabled_and_plugins_can_be_blocked(monkeypatch):
+    monkeypatch.setenv("AUTOML_VISION_BLOCK", "timm_backbones,conflict_a")
+    pm = PluginManager().load(["conflict_a"], entry_points=False)
+    assert "timm_backbones" not in pm.plugins and "timm" not in pm.model_families
+    assert "conflict_a" not in pm.plugins
+    assert "cnn" in pm.model_families
+
+
+def test_builtins_go_through_the_hooks():
+    pm = PluginManager().load(entry_points=False)
+    assert pm.plugins["custom_cnn"].hooks == ["register_model_families"]
+    assert pm.plugins["custom_cnn"].registered == {"model_families": ["cnn"]}
+    assert pm.datasets.plugin_of("folder") == "image_folder"
+    assert pm.datasets.plugin_of("csv") == "csv_manifest"
+    assert pm.model_families.plugin_of("timm") == "timm_backbones"
+    assert pm.metrics.plugin_of("accuracy") == "classification_metrics"
+    assert not pm.broken()
+
+
+# ------------------------------------------------------------------ broken plugins
+
+
+def test_import_failure_is_named_and_the_rest_keeps_working():
+    pm = load("broken_import", "conflict_a")
+    info = pm.plugins["broken_import"]
+    assert info.broken and info.origin == "module"
+    assert "broken_import.py" in info.errors[0] and "automl_vision_no_such_dependency" in info.errors[0]
+    assert "agreement" in pm.metrics and "cnn" in pm.model_families
+    assert [p.name for p in pm.broken()] == ["broken_import"]
+
+
+def test_missing_module_gets_an_install_hint():
+    pm = PluginManager().load(["automl_vision_plugin_that_is_not_installed"], entry_points=False)
+    (err,) = pm.plugins["automl_vision_plugin_that_is_not_installed"].errors
+    assert "is it installed" in err
+
+
+def test_hook_that_raises_is_named_with_the_hook_and_keeps_what_it_registered():
+    pm = load("hook_raises")
+    (err,) = pm.plugins["hook_raises"].errors
+    assert err == "hook register_metrics raised RuntimeError: could not reach the licence server"
+    assert pm.metrics.plugin_of("raises_first") == "hook_raises"
+
+
+def test_wrong_types_bad_names_and_returned_values_are_reported():
+    pm = load("wrong_type")
+    info = pm.plugins["wrong_type"]
+    errors = "\n".join(info.errors)
+    assert "hook register_datasets: register() expects a automl_vision.types.DatasetSource, got builtins.dict" in errors
+    assert "DatasetSource name 'Bad Name' is not allowed" in errors
+    assert "hook register_metrics returned a list" in errors and "call register(obj)" in errors
+    assert len(info.errors) == 3
+    # what was right is registered; what was wrong is not
+    assert "wrongtype_ok" in pm.datasets and "dictsource" not in pm.datasets
+    assert "returned_metric" not in pm.metrics
+    assert info.registered == {"datasets": ["wrongtype_ok"]}
+
+
+def test_unknown_hook_is_reported_with_a_suggestion():
+    pm = load("unknown_hook")
+    (err,) = pm.plugins["unknown_hook"].errors
+    assert "unknown hook 'on_trail_end'" in err and "Did you mean on_trial_end?" in err
+    assert "unknown_hook_metric" in pm.metrics
+
+
+def test_hook_with_an_argument_the_spec_lacks_is_rejected():
+    pm = load("bad_signature")
+    (err,) = pm.plugins["bad_signature"].errors
+    assert "invalid hook implementation" in err and "extra" in err
+    assert not pm.pm.hook.on_trial_end.get_hookimpls()
+
+
+def test_reserved_metric_name_and_duplicate_registration_are_refused():
+    class Plugin:
+        from automl_vision import hookimpl
+
+        @hookimpl
+        def register_metrics(self, register):
+            register(Metric("params", "minimize", lambda y, p: 0.0))
+            register(Metric("twice", "maximize", lambda y, p: 0.0))
+            register(Metric("twice", "maximize", lambda y, p: 1.0))
+
+    pm = PluginManager()
+    info = pm.add_plugin(Plugin(), name="dupes")
+    assert any("'params' is reserved" in e for e in info.errors)
+    assert any("'twice' is registered twice by the same plugin" in e for e in info.errors)
+    assert pm.metrics.get("twice").fn(None, None) == 0.0
+
+
+def test_event_hook_that_raises_never_stops_the_others(caplog):
+    calls = []
+
+    class Bad:
+        from automl_vision import hookimpl
+
+        @hookimpl
+        def on_trial_end(self, record):
+            raise RuntimeError("down")
+
+    class Good:
+        from automl_vision import hookimpl
+
+        @hookimpl
+        def on_trial_end(self, run_dir, trial, record):
+            calls.append((run_dir, trial, record["number"]))
+
+    pm = PluginManager()
+    pm.add_plugin(Bad(), name="bad")
+    pm.add_plugin(Good(), name="good")
+    for n in range(3):
+        pm.on_trial_end("run", "T", {"number": n})
+    assert calls == [("run", "T", 0), ("run", "T", 1), ("run", "T", 2)]
+    assert pm.event_failures() == {"bad:on_trial_end": 3}
+    shown = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert shown == ["plugin bad: hook on_trial_end raised RuntimeError: down (the search goes on)"]
+
+
+# ------------------------------------------------------------------ conflicts
+
+
+def test_conflict_names_both_plugins_until_one_is_picked():
+    pm = load("conflict_a", "conflict_b")
+    assert pm.metrics.conflicts() == {"agreement": ["conflict_a", "conflict_b"]}
+    assert "agreement" not in list(pm.metrics)  # not computed while unresolved
+    with pytest.raises(ConflictError, match="conflict_a, conflict_b.*--prefer agreement="):
+        pm.metrics.get("agreement")
+    assert any("agreement" in m for m in pm.unresolved_conflicts())
+    pm.apply_preferences({"agreement": "conflict_b"})
+    assert pm.metrics.get("agreement").fn(np.array([0]), np.array([[1.0, 0.0]])) == 0.25
+    assert "agreement" in list(pm.metrics) and not pm.unresolved_conflicts()
+
+
+def test_prefer_with_a_plugin_that_does_not_register_the_name_is_a_usage_error():
+    pm = load("conflict_a", "conflict_b")
+    with pytest.raises(UsageError, match="does not register the metric 'agreement'.*conflict_a, conflict_b"):
+        pm.apply_preferences({"agreement": "custom_cnn"})
+    with pytest.raises(UsageError, match="no plugin registers anything called 'nothing'"):
+        pm.apply_preferences({"nothing": "conflict_a"})
+
+
+def test_conflicting_dataset_source_found_by_detect_names_both(tmp_path):
+    from automl_vision.data.sources import resolve_source
+    from automl_vision.types import DatasetSource
+
+    def make(plugin_name):
+        class P:
+            from automl_vision import hookimpl
+
+            @hookimpl
+            def register_datasets(self, register):
+                register(DatasetSource("arrays", load=lambda loc: None, detect=lambda loc: loc.endswith(".arr")))
+
+        return P()
+
+    pm = PluginManager()
+    pm.add_plugin(make("one"), name="one")
+    pm.add_plugin(make("two"), name="two")
+    with pytest.raises(ConflictError, match="dataset source 'arrays'.*one, two"):
+        resolve_source(str(tmp_path / "x.arr"), pm)
+    pm.apply_preferences({"arrays": "two"})
+    assert resolve_source("arrays:foo", pm)[1] == "foo"
+
+
+def test_unknown_dataset_scheme_suggests_close_names():
+    from automl_vision.data.sources import resolve_source
+
+    pm = PluginManager().load(entry_points=False)
+    with pytest.raises(UsageError, match="unknown dataset source 'csvv'.*Did you mean 'csv'"):
+        resolve_source("csvv:data.csv", pm)
+
+
+# ------------------------------------------------------------------ the test kit
+
+
+def test_kit_catches_a_family_with_wrong_logits_and_unprefixed_parameters():
+    def suggest(trial, ctx):
+        return {"bad.width": trial.suggest_int("bad.width", 2, 4)}
+
+    shape = ModelFamily("bad", suggest=suggest, build=lambda p, in_chans, image_size, num_classes: nn.Sequential(
+        nn.Flatten(), nn.Linear(in_chans * image_size * image_size, num_classes + 1)))
+    with pytest.raises(PluginCheckError, match=r"expected \(2, 3\) logits"):
+        check_model_family(shape, trials=1)
+    naming = ModelFamily("good", suggest=suggest, build=shape.build)
+    with pytest.raises(PluginCheckError, match="parameter 'bad.width' must be named good.<name>"):
+        check_model_family(naming, trials=1)
+
+
+def test_kit_catches_a_metric_with_the_wrong_direction():
+    check_metric(Metric("acc", "maximize", lambda y, p: float(np.mean(p.argmax(1) == y))))
+    with pytest.raises(PluginCheckError, match="direction is 'minimize' but perfect predictions score 1.0"):
+        check_metric(Metric("acc", "minimize", lambda y, p: float(np.mean(p.argmax(1) == y))))
+
+
+def test_kit_reports_a_broken_plugin():
+    with pytest.raises(PluginCheckError, match="plugin hook_raises: broken"):
+        check_plugin(plugin_file("hook_raises"))
+
+
+def test_builtin_families_and_metrics_pass_the_kit():
+    check_plugin("automl_vision.builtin.custom_cnn")
+    check_plugin("automl_vision.builtin.classification_metrics")
+
+
+# ------------------------------------------------------------------ command line
+
+
+def test_plugins_command_json_shows_broken_plugins_and_conflicts():
+    proc = run_cli("plugins", "--json", "--plugin", plugin_file("broken_import"), "--plugin", plugin_file("wrong_type"),
+                   "--plugin", plugin_file("conflict_a"), "--plugin", plugin_file("conflict_b"), timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    by_name = {p["name"]: p for p in out["plugins"]}
+    assert by_name["broken_import"]["status"] == "broken"
+    assert "automl_vision_no_such_dependency" in by_name["broken_import"]["errors"][0]
+    assert by_name["wrong_type"]["status"] == "broken" and by_name["wrong_type"]["registered"] == {"datasets": ["wrongtype_ok"]}
+    assert by_name["custom_cnn"] == {**by_name["custom_cnn"], "status": "ok", "origin": "builtin",
+                                     "distribution": "automl-vision", "registered": {"model_families": ["cnn"]}}
+    assert out["conflicts"]["metrics"] == {"agreement": {"plugins": ["conflict_a", "conflict_b"], "preferred": None}}
+    assert set(out["hooks"]) >= {"register_datasets", "register_model_families", "register_metrics", "on_trial_end"}
+
+
+def test_plugins_command_text_marks_broken_plugins():
+    proc = run_cli("plugins", "--plugin", plugin_file("hook_raises"), timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "hook_raises  module  -  BROKEN" in proc.stdout
+    assert "error: hook register_metrics raised RuntimeError: could not reach the licence server" in proc.stdout
+    assert "metrics: raises_first" in proc.stdout
+
+
+def test_search_with_conflicting_objective_exits_2_naming_both(digits_dir, tmp_path):
+    proc = run_cli("search", digits_dir, "--out", tmp_path / "run", "--n-trials", "1", "--models", "cnn",
+                   "--metric", "agreement", "--plugin", plugin_file("conflict_a"), "--plugin", plugin_file("conflict_b"),
+                   timeout=120)
+    assert proc.returncode == 2
+    assert "metric 'agreement' is registered by more than one plugin: conflict_a, conflict_b" in proc.stderr
+    assert "--prefer agreement=" in proc.stderr and "Traceback" not in proc.stderr
+    bad = run_cli("search", digits_dir, "--out", tmp_path / "run", "--prefer", "agreement", timeout=60)
+    assert bad.returncode == 2 and "expected NAME=PLUGIN" in bad.stderr
+
+
+def test_search_with_a_flaky_family_a_failing_event_hook_and_a_picked_metric(digits_dir, tmp_path):
+    """One real search exercises the rest: a family that fails one trial, events, --prefer."""
+    events = tmp_path / "events.jsonl"
+    out = tmp_path / "run"
+    proc = run_cli(
+        "search", digits_dir, "--out", out, "--n-trials", "3", "--max-epochs", "1", "--image-size", "16", "--plain",
+        "--models", "flaky", "--metric", "agreement", "--prefer", "agreement=conflict_b",
+        "--plugin", plugin_file("flaky_family"), "--plugin", plugin_file("conflict_a"),
+        "--plugin", plugin_file("conflict_b"), "--plugin", plugin_file("broken_import"),
+        env=cli_env(AUTOML_VISION_TEST_EVENTS=str(events)), timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    # the broken plugin is named on stderr, and the search went on
+    assert "warning: plugin 'broken_import' is broken" in proc.stderr
+    # the event hook that raised for trial 2 is named, and did not stop the search
+    assert "plugin flaky_family: hook on_trial_end raised RuntimeError: tracking server unreachable" in proc.stderr
+
+    with open(out / "leaderboard.csv", newline="") as fh:
+        rows = {int(r["number"]): r for r in csv.DictReader(fh)}
+    assert [rows[n]["state"] for n in (0, 1, 2)] == ["COMPLETE", "FAIL", "COMPLETE"]
+    assert "this architecture does not fit in trial 1" in rows[1]["reason"]
+    assert "model family 'flaky' failed to build" in rows[1]["reason"]
+    assert rows[0]["family"] == "flaky" and rows[0]["model"].startswith("flaky w")
+    # the picked plugin's metric is the objective: conflict_b's constant 0.25
+    assert float(rows[0]["val_agreement"]) == 0.25 and float(rows[2]["value"]) == 0.25
+
+    seen = [json.loads(line) for line in events.read_text().splitlines()]
+    assert [e["hook"] for e in seen] == ["on_search_start"] + ["on_trial_end"] * 3 + ["on_search_end"]
+    assert seen[0]["models"] == ["flaky"]
+    assert [(e["number"], e["state"]) for e in seen[1:4]] == [(0, "COMPLETE"), (1, "FAIL"), (2, "COMPLETE")]
+    assert "agreement" in seen[1]["metrics"] and "accuracy" in seen[1]["metrics"]
+    assert seen[4]["n_trials"] == 3
+
+    run = json.loads((out / "run.json").read_text())
+    assert run["settings"]["prefer"] == {"agreement": "conflict_b"}
+    report = json.loads((out / "final" / "report.json").read_text())
+    assert report["metric"] == "agreement" and report["best_trial"] in (0, 2)
