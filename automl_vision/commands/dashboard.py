@@ -1,0 +1,147 @@
+"""``automl-vision dashboard RUN_DIR``: the Streamlit dashboard over a run directory or a study."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+
+HELP = "open the dashboard (leaderboard, search insight, ensemble, errors and Grad-CAM) of a run directory or study"
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is between 1 and 65535, got {value}")
+    return value
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "dashboard", help=HELP,
+        description=HELP + ". It only reads the run directory and the Optuna storage, so it can watch a search "
+        "while it runs. Binds 127.0.0.1 unless --host says otherwise.",
+        epilog="Examples: automl-vision dashboard runs/digits | automl-vision dashboard runs/a runs/b (compare) | "
+               "automl-vision dashboard --storage postgresql://user@db/automl --study-name digits",
+    )
+    p.add_argument("runs", nargs="*", metavar="RUN_DIR",
+                   help="run directory written by 'automl-vision search --out'; give several to compare them")
+    p.add_argument("--storage", metavar="URL",
+                   help="Optuna storage URL of the study (postgresql://..., sqlite:///..., or a .journal file); "
+                        "with a RUN_DIR it is that run's study")
+    p.add_argument("--study-name", metavar="NAME", help="study name in --storage (default: the run's)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to bind (default: 127.0.0.1, this machine only). Another address, e.g. 0.0.0.0, "
+                        "lets anyone who can reach it see the run, its images and file paths: the dashboard has no login")
+    p.add_argument("--port", type=_port, default=8501, help="port (default: 8501)")
+    p.add_argument("--refresh", type=float, default=5.0, metavar="SECONDS",
+                   help="auto-refresh interval while a search runs (default: 5)")
+    p.set_defaults(func=run)
+
+
+def _check_port(host: str, port: int) -> None:
+    import socket
+
+    from automl_vision.types import UsageError
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise UsageError(f"--host {host!r}: not an address of this machine ({exc})") from None
+    family, _, _, _, addr = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        # as the server itself does: a port left in TIME_WAIT by a dashboard just stopped is free
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(addr)
+        except OSError as exc:
+            raise UsageError(f"cannot listen on {host}:{port} ({exc.strerror}); is another dashboard running there? "
+                             "Pass --port with a free port.") from None
+
+
+def _is_loopback(host: str) -> bool:
+    if host in LOOPBACK:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def run(args: argparse.Namespace) -> int:
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from automl_vision.types import UsageError
+
+    if not args.runs and not args.storage:
+        raise UsageError("give a run directory (automl-vision dashboard runs/NAME) or --storage URL --study-name NAME")
+    if args.storage and not args.study_name and not args.runs:
+        raise UsageError("--storage needs --study-name NAME (or a RUN_DIR whose run.json names the study)")
+    runs = []
+    for r in args.runs:
+        path = Path(r).expanduser().resolve()
+        if not path.is_dir():
+            raise UsageError(f"{r}: no such run directory; give the directory that 'automl-vision search --out' wrote")
+        if not (path / "run.json").is_file() and not (path / "trials").is_dir():
+            print(f"note: {r} has no run.json yet; the dashboard shows it once a search writes there", file=sys.stderr)
+        runs.append(str(path))
+    if args.refresh < 1:
+        raise UsageError(f"--refresh {args.refresh}: give at least 1 second")
+    try:
+        import streamlit  # noqa: F401
+    except ImportError:
+        raise UsageError("the dashboard needs Streamlit: pip install streamlit") from None
+    _check_port(args.host, args.port)
+
+    import dashboard
+    from dashboard.data import ENV_REFRESH, ENV_RUNS, ENV_STORAGE, ENV_STUDY
+
+    # __path__ rather than __file__: an editable install made before dashboard/ had an
+    # __init__.py maps it as a namespace package, which has no __file__
+    app = Path(list(dashboard.__path__)[0]).resolve() / "app.py"
+    if not app.is_file():
+        raise UsageError(f"the dashboard app is missing from the installation ({app}); reinstall automl-vision")
+    env = dict(os.environ)
+    env[ENV_RUNS] = os.pathsep.join(runs)
+    env[ENV_REFRESH] = str(args.refresh)
+    # the storage URL may hold a password: it goes through the environment, not the process list
+    for key, value in ((ENV_STORAGE, args.storage), (ENV_STUDY, args.study_name)):
+        if value:
+            env[key] = value
+        else:
+            env.pop(key, None)
+    cmd = [
+        sys.executable, "-m", "streamlit", "run", str(app),
+        "--server.address", args.host,
+        "--server.port", str(args.port),
+        "--server.headless", "true",
+        "--server.fileWatcherType", "none",
+        "--server.runOnSave", "false",
+        "--server.maxUploadSize", "20",
+        "--browser.gatherUsageStats", "false",
+        "--global.developmentMode", "false",
+        "--client.toolbarMode", "viewer",
+    ]
+    shown = f"[{args.host}]" if ":" in args.host else args.host
+    url = f"http://{'127.0.0.1' if args.host in ('0.0.0.0', '::') else shown}:{args.port}"
+    print(f"automl-vision dashboard: {url}  (Ctrl-C to stop)", flush=True)
+    if not _is_loopback(args.host):
+        print(f"warning: listening on {args.host}: anyone who can reach this address sees the run, its images and "
+              "file paths, and can run Grad-CAM on this machine; the dashboard has no login.", file=sys.stderr, flush=True)
+    proc = subprocess.Popen(cmd, env=env)
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        return 130

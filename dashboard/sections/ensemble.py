@@ -1,0 +1,102 @@
+"""Ensemble results: members and weights, ensemble versus best single model on validation
+and test, and per-class metrics of both."""
+
+from __future__ import annotations
+
+import pandas as pd
+import plotly.express as px
+import streamlit as st
+
+from dashboard import ui
+from dashboard.data import NotAvailable, RunData, per_class_table
+
+
+def comparison(final: dict) -> pd.DataFrame:
+    """Rows: metrics; columns: best single and ensemble on validation (and test)."""
+    ens = final.get("ensemble") or {}
+    cols = {
+        "best single · validation": final.get("best_val") or {},
+        "ensemble · validation": ens.get("val") or {},
+    }
+    if final.get("has_test"):
+        cols["best single · test"] = final.get("best_test") or {}
+        cols["ensemble · test"] = ens.get("test") or {}
+    return pd.DataFrame(cols)
+
+
+def per_class_both(run: RunData, split: str) -> pd.DataFrame:
+    """Per-class precision, recall and F1 of the best model and the ensemble on a split."""
+    classes = run.classes
+    if split == "test":
+        final = run.final_or_raise()
+        best = final.get("best_test_detail", {}).get("per_class")
+        ens = final.get("ensemble_test_detail", {}).get("per_class")
+        if not best or not ens:
+            raise NotAvailable("this run has no per-class test results (no test split)")
+        b, e = pd.DataFrame(best).set_index("class"), pd.DataFrame(ens).set_index("class")
+    else:
+        probs = run.ensemble_val_probs()
+        labels = run.val_labels()
+        if labels is None or not probs or "ensemble" not in probs:
+            raise NotAvailable("per-class validation metrics need final/val_labels.npy and the members' "
+                               "val_probs.npy; this run directory was written by an older version or is incomplete")
+        b = per_class_table(labels, probs["best"], classes).set_index("class")
+        e = per_class_table(labels, probs["ensemble"], classes).set_index("class")
+    out = pd.concat({"best single": b[["precision", "recall", "f1"]], "ensemble": e[["precision", "recall", "f1"]]},
+                    axis=1)
+    out[("", "support")] = b["support"]
+    out.columns = [" ".join(c).strip() for c in out.columns]
+    return out
+
+
+def body() -> None:
+    run = ui.current_run()
+    st.title("Ensemble results")
+    final = run.final_or_raise()
+    ens = final.get("ensemble") or {}
+    members = pd.DataFrame(ens.get("members") or [])
+    metric = final.get("metric", run.metric)
+    deliverable = final.get("deliverable")
+    (st.success if deliverable == "ensemble" else st.info)(
+        f"Deliverable: **{'the ensemble' if deliverable == 'ensemble' else 'the best single model'}** "
+        f"(trial #{final.get('best_trial')}, {final.get('best_model')}) — {final.get('why', '')}.")
+    if final.get("note"):
+        st.warning(final["note"])
+
+    left, right = st.columns([2, 3])
+    with left:
+        st.subheader("Members")
+        st.caption(f"Selection method: {ens.get('method', '?')} (chosen on validation probabilities)")
+        if members.empty:
+            st.info("The ensemble has no member.")
+        else:
+            members = members.rename(columns={"trial": "trial", "weight": "weight", "model": "model"})
+            st.dataframe(members, hide_index=True, width="stretch",
+                         column_config={"weight": st.column_config.ProgressColumn(format="%.2f", min_value=0, max_value=1)})
+            fig = px.bar(members, x="weight", y=members["trial"].map(lambda n: f"#{n}"), orientation="h", height=80 + 40 * len(members),
+                         text=members["weight"].map(lambda w: f"{w:.2f}"), labels={"y": "trial"})
+            fig.update_layout(margin=dict(l=10, r=10, t=10, b=10), xaxis_range=[0, 1])
+            st.plotly_chart(fig, width="stretch", key="weights")
+    with right:
+        st.subheader("Ensemble versus best single model")
+        table = comparison(final)
+        st.dataframe(table.style.format("{:.4f}", na_rep="-").apply(
+            lambda r: ["font-weight: bold" if r.name == metric else "" for _ in r], axis=1),
+            width="stretch", height=38 + 35 * len(table))
+        st.caption(f"Objective: {metric} ({final.get('direction', run.direction)}). The test split was used once, "
+                   "after the model was chosen on validation.")
+
+    st.subheader("Per-class metrics")
+    splits = ["validation", "test"] if final.get("has_test") else ["validation"]
+    for tab, split in zip(st.tabs(splits), splits):
+        with tab:
+            try:
+                st.dataframe(per_class_both(run, "test" if split == "test" else "val").style.format(
+                    "{:.3f}", subset=[c for c in ("best single precision", "best single recall", "best single f1",
+                                                  "ensemble precision", "ensemble recall", "ensemble f1")]),
+                    width="stretch")
+            except NotAvailable as exc:
+                st.info(str(exc))
+
+
+ui.page(body)
