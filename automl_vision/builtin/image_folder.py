@@ -30,6 +30,7 @@ def _is_hidden(name: str) -> bool:
 
 def _walk_class(class_dir: Path, root_real: Path, root: Path, skipped: list, notes: list) -> list[Path]:
     files: list[Path] = []
+    visited: set[Path] = set()
     for dirpath, dirnames, filenames in os.walk(class_dir, followlinks=True):
         here = Path(dirpath)
         real_here = here.resolve()
@@ -37,6 +38,12 @@ def _walk_class(class_dir: Path, root_real: Path, root: Path, skipped: list, not
             skipped.append({"path": str(here.relative_to(root)), "reason": "symlink points outside the data folder (refused)"})
             dirnames[:] = []
             continue
+        if real_here in visited:
+            # a link back to a folder already walked: following it again would never end
+            skipped.append({"path": str(here.relative_to(root)), "reason": "symlink loop (folder already read)"})
+            dirnames[:] = []
+            continue
+        visited.add(real_here)
         for d in list(dirnames):
             if _is_hidden(d):
                 dirnames.remove(d)
@@ -49,6 +56,9 @@ def _walk_class(class_dir: Path, root_real: Path, root: Path, skipped: list, not
                 continue
             if path.is_symlink():
                 target = path.resolve()
+                if not target.exists():
+                    skipped.append({"path": rel, "reason": "broken symlink (its target does not exist)"})
+                    continue
                 if root_real not in target.parents:
                     skipped.append({"path": rel, "reason": "symlink points outside the data folder (refused)"})
                     continue

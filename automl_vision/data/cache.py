@@ -97,8 +97,9 @@ def load_or_build(
         failures: dict[int, str] = {}
         threads = threads or max(1, min(8, os.cpu_count() or 1))
         done = 0
-        with ThreadPoolExecutor(max_workers=threads) as pool:
-            for i, (img, err) in enumerate(pool.map(lambda s: _decode_one(s, image_size, in_chans), samples, chunksize=16)):
+        pool = ThreadPoolExecutor(max_workers=threads)
+        try:
+            for i, (img, err) in enumerate(pool.map(lambda s: _decode_one(s, image_size, in_chans), samples)):
                 if err is not None:
                     failures[i] = err
                 else:
@@ -106,6 +107,9 @@ def load_or_build(
                 done += 1
                 if progress is not None and (done % 64 == 0 or done == len(samples)):
                     progress(done, len(samples))
+        finally:
+            # on Ctrl-C, drop the queued decodes instead of finishing them all first
+            pool.shutdown(wait=True, cancel_futures=True)
         arr.flush()
         del arr
         os.replace(tmp, data_path)

@@ -7,6 +7,7 @@ the dashboard see the same pixels.
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,22 +25,88 @@ class ImageDecodeError(Exception):
 
 def probe(path: Path) -> tuple[str, tuple[int, int], str]:
     """Read only the header: (mode, (width, height), format). Raises ImageDecodeError."""
+    info = inspect(path)
+    return info.mode, info.size, info.format
+
+
+# Extensions that say which format a file holds; a mismatch is reported, not refused.
+_EXTENSIONS = {
+    "JPEG": {".jpg", ".jpeg", ".jpe", ".jfif"},
+    "PNG": {".png"},
+    "GIF": {".gif"},
+    "BMP": {".bmp", ".dib"},
+    "TIFF": {".tif", ".tiff"},
+    "WEBP": {".webp"},
+    "MPO": {".jpg", ".jpeg", ".mpo"},
+}
+# Above this many pixels an image is "very large": JPEGs are decoded at a reduced scale.
+LARGE_PIXELS = 4096 * 4096
+_ORIENTATION = 0x0112
+
+
+@dataclass
+class ImageInfo:
+    """What the header of one image file says, read without decoding its pixels."""
+
+    mode: str
+    size: tuple[int, int]
+    format: str
+    frames: int = 1
+    orientation: int = 1  # EXIF orientation tag; 1 is upright
+
+    def fixes(self, path: Path | None = None) -> list[str]:
+        """What :func:`decode` does to this image beyond a plain resize, for the data report."""
+        out = []
+        w, h = self.size
+        if path is not None:
+            ext = path.suffix.lower()
+            if not ext:
+                out.append(f"no file extension: read as {self.format}")
+            elif ext not in _EXTENSIONS.get(self.format, {ext}):
+                out.append(f"extension {ext} but the content is {self.format}: read as {self.format}")
+        if self.orientation not in (0, 1):
+            out.append(f"EXIF orientation {self.orientation} applied to the pixels")
+        if self.frames > 1:
+            out.append(f"animated ({self.frames} frames): first frame used")
+        if self.mode.startswith("I;16") or self.mode in ("I", "F"):
+            out.append(f"{'16-bit' if self.mode.startswith('I;16') else self.mode + '-mode'} image scaled to 8 bits")
+        elif self.mode == "CMYK":
+            out.append("CMYK converted to RGB")
+        elif self.mode in ("RGBA", "LA", "PA"):
+            out.append("transparency composited on white")
+        elif self.mode == "P":
+            out.append("palette image converted")
+        if w * h > LARGE_PIXELS:
+            how = "decoded at reduced scale (JPEG draft mode)" if self.format in ("JPEG", "MPO") else "downscaled"
+            out.append(f"very large ({w}x{h}): {how}")
+        elif min(w, h) < 8:
+            out.append(f"tiny ({w}x{h}): upscaled")
+        return out
+
+
+def inspect(path: Path) -> ImageInfo:
+    """Read only the header of ``path``. Raises ImageDecodeError for non-images and bombs."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as img:
-                mode, size, fmt = img.mode, img.size, img.format or "?"
+                try:
+                    orientation = int(img.getexif().get(_ORIENTATION, 1) or 1)
+                except Exception:  # a broken EXIF block is not worth refusing the image for
+                    orientation = 1
+                info = ImageInfo(img.mode, img.size, img.format or "?", int(getattr(img, "n_frames", 1) or 1), orientation)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageDecodeError(f"decompression bomb refused ({exc})") from exc
     except Image.UnidentifiedImageError as exc:
         raise ImageDecodeError("not an image (unrecognised format)") from exc
-    except OSError as exc:
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:
         raise ImageDecodeError(f"unreadable: {exc}") from exc
-    if size[0] < 1 or size[1] < 1:
-        raise ImageDecodeError(f"empty image ({size[0]}x{size[1]})")
-    if size[0] * size[1] > MAX_PIXELS:
-        raise ImageDecodeError(f"decompression bomb refused ({size[0]}x{size[1]} pixels > {MAX_PIXELS})")
-    return mode, size, fmt
+    w, h = info.size
+    if w < 1 or h < 1:
+        raise ImageDecodeError(f"empty image ({w}x{h})")
+    if w * h > MAX_PIXELS:
+        raise ImageDecodeError(f"decompression bomb refused ({w}x{h} pixels > {MAX_PIXELS})")
+    return info
 
 
 def is_grey_mode(mode: str) -> bool:

@@ -14,6 +14,7 @@ Steps, each recorded in ``data_report.json``:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 from collections import Counter
@@ -25,8 +26,8 @@ from typing import Callable
 import numpy as np
 
 from automl_vision.data import cache as cache_mod
-from automl_vision.data.images import ImageDecodeError, is_grey_mode, probe
-from automl_vision.rundir import RunDir, write_json
+from automl_vision.data.images import ImageDecodeError, inspect, is_grey_mode
+from automl_vision.rundir import RunDir, read_json, write_json
 from automl_vision.types import SPLITS, Dataset, DataError, Sample
 
 DEFAULT_FRACTIONS = (0.70, 0.15, 0.15)
@@ -71,35 +72,68 @@ def _file_digest(path: Path) -> str:
     return h.hexdigest()
 
 
-def _scan(samples: list[Sample]) -> tuple[list[Sample], list[dict], list[str], dict[str, str]]:
-    """Header pass: (valid samples, skipped, modes, digest by key)."""
+def _scan(samples: list[Sample]) -> tuple[list[Sample], list[dict], list[str], dict[str, str], list[dict]]:
+    """Header pass: (valid samples, skipped, modes, digest by key, fixes)."""
     def one(s: Sample):
         if s.array is not None:
             arr = np.asarray(s.array)
             if arr.dtype != np.uint8 or arr.ndim not in (2, 3) or min(arr.shape[:2]) < 1:
-                return s, "in-memory image must be uint8 (H, W) or (H, W, C)", None, None
+                return s, "in-memory image must be uint8 (H, W) or (H, W, C)", None, None, []
             grey = arr.ndim == 2 or arr.shape[2] == 1
-            return s, None, "L" if grey else "RGB", hashlib.blake2b(arr.tobytes(), digest_size=16).hexdigest()
+            return s, None, "L" if grey else "RGB", hashlib.blake2b(arr.tobytes(), digest_size=16).hexdigest(), []
         try:
             if os.path.getsize(s.path) == 0:
-                return s, "empty file (0 bytes)", None, None
-            mode, _size, _fmt = probe(s.path)
-            return s, None, mode, _file_digest(s.path)
+                return s, "empty file (0 bytes)", None, None, []
+            info = inspect(s.path)
+            return s, None, info.mode, _file_digest(s.path), info.fixes(Path(s.path))
         except ImageDecodeError as exc:
-            return s, str(exc), None, None
+            return s, str(exc), None, None, []
         except OSError as exc:
-            return s, f"unreadable: {exc.strerror or exc}", None, None
+            return s, f"unreadable: {exc.strerror or exc}", None, None, []
 
-    valid, skipped, modes, digests = [], [], [], {}
-    with ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1))) as pool:
-        for s, err, mode, digest in pool.map(one, samples, chunksize=32):
-            if err is not None:
-                skipped.append({"path": s.key, "reason": err})
-            else:
-                valid.append(s)
-                modes.append(mode)
-                digests[s.key] = digest
-    return valid, skipped, modes, digests
+    valid, skipped, modes, digests, fixed = [], [], [], {}, []
+    for s, err, mode, digest, fixes in _map(one, samples):
+        if err is not None:
+            skipped.append({"path": s.key, "reason": err})
+        else:
+            valid.append(s)
+            modes.append(mode)
+            digests[s.key] = digest
+            if fixes:
+                fixed.append({"path": s.key, "fixes": fixes})
+    return valid, skipped, modes, digests, fixed
+
+
+def _map(fn, items):
+    """``map`` over a thread pool that stops at once on Ctrl-C instead of finishing the queue."""
+    pool = ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1)))
+    try:
+        yield from pool.map(fn, items)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _stat_key(sample: Sample) -> str | None:
+    try:
+        st = os.stat(sample.path)
+    except (OSError, TypeError):
+        return None
+    return f"{st.st_size}:{st.st_mtime_ns}"
+
+
+def _known_failures(run_dir: RunDir, valid: list[Sample]) -> dict[str, str]:
+    """Files that failed to decode in an earlier run and have not changed since (key -> reason).
+
+    Remembering them keeps a resumed search from decoding every image twice (once with
+    the broken files, once without) just to find the same broken files again.
+    """
+    stored = read_json(run_dir.path / "cache" / "decode_failures.json") or {}
+    out = {}
+    for s in valid:
+        rec = stored.get(s.key)
+        if rec and s.path is not None and rec.get("stat") == _stat_key(s):
+            out[s.key] = rec["reason"]
+    return out
 
 
 def stratified_split(labels: np.ndarray, fractions: tuple[float, float, float], seed: int) -> dict[str, np.ndarray]:
@@ -145,28 +179,56 @@ def prepare(
             "or train/ and val/ folders that each hold one folder per class."
         )
     skipped = list(dataset.skipped)
-    valid, bad, modes, digests = _scan(list(dataset.samples))
+    valid, bad, modes, digests, fixed = _scan(list(dataset.samples))
     skipped += bad
     if not valid:
-        raise DataError(f"none of the {len(dataset.samples)} files in {dataset.root} is a readable image; see the reasons with --verbose or in data_report.json")
+        write_json(run_dir.data_report, {"root": dataset.root, "classes": classes, "num_images": 0,
+                                         "num_skipped": len(skipped), "skipped": skipped, "notes": list(dataset.notes)})
+        raise DataError(
+            f"none of the {len(dataset.samples)} files in {dataset.root} is a readable image; the reason for "
+            f"each file is in {run_dir.data_report}"
+        )
     in_chans = 1 if all(is_grey_mode(m) for m in modes) else 3
+    known = _known_failures(run_dir, valid)
+    if known:
+        skipped += [{"path": k, "reason": r} for k, r in known.items()]
+        valid = [s for s in valid if s.key not in known]
     log(f"decoding {len(valid)} images at {image_size}px ({'greyscale' if in_chans == 1 else 'colour'}) into the cache")
     _arr, failures = cache_mod.load_or_build(valid, run_dir.cache_dir(image_size, in_chans), image_size, in_chans)
     if failures:
+        memo = {k: {"stat": _stat_key(s), "reason": r} for k, r, s in
+                ((s.key, known[s.key], s) for s in dataset.samples if s.key in known)}
         for i, reason in sorted(failures.items()):
             skipped.append({"path": valid[i].key, "reason": reason})
+            memo[valid[i].key] = {"stat": _stat_key(valid[i]), "reason": reason}
+        write_json(run_dir.path / "cache" / "decode_failures.json", memo)
         keep = [s for i, s in enumerate(valid) if i not in failures]
         # the cache is keyed by the sample list, so rebuild it for the kept samples
         valid = keep
         cache_mod.load_or_build(valid, run_dir.cache_dir(image_size, in_chans), image_size, in_chans)
+    fixed = [f for f in fixed if f["path"] in {s.key for s in valid}]
 
+    # A class with no usable image cannot be learned or evaluated: drop it and say so.
     labels = np.asarray([s.label for s in valid], dtype=np.int64)
     present = sorted(set(labels.tolist()))
+    dropped = [{"class": c, "reason": "no usable image in its folder"} for i, c in enumerate(classes) if i not in present]
+    if dropped and len(present) >= 2:
+        remap = {old: new for new, old in enumerate(present)}
+        valid = [dataclasses.replace(s, label=remap[s.label]) for s in valid]
+        classes = [classes[i] for i in present]
+        labels = np.asarray([s.label for s in valid], dtype=np.int64)
+        present = list(range(len(classes)))
     if len(present) < 2:
         only = classes[present[0]] if present else "none"
         raise DataError(
             f"{dataset.root}: found only one class ({only}) with readable images; classification needs at "
             "least two class folders, each with images."
+        )
+    too_small = [classes[c] for c, n in sorted(Counter(labels.tolist()).items()) if n < 2]
+    if too_small and not any(s.split for s in valid):
+        raise DataError(
+            f"{dataset.root}: class(es) {', '.join(too_small)} have a single usable image; every class needs at "
+            "least 2 (one to train on, one to validate with). Add images or remove the folder."
         )
 
     split_index = _splits(valid, labels, run_dir, seed, fractions)
@@ -187,6 +249,12 @@ def prepare(
             )
 
     report = _report(dataset, valid, labels, classes, split_index, skipped, digests, in_chans, image_size, seed, fractions)
+    report["fixed"] = fixed
+    report["dropped_classes"] = dropped
+    if dropped:
+        report["warnings"].append(
+            f"class folder(s) with no usable image, left out of the classes: {', '.join(d['class'] for d in dropped)}"
+        )
     write_json(run_dir.data_report, report)
     return PreparedData(run_dir, classes, valid, in_chans, split_index, report)
 
