@@ -79,6 +79,16 @@ def add_search_options(p: argparse.ArgumentParser) -> None:
                    help="auto measures the fastest accurate path on this CPU, or checks the GPU (default: auto)")
     d.add_argument("--channels-last", choices=["auto", "on", "off"], default="auto",
                    help="channels-last memory format (default: auto, measured on CPU, on for CUDA)")
+    d.add_argument("--workers", type=_positive_int, metavar="N",
+                   help="run N worker processes on the same study in parallel (CPU: the cores are divided between "
+                        "them; with --devices: assigned round-robin to the devices) (default: 1, or one per device)")
+    d.add_argument("--devices", metavar="LIST",
+                   help="one worker per device: auto (every GPU, else the CPU), or a list like cuda:0,cuda:1")
+    d.add_argument("--compile", action="store_true",
+                   help="torch.compile each trial's model (pays a compile time per trial; helps long trials on GPUs)")
+    d.add_argument("--device-data", choices=["auto", "on", "off"], default="auto",
+                   help="keep the cached images on the GPU (auto: when they fit in 30%% of its free memory; off: "
+                        "pinned host memory with non-blocking copies) (default: auto)")
     r = p.add_argument_group("run directory and study")
     r.add_argument("--out", metavar="RUN_DIR", help="run directory (default: runs/<study-name>)")
     r.add_argument("--study-name", help="Optuna study name (default: from the data folder's name)")
@@ -127,6 +137,21 @@ def settings_from_options(data: str, out: str | None = None, **o: Any):
     if isinstance(models, str):
         models = [m.strip() for m in models.split(",") if m.strip()]
     options: dict[str, Any] = {"sampler": o.get("sampler") or "tpe"}
+    device = o.get("device") or "auto"
+    workers = 1
+    if o.get("devices") or (o.get("workers") or 1) > 1:
+        from automl_vision.search.workers import plan_devices
+
+        devices = plan_devices(o.get("devices"), o.get("workers"), device)
+        workers = len(devices)
+        if workers > 1:
+            options["devices"] = devices
+        else:
+            device = devices[0]
+    if o.get("compile"):
+        options["compile"] = True
+    if o.get("device_data") and o["device_data"] != "auto":
+        options["device_data"] = o["device_data"]
     return SearchSettings(
         data=data,
         run_dir=str(out or Path("runs") / study_name),
@@ -138,7 +163,7 @@ def settings_from_options(data: str, out: str | None = None, **o: Any):
         image_sizes=list(sizes or []),
         metric=o.get("metric") or "accuracy",
         seed=int(o.get("seed") or 0),
-        device=o.get("device") or "auto",
+        device=device,
         precision=o.get("precision") or "auto",
         channels_last=o.get("channels_last") or "auto",
         preset=o.get("preset") or "balanced",
@@ -146,6 +171,7 @@ def settings_from_options(data: str, out: str | None = None, **o: Any):
         pruner=o.get("pruner") or "hyperband",
         plugins=list(o.get("plugin") or o.get("plugins") or []),
         prefer=dict(o.get("prefer") or {}),
+        workers=workers,
         options=options,
     )
 

@@ -37,6 +37,30 @@ class Interrupted(Exception):
     """The user pressed Ctrl-C during a trial."""
 
 
+class TrialOutOfMemory(RuntimeError):
+    """Training ran out of memory, also after the retry at half the batch size."""
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """CUDA raises ``torch.OutOfMemoryError``; the CPU allocator a RuntimeError that says so."""
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text.lower())
+
+
+def first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+
+
+def free_device_memory(path: ExecPath) -> None:
+    import gc
+
+    gc.collect()
+    if path.torch_device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
 def worker_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
@@ -98,6 +122,8 @@ class Objective:
         tdir.mkdir(parents=True, exist_ok=True)
         started = time.time()
         record: dict[str, Any] = {"number": trial.number, "state": "RUNNING", "worker": self.worker, "started": started}
+        if trial.user_attrs.get("retry_of") is not None:  # re-queued after its first worker died
+            record["retry_of"] = trial.user_attrs["retry_of"]
         history: list[dict[str, Any]] = []
         objective_metric = self.objectives[0]
         direction = self.pm.metrics.get(objective_metric).direction
@@ -150,7 +176,39 @@ class Objective:
                     return "time budget reached"
                 return None
 
-            result = train(model, cfg, data, self.path, on_epoch=on_epoch, plan=plan, abort=abort)
+            oom = None
+            try:
+                result = train(model, cfg, data, self.path, on_epoch=on_epoch, plan=plan, abort=abort)
+            except Exception as exc:
+                if not is_out_of_memory(exc):
+                    raise
+                oom = first_line(exc)  # leave the except block first: its traceback holds the memory
+            if oom is not None:
+                # retried once at half the batch size (and half the learning rate, as sampled
+                # per batch size); a second OOM fails the trial, never the worker
+                old_batch = cfg.batch_size
+                del model
+                free_device_memory(self.path)
+                if old_batch <= 2:
+                    raise TrialOutOfMemory(f"out of memory at batch size {old_batch}: {oom}")
+                cfg.batch_size, cfg.lr = old_batch // 2, cfg.lr * (old_batch // 2) / old_batch
+                note = f"out of memory at batch size {old_batch}; retried at batch size {cfg.batch_size}"
+                self.progress.log(f"trial {trial.number}: {note}")
+                record["oom_retry"] = note
+                trial.set_user_attr("oom_retry", note)
+                history.clear()
+                write_json(tdir / "config.json", {**cfg.as_dict(), "worker": self.worker, "oom_retry": note})
+                model = family.build(cfg.model_params, in_chans=self.data.in_chans, image_size=cfg.image_size,
+                                     num_classes=len(self.data.classes))
+                try:
+                    result = train(model, cfg, data, self.path, on_epoch=on_epoch, plan=plan, abort=abort)
+                except Exception as exc2:
+                    if not is_out_of_memory(exc2):
+                        raise
+                    free_device_memory(self.path)
+                    raise TrialOutOfMemory(
+                        f"out of memory at batch size {old_batch} and again at {cfg.batch_size}: {first_line(exc2)}"
+                    ) from exc2
             metrics = {k[4:]: v for k, v in history[-1].items() if k.startswith("val_")}
             spec = {
                 "family": cfg.family,
@@ -190,8 +248,9 @@ class Objective:
             record.update(state="FAIL", reason="interrupted", epochs=len(history))
             trial.set_user_attr("reason", "interrupted")
             raise
-        except torch.OutOfMemoryError as exc:
-            record.update(state="FAIL", reason=f"out of memory: {exc}".splitlines()[0], epochs=len(history))
+        except (torch.OutOfMemoryError, TrialOutOfMemory) as exc:
+            reason = str(exc) if isinstance(exc, TrialOutOfMemory) else f"out of memory: {exc}"
+            record.update(state="FAIL", reason=reason.splitlines()[0], epochs=len(history))
             trial.set_user_attr("reason", record["reason"])
             raise
         except Exception as exc:

@@ -27,7 +27,7 @@ from automl_vision.rundir import RunDir, read_json, write_json
 from automl_vision.search.objective import Budget, Objective, worker_id
 from automl_vision.search.study import open_study, redact
 from automl_vision.settings import PRESETS, SearchSettings, format_duration
-from automl_vision.training.device import ExecPath, choose
+from automl_vision.training.device import ExecPath, apply_gpu_options, choose
 from automl_vision.types import Dataset, UsageError
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -99,38 +99,12 @@ def directions_for(objectives: list[str], pm: PluginManager) -> list[str]:
     return out
 
 
-def recover_stale_trials(study: optuna.Study, log) -> int:
-    """Fail RUNNING trials whose worker process on this host is gone, and re-queue them once."""
-    import socket
-
-    host = socket.gethostname()
-    n = 0
-    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        worker = t.user_attrs.get("worker", "")
-        w_host, _, pid = worker.rpartition("-")
-        if w_host != host or not pid.isdigit() or _alive(int(pid)):
-            continue
-        study._storage.set_trial_user_attr(t._trial_id, "reason", "worker died (process gone); re-queued")
-        study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
-        if not t.user_attrs.get("retry_of"):
-            study.enqueue_trial(t.params, user_attrs={"retry_of": t.number}, skip_if_exists=False)
-        log(f"trial {t.number} was left running by a process that is gone: marked failed and re-queued")
-        n += 1
-    return n
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+# dead workers' trials: see automl_vision/search/workers.py (journal file and database storages)
+from automl_vision.search.workers import recover_stale_trials  # noqa: E402
 
 
 def run_worker(study: optuna.Study, objective: Objective, budget: Budget, n_trials: int | None, pm: PluginManager,
-               progress, direction: str) -> None:
+               progress, direction: str) -> int:
     run_dir = objective.run_dir
 
     def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
@@ -147,18 +121,10 @@ def run_worker(study: optuna.Study, objective: Objective, budget: Budget, n_tria
         progress.trial_end(record, best_v, best_n)
         pm.on_trial_end(str(run_dir.path), trial, record)
 
-    while True:
-        if n_trials is not None:
-            trials = study.get_trials(deepcopy=False)
-            finished = sum(t.state in FINISHED for t in trials)
-            running = sum(t.state == optuna.trial.TrialState.RUNNING for t in trials)
-            if finished + running >= n_trials:
-                break
-        if not budget.can_start():
-            if budget.deadline is not None:
-                progress.log("time budget: not enough time left for another trial")
-            break
-        study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=[after_trial], gc_after_trial=False)
+    # several workers may share the study: see workers.trial_loop (exact --n-trials, dead workers)
+    from automl_vision.search.workers import trial_loop
+
+    return trial_loop(study, objective, budget, n_trials, [after_trial], progress.log)
 
 
 def run_search(settings: SearchSettings, argv: list[str] | None = None, plain: bool | None = None) -> dict[str, Any]:
@@ -173,9 +139,11 @@ def run_search(settings: SearchSettings, argv: list[str] | None = None, plain: b
     if not settings.image_sizes:
         settings.image_sizes = auto_image_sizes(dataset, path.device)
     max_epochs = settings.max_epochs or PRESETS[settings.preset]["max_epochs"]
+    apply_gpu_options(path, settings.options)
     run_dir = RunDir(settings.run_dir)
     run_dir.path.mkdir(parents=True, exist_ok=True)
-    progress = make_progress(deadline, n_trials=settings.n_trials, plain=plain)
+    # worker processes print their own lines: no live panel over them
+    progress = make_progress(deadline, n_trials=settings.n_trials, plain=True if settings.workers > 1 else plain)
     log = progress.log
     log(f"automl-vision {__version__}: searching {settings.data} -> {run_dir.path}")
     log(f"execution path: {path.describe()}")
@@ -218,6 +186,9 @@ def run_search(settings: SearchSettings, argv: list[str] | None = None, plain: b
     recover_stale_trials(study, log)
     pm.on_search_start(str(run_dir.path), stored)
 
+    # workers joining from other machines stop with this session's time budget
+    session_reserve = min(60.0, max(3.0, 0.04 * settings.time_budget)) if settings.time_budget else 0.0
+    study.set_user_attr("session", {"deadline": deadline, "reserve": session_reserve, "n_trials": settings.n_trials})
     # keep a small reserve for the final evaluation and ensemble
     reserve = min(60.0, max(3.0, 0.04 * settings.time_budget)) if settings.time_budget else 0.0
     budget = Budget(deadline=deadline, reserve=reserve)
@@ -225,7 +196,13 @@ def run_search(settings: SearchSettings, argv: list[str] | None = None, plain: b
     interrupted = False
     with progress:
         try:
-            run_worker(study, objective, budget, settings.n_trials, pm, progress, directions[0])
+            parallel_ok = False
+            if settings.workers > 1:
+                from automl_vision.search.workers import run_parallel
+
+                parallel_ok = run_parallel(settings, study, log)
+            if not parallel_ok:  # one worker, or finish what workers that died left
+                run_worker(study, objective, budget, settings.n_trials, pm, progress, directions[0])
         except KeyboardInterrupt:
             interrupted = True
     df = lb.write(run_dir, study)

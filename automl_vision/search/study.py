@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
@@ -19,6 +21,69 @@ def redact(url: str | None) -> str | None:
     if not url:
         return url
     return re.sub(r"(://[^:/@]+:)[^@]+@", r"\1***@", url)
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """How often a worker says it is alive, and after how long without a sign it is dead.
+
+    Set with ``AUTOML_VISION_HEARTBEAT=INTERVAL[,GRACE]`` (seconds; the grace period defaults
+    to four intervals). Every worker of a study should use the same values. The defaults
+    (10 s, 40 s) cost a database a few writes a minute per worker; tests use 1 s.
+    """
+
+    interval: float = 10.0
+    grace: float = 40.0
+
+
+def heartbeat_config() -> Heartbeat:
+    text = os.environ.get("AUTOML_VISION_HEARTBEAT", "").strip()
+    if not text:
+        return Heartbeat()
+    try:
+        parts = [float(x) for x in text.split(",")]
+        interval = parts[0]
+        grace = parts[1] if len(parts) > 1 else 4 * interval
+        if interval <= 0 or grace <= interval:
+            raise ValueError
+    except (ValueError, IndexError):
+        raise UsageError(
+            f"AUTOML_VISION_HEARTBEAT={text!r}: expected INTERVAL[,GRACE] in seconds with GRACE > INTERVAL, e.g. 10,40"
+        ) from None
+    return Heartbeat(interval, grace)
+
+
+def is_rdb(storage: optuna.storages.BaseStorage) -> bool:
+    return isinstance(storage, optuna.storages.RDBStorage)
+
+
+def retried_numbers(trials: list[optuna.trial.FrozenTrial]) -> set[int]:
+    """Numbers of failed trials that another trial retries (journal: ``retry_of``; RDB: Optuna's
+    ``RetryFailedTrialCallback`` system attribute)."""
+    out = set()
+    for t in trials:
+        n = t.user_attrs.get("retry_of")
+        if n is None:
+            n = t.system_attrs.get("failed_trial")
+        if n is not None:
+            out.add(int(n))
+    return out
+
+
+def count_finished(trials: list[optuna.trial.FrozenTrial]) -> int:
+    """Finished trials that count towards ``--n-trials``.
+
+    A trial failed because its worker died and re-queued does not count: its retry does,
+    so a killed worker never costs the search a trial.
+    """
+    retried = retried_numbers(trials)
+    n = 0
+    for t in trials:
+        if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED):
+            n += 1
+        elif t.state == optuna.trial.TrialState.FAIL and t.number not in retried:
+            n += 1
+    return n
 
 
 def make_storage(settings: SearchSettings) -> optuna.storages.BaseStorage:
@@ -48,10 +113,12 @@ def make_storage(settings: SearchSettings) -> optuna.storages.BaseStorage:
     try:
         from optuna.storages import RDBStorage, RetryFailedTrialCallback
 
+        beat = heartbeat_config()
         return RDBStorage(
             url,
-            heartbeat_interval=10,
-            grace_period=40,
+            # a dead worker's RUNNING trial is failed after the grace period and re-queued once
+            heartbeat_interval=max(1, round(beat.interval)),
+            grace_period=max(2, round(beat.grace)),
             failed_trial_callback=RetryFailedTrialCallback(max_retry=1),
             engine_kwargs={"pool_pre_ping": True},
         )

@@ -38,6 +38,8 @@ class ExecPath:
     channels_last: bool
     reason: str
     measured: dict | None = None
+    compile: bool = False  # torch.compile the model for training (--compile)
+    device_data: str = "auto"  # cached images on the GPU: auto (when they fit), on, off (pinned host memory)
 
     @property
     def torch_device(self) -> torch.device:
@@ -198,6 +200,34 @@ def choose_cuda_path(device: str, precision: str = "auto", channels_last: str = 
         reason = "precision forced by the user"
     cl = channels_last != "off"
     return ExecPath(device, precision, cl, reason)
+
+
+def apply_gpu_options(path: ExecPath, options: dict) -> ExecPath:
+    """Set the optional parts of ``path`` from a search's ``settings.options``
+    (``compile``: bool, ``device_data``: auto/on/off)."""
+    path.compile = bool(options.get("compile", False))
+    mode = options.get("device_data", "auto") or "auto"
+    if mode not in ("auto", "on", "off"):
+        raise UsageError(f"--device-data {mode!r}: expected auto, on or off")
+    path.device_data = mode
+    if path.compile and not hasattr(torch, "compile"):
+        raise UsageError("--compile needs torch 2.0 or newer")
+    return path
+
+
+def data_fits_on_device(nbytes: int, path: ExecPath, share: float = 0.3) -> bool:
+    """Whether the cached images (``nbytes``) should live on the device.
+
+    Always on CPU. On CUDA: ``--device-data on/off`` decides, else they go to the GPU when
+    they take less than ``share`` of its free memory, leaving the rest to activations.
+    """
+    dev = path.torch_device
+    if dev.type != "cuda":
+        return True
+    if path.device_data in ("on", "off"):
+        return path.device_data == "on"
+    free, _total = torch.cuda.mem_get_info(dev)
+    return nbytes < share * free
 
 
 def choose(device: str = "auto", precision: str = "auto", channels_last: str = "auto") -> ExecPath:

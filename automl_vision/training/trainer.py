@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from automl_vision.training.augment import AugPolicy, BatchAugmenter
-from automl_vision.training.device import ExecPath
+from automl_vision.training.device import ExecPath, data_fits_on_device
 from automl_vision.training.inference import predict_probs
 
 
@@ -79,6 +79,32 @@ class TrainResult:
 
 class BudgetExceeded(Exception):
     """The search's hard time limit was reached in the middle of an epoch."""
+
+
+class _PinnedBatches:
+    """Batches gathered from pinned host memory and copied to the GPU without blocking.
+
+    Two pinned buffers alternate; before a buffer is refilled, the event recorded after
+    its last copy is awaited, so a copy still in flight is never overwritten.
+    """
+
+    def __init__(self, x: torch.Tensor, batch_size: int, device: torch.device):
+        self.x = x
+        self.device = device
+        self.buffers = [torch.empty((batch_size, *x.shape[1:]), dtype=x.dtype).pin_memory() for _ in range(2)]
+        self.events: list = [None, None]
+
+    def __call__(self, idx: torch.Tensor, step: int) -> torch.Tensor:
+        k = step % 2
+        if self.events[k] is not None:
+            self.events[k].synchronize()
+        buf = self.buffers[k]
+        torch.index_select(self.x, 0, idx, out=buf)
+        out = buf.to(self.device, non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        self.events[k] = event
+        return out
 
 
 def _lr_lambda(schedule: str, plan: dict[str, int], warmup: float) -> Callable[[int], float]:
@@ -141,11 +167,20 @@ def train(
     model = model.to(device=device, memory_format=memory_format)
     mean = torch.tensor(data.mean, device=device).view(1, -1, 1, 1)
     std = torch.tensor(data.std, device=device).view(1, -1, 1, 1)
-    x_train = data.x_train.to(device)
+    on_device = data_fits_on_device(data.x_train.nbytes + data.x_val.nbytes, path)
     y_train = data.y_train.to(device)
+    if on_device:
+        x_train, x_val = data.x_train.to(device), data.x_val.to(device)
+    else:
+        # too big for the GPU: pinned host memory, batches copied without blocking
+        x_train, x_val = data.x_train.pin_memory(), data.x_val.pin_memory()
+    train_model = model
+    if path.compile:
+        train_model = torch.compile(model)  # shares the parameters; evaluation and saving use ``model``
 
     n = x_train.shape[0]
     batch_size = max(2, min(cfg.batch_size, n))
+    fetch = None if on_device else _PinnedBatches(x_train, batch_size, device)
     steps_per_epoch = max(1, n // batch_size)  # drop the last partial batch (BatchNorm, mixup need >1)
     epochs = cfg.epochs
     steps_plan = {"total": steps_per_epoch * epochs}
@@ -174,11 +209,16 @@ def train(
         epoch += 1
         model.train()
         t0 = time.perf_counter()
-        perm = torch.randperm(n, generator=gen).to(device)
+        perm = torch.randperm(n, generator=gen)
+        perm = perm.to(device) if on_device else perm
         loss_sum = torch.zeros((), device=device)
         for b in range(steps_per_epoch):
             idx = perm[b * batch_size : (b + 1) * batch_size]
-            xb = augmenter.uint8_stage(x_train[idx])
+            if fetch is None:
+                xb = augmenter.uint8_stage(x_train[idx])
+            else:
+                xb = augmenter.uint8_stage(fetch(idx, b))
+                idx = idx.to(device, non_blocking=True)
             xb = xb.float().div_(255.0)
             xb = augmenter.colour(augmenter.geometry(xb))
             xb = ((xb - mean) / std).contiguous(memory_format=memory_format)
@@ -186,7 +226,7 @@ def train(
             yb = y_train[idx]
             xb, target = augmenter.mix(xb, yb)
             with path.autocast():
-                logits = model(xb)
+                logits = train_model(xb)
             logits = logits.float()
             if logits.ndim != 2 or logits.shape != (xb.shape[0], data.num_classes):
                 raise ValueError(
@@ -218,7 +258,7 @@ def train(
         seconds = time.perf_counter() - t0
         eval_model = ema.module if ema is not None else model
         t1 = time.perf_counter()
-        val_probs = predict_probs(eval_model, data.x_val, mean, std, path)
+        val_probs = predict_probs(eval_model, x_val, mean, std, path)
         record = {
             "epoch": epoch,
             "train_loss": train_loss,

@@ -1,0 +1,563 @@
+"""Several workers on one study: devices, worker processes, heartbeats and recovery.
+
+The engine is Optuna's distributed optimisation: every worker runs trials of one study
+kept in a shared storage (the journal file in the run directory on one machine, a
+PostgreSQL or MySQL database across machines). This module adds what a search needs on
+top of it:
+
+* :func:`plan_devices` turns ``--devices``/``--workers`` into one device per worker, and
+  :func:`run_parallel` starts one ``automl-vision worker`` process per device, with the
+  machine's CPU threads divided between them so they do not oversubscribe the cores;
+* :class:`WorkerHeartbeat` keeps ``RUN_DIR/workers/<worker>.json`` fresh while a worker
+  lives (host, pid, device, the trial it runs), so the layout names which worker wrote
+  what and other workers can tell a dead one;
+* :func:`recover_stale_trials` fails the RUNNING trial of a dead worker and re-queues it
+  once: on a database through Optuna's heartbeat and ``RetryFailedTrialCallback``; on the
+  journal file (which has no heartbeat in Optuna) when the worker's process is gone from
+  this host or its heartbeat file is older than the grace period;
+* :func:`trial_loop` is the worker's loop: it starts trials until ``--n-trials`` trials
+  are finished or the time budget ends, and waits for trials running elsewhere instead of
+  leaving the study unfinished when one of them might still die.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Callable
+
+import optuna
+
+from automl_vision.rundir import RunDir, read_json, write_json
+from automl_vision.search.study import count_finished, heartbeat_config, is_rdb, retried_numbers
+from automl_vision.types import UsageError
+
+RUNNING = optuna.trial.TrialState.RUNNING
+FAIL = optuna.trial.TrialState.FAIL
+WORKERS_DIR = "workers"
+
+
+# ------------------------------------------------------------------ devices and processes
+@dataclass
+class WorkerPlan:
+    """One worker process: its name, device and CPU threads."""
+
+    name: str
+    device: str
+    threads: int
+
+
+def cpu_count() -> int:
+    """CPU cores this process may use (the affinity mask, not the machine's total)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def plan_devices(devices: str | None, workers: int | None, device: str = "auto") -> list[str]:
+    """One device a worker, from ``--devices`` and ``--workers``.
+
+    Args:
+        devices: ``None``, ``"auto"`` (every CUDA device, else the CPU), ``"cpu"`` or a
+            comma-separated list such as ``"cuda:0,cuda:1"``.
+        workers: number of worker processes; with several devices they are assigned
+            round-robin (two workers per GPU with ``--workers 4`` on two GPUs).
+        device: the ``--device`` option, used when ``devices`` is not given.
+
+    Returns:
+        One device string a worker. Raises UsageError for a device that is not there.
+    """
+    from automl_vision.training.device import resolve_device
+
+    if workers is not None and workers < 1:
+        raise UsageError(f"--workers {workers}: must be at least 1")
+    if devices is None or devices.strip() == "":
+        if not workers or workers == 1:
+            return [device]
+        base = resolve_device(device)
+        if base == "cuda":
+            import torch
+
+            pool = [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+        else:
+            pool = [base]
+    elif devices.strip() == "auto":
+        import torch
+
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        pool = [f"cuda:{i}" for i in range(count)] or ["cpu"]
+    else:
+        pool = []
+        for name in (d.strip() for d in devices.split(",")):
+            if not name:
+                continue
+            if name == "auto":
+                raise UsageError("--devices: 'auto' cannot be combined with other devices")
+            resolved = resolve_device(name)
+            if resolved == "cuda":
+                resolved = "cuda:0"
+            if resolved in pool and resolved != "cpu":
+                raise UsageError(f"--devices: {name} is listed twice; use --workers N for several workers a device")
+            pool.append(resolved)
+        if not pool:
+            raise UsageError(f"--devices {devices!r}: expected auto, cpu or a list such as cuda:0,cuda:1")
+    n = workers or len(pool)
+    return [pool[i % len(pool)] for i in range(n)]
+
+
+def plan_workers(devices: list[str]) -> list[WorkerPlan]:
+    """Names and CPU threads of the workers: the cores are shared out evenly."""
+    cores = cpu_count()
+    threads = max(1, cores // max(1, len(devices)))
+    return [WorkerPlan(f"w{i}", dev, threads) for i, dev in enumerate(devices)]
+
+
+def _describe_exit(code: int) -> str:
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit status {code}"
+
+
+def run_parallel(settings, study: optuna.Study, log: Callable[[str], None]) -> bool:
+    """Start one ``automl-vision worker`` process per planned device and wait for them.
+
+    The data is prepared and the study created before this is called, so a worker only
+    joins: it reads the settings from the study and the cached data from the run
+    directory. Returns ``True`` when every worker ended normally; ``False`` when one
+    ended abnormally (the caller then finishes what is left of the study itself).
+    """
+    devices = settings.options.get("devices") or [settings.device] * settings.workers
+    plans = plan_workers(devices)
+    cores = cpu_count()
+    if sum(p.device == "cpu" for p in plans) > cores:
+        log(f"warning: {len(plans)} CPU workers on {cores} core(s): they will compete for the cores")
+    env = dict(os.environ)
+    env["PYTHONUNBUFFERED"] = "1"
+    if settings.storage:
+        # the URL may hold a password: pass it in the environment, not on the command line (ps)
+        env["AUTOML_VISION_STORAGE"] = settings.storage
+    else:
+        env["AUTOML_VISION_STORAGE"] = str(RunDir(settings.run_dir).journal.resolve())
+    procs: list[tuple[WorkerPlan, subprocess.Popen]] = []
+    log(f"starting {len(plans)} workers: " + ", ".join(f"{p.name} on {p.device} ({p.threads} CPU thread(s))" for p in plans))
+    for plan in plans:
+        cmd = [
+            sys.executable, "-m", "automl_vision.cli", "worker",
+            "--study-name", settings.study_name,
+            "--run-dir", str(RunDir(settings.run_dir).path.resolve()),
+            "--device", plan.device,
+            "--threads", str(plan.threads),
+            "--name", plan.name,
+            "--plain",
+        ]
+        worker_env = dict(env)
+        # OpenMP/MKL size their pools at start-up: set them before torch is imported
+        worker_env["OMP_NUM_THREADS"] = str(plan.threads)
+        worker_env["MKL_NUM_THREADS"] = str(plan.threads)
+        procs.append((plan, subprocess.Popen(cmd, env=worker_env)))
+    all_ok = True
+    try:
+        for plan, proc in procs:
+            code = proc.wait()
+            if code != 0:
+                all_ok = False
+                log(f"worker {plan.name} ({plan.device}) ended: {_describe_exit(code)}; its running trial, if any, "
+                    "is failed and re-queued once, and the other workers go on")
+    except KeyboardInterrupt:
+        # the terminal sends Ctrl-C to the whole process group; forward it when it did not
+        for _plan, proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+        for _plan, proc in procs:
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        raise
+    return all_ok
+
+
+# ------------------------------------------------------------------ heartbeat files
+def worker_file(run_dir: RunDir, worker: str):
+    return run_dir.path / WORKERS_DIR / f"{worker}.json"
+
+
+class WorkerHeartbeat:
+    """Keeps ``RUN_DIR/workers/<worker>.json`` fresh while the worker lives.
+
+    The file says which host and process the worker is, its device, the trial it runs and
+    when it last beat. On the journal storage this is how other workers tell a dead
+    worker on another machine; on one machine they also check the process itself.
+    """
+
+    def __init__(self, run_dir: RunDir, worker: str, device: str, interval: float | None = None):
+        self.run_dir = run_dir
+        self.worker = worker
+        self.path = worker_file(run_dir, worker)
+        self.interval = interval or heartbeat_config().interval
+        self.info = {
+            "worker": worker,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "device": device,
+            "started": time.time(),
+            "trials": [],
+            "trial": None,
+            "state": "running",
+        }
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def _write(self) -> None:
+        with self._lock:
+            self.info["beat"] = time.time()
+            try:
+                write_json(self.path, self.info)
+            except OSError:
+                pass  # a full disk must not stop training; the database heartbeat still works
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._write()
+
+    def trial(self, number: int | None) -> None:
+        """The trial this worker runs now (``None`` between trials)."""
+        with self._lock:
+            self.info["trial"] = number
+            if number is not None and number not in self.info["trials"]:
+                self.info["trials"].append(number)
+        self._write()
+
+    def __enter__(self) -> "WorkerHeartbeat":
+        self._write()
+        self._thread = threading.Thread(target=self._run, name="automl-vision-heartbeat", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        with self._lock:
+            self.info["state"] = "stopped"
+            self.info["trial"] = None
+        self._write()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def worker_dead(run_dir: RunDir, worker: str, grace: float, now: float | None = None) -> str | None:
+    """Why ``worker`` is dead, or ``None`` when it may be alive.
+
+    A worker on this host is dead when its process is gone; any worker is dead when its
+    heartbeat file is older than ``grace`` seconds or says it stopped.
+    """
+    now = time.time() if now is None else now
+    host, _, pid = worker.rpartition("-")
+    if host == socket.gethostname() and pid.isdigit() and not _pid_alive(int(pid)):
+        return "worker died (process gone)"
+    info = read_json(worker_file(run_dir, worker)) if worker else None
+    if info:
+        if info.get("state") == "stopped":
+            return "worker stopped without finishing the trial"
+        beat = float(info.get("beat", 0))
+        if now - beat > grace:
+            return f"worker died (no heartbeat for {now - beat:.0f}s)"
+    return None
+
+
+# ------------------------------------------------------------------ recovery
+def _fail_status(run_dir: RunDir, trial: optuna.trial.FrozenTrial, reason: str) -> None:
+    """Make ``status.json`` agree with the study: a dead worker's trial is FAIL, whatever it
+    had written, so that nothing it left (even complete-looking weights) is trusted."""
+    tdir = run_dir.trial_dir(trial.number)
+    if not tdir.exists():
+        return
+    record = read_json(tdir / "status.json") or {"number": trial.number, "worker": trial.user_attrs.get("worker", "")}
+    if record.get("state") == "FAIL" and record.get("reason"):
+        return
+    record.update(state="FAIL", reason=reason, finished=time.time())
+    if record.get("started"):
+        record["seconds"] = record["finished"] - record["started"]
+    write_json(tdir / "status.json", record)
+
+
+def recover_stale_trials(study: optuna.Study, log: Callable[[str], None], run_dir: RunDir | None = None) -> int:
+    """Fail the RUNNING trials of dead workers and re-queue each once; returns how many.
+
+    Database storages: Optuna's heartbeat decides (``fail_stale_trials``) and the storage's
+    ``RetryFailedTrialCallback`` re-queues. Journal file: :func:`worker_dead` decides and
+    the trial is re-queued with ``retry_of`` in its user attributes. Either way the dead
+    trial's ``status.json`` is rewritten as FAIL with the reason.
+    """
+    if run_dir is None:
+        run_dir = RunDir(study.user_attrs.get("run_dir", "."))
+    beat = heartbeat_config()
+    recovered = 0
+    if is_rdb(study._storage):
+        if study.get_trials(deepcopy=False, states=(RUNNING,)):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                optuna.storages.fail_stale_trials(study)
+        trials = study.get_trials(deepcopy=False)
+        retried = retried_numbers(trials)
+        for t in trials:
+            # Optuna fails stale trials here or when any worker starts a trial: make every
+            # failed trial's status.json agree, whoever failed it
+            if t.state != FAIL or not run_dir.trial_dir(t.number).exists():
+                continue
+            status = read_json(run_dir.trial_dir(t.number) / "status.json") or {}
+            if status.get("state") == "FAIL":
+                continue
+            reason = f"worker {t.user_attrs.get('worker', '?')} died (no heartbeat for {beat.grace:.0f}s)"
+            reason += "; re-queued" if t.number in retried else ""
+            _fail_status(run_dir, t, reason)
+            log(f"trial {t.number}: {reason}")
+            recovered += 1
+        return recovered
+    now = time.time()
+    for t in study.get_trials(deepcopy=False, states=(RUNNING,)):
+        worker = t.user_attrs.get("worker", "")
+        if worker:
+            why = worker_dead(run_dir, worker, beat.grace, now)
+        else:
+            # a live worker names itself within milliseconds of taking the trial
+            started = t.datetime_start.timestamp() if t.datetime_start else now
+            why = "worker unknown and silent" if now - started > beat.grace else None
+        if why is None:
+            continue
+        requeue = t.user_attrs.get("retry_of") is None
+        reason = f"{why}; " + ("re-queued" if requeue else "not re-queued again (it was a retry already)")
+        try:
+            study._storage.set_trial_user_attr(t._trial_id, "reason", reason)
+            study._storage.set_trial_state_values(t._trial_id, FAIL)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # another worker recovered it first
+        if requeue:
+            study.enqueue_trial(t.params, user_attrs={"retry_of": t.number}, skip_if_exists=False)
+        _fail_status(run_dir, t, reason)
+        log(f"trial {t.number} was left running by {worker or 'an unknown worker'}: {reason}")
+        recovered += 1
+    return recovered
+
+
+# ------------------------------------------------------------------ the worker's loop
+def trial_loop(study: optuna.Study, objective, budget, n_trials: int | None, callbacks: list, log: Callable[[str], None],
+               poll: float | None = None) -> int:
+    """Run trials of ``study`` until ``n_trials`` count as finished or the budget ends.
+
+    A file lock in the run directory makes "count the trials, then take the next one" one
+    step among the workers that share the run directory, so together they run exactly
+    ``n_trials`` trials. When the remaining trials are running on other workers, this
+    worker waits for them (one may die and be re-queued) rather than leaving. Returns the
+    number of trials this worker ran.
+    """
+    from filelock import FileLock
+
+    run_dir = objective.run_dir
+    run_dir.path.mkdir(parents=True, exist_ok=True)
+    beat = heartbeat_config()
+    poll = poll or min(2.0, beat.interval)
+    gate = FileLock(str(run_dir.path / ".trial-start.lock"))
+    ran = 0
+    waiting_logged = False
+    with WorkerHeartbeat(run_dir, objective.worker, objective.path.device, beat.interval) as heartbeat:
+        while True:
+            gate.acquire()
+            held = True
+            try:
+                recover_stale_trials(study, log, run_dir)
+                if n_trials is not None:
+                    trials = study.get_trials(deepcopy=False)
+                    done = count_finished(trials)
+                    if done >= n_trials:
+                        break
+                    running = sum(t.state == RUNNING for t in trials)
+                    if done + running >= n_trials:
+                        gate.release()
+                        held = False
+                        if not waiting_logged:
+                            log(f"waiting for {running} trial(s) running on other workers")
+                            waiting_logged = True
+                        if budget.deadline is not None and budget.left() <= 0:
+                            break
+                        time.sleep(poll)
+                        continue
+                if not budget.can_start():
+                    if budget.deadline is not None:
+                        log("time budget: not enough time left for another trial")
+                    break
+                waiting_logged = False
+
+                def one_trial(trial: optuna.Trial):
+                    nonlocal held
+                    # the trial has its number now: let the next worker in
+                    gate.release()
+                    held = False
+                    trial.set_user_attr("worker", objective.worker)
+                    retry_of = study._storage.get_trial_system_attrs(trial._trial_id).get("failed_trial")
+                    if retry_of is not None and trial.user_attrs.get("retry_of") is None:
+                        trial.set_user_attr("retry_of", retry_of)
+                    heartbeat.trial(trial.number)
+                    try:
+                        return objective(trial)
+                    finally:
+                        heartbeat.trial(None)
+
+                study.optimize(one_trial, n_trials=1, catch=(Exception,), callbacks=callbacks, gc_after_trial=False)
+                ran += 1
+            finally:
+                if held:
+                    gate.release()
+    return ran
+
+
+# ------------------------------------------------------------------ joining a study
+def _load_prepared(settings, run_dir: RunDir, pm):
+    """The search's prepared data, rebuilt from the run directory without re-scanning images.
+
+    ``splits.json`` lists the valid samples in cache order, so listing the dataset is
+    enough; the pixels come from the cache the search built (a missing resolution is
+    decoded under the cache's lock).
+    """
+    from automl_vision.data.prepare import PreparedData
+    from automl_vision.data.sources import load_dataset
+    import numpy as np
+
+    report = run_dir.read_data_report()
+    splits = run_dir.read_splits()
+    if not report or not splits:
+        raise UsageError(
+            f"run directory {run_dir.path} has no data_report.json/splits.json: the search that created the "
+            "study has not prepared its data there. Pass the shared run directory with --run-dir."
+        )
+    dataset = load_dataset(settings.data, pm)
+    by_key = {s.key: s for s in dataset.samples}
+    missing = [k for k in splits["keys"] if k not in by_key]
+    if missing:
+        raise UsageError(
+            f"the data at {settings.data} lacks {len(missing)} image(s) of the search (e.g. {missing[0]}); "
+            "mount the same data on this machine or pass its location with --data"
+        )
+    samples = [by_key[k] for k in splits["keys"]]
+    pos = {k: i for i, k in enumerate(splits["keys"])}
+    index = {name: np.asarray(sorted(pos[k] for k in keys), dtype=np.int64) for name, keys in splits["splits"].items()}
+    return PreparedData(run_dir, list(report["classes"]), samples, int(report["in_chans"]), index, report)
+
+
+def join_study(storage_url: str, study_name: str | None, device: str = "auto", run_dir: str | None = None,
+               data: str | None = None, threads: int | None = None, name: str | None = None,
+               n_trials: int | None = None, time_budget: float | None = None, plain: bool | None = None) -> int:
+    """``automl-vision worker``: join an existing study and run its trials until it is done.
+
+    Everything but the storage and the study name comes from the study's user attributes
+    (settings, data location, run directory, the search's time limit). Refuses (UsageError)
+    when this installation's automl-vision version or plugins differ from the study's.
+    Returns the number of trials this worker ran.
+    """
+    from automl_vision import __version__
+    from automl_vision.plugins import get_plugin_manager
+    from automl_vision.progress import make_progress
+    from automl_vision.search.objective import Budget, Objective, worker_id
+    from automl_vision.search.run import check_settings, directions_for, run_worker
+    from automl_vision.search.study import make_storage, open_study, redact
+    from automl_vision.settings import PRESETS, SearchSettings
+    from automl_vision.training.device import choose
+
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    shown = redact(storage_url)
+    if storage_url.endswith(".journal") and "://" not in storage_url and not os.path.exists(storage_url):
+        raise UsageError(f"--storage {storage_url}: no such journal file; give the study.journal of the search's run "
+                         "directory or a database URL")
+    probe = SearchSettings(data="", run_dir=run_dir or ".", study_name=study_name or "", storage=storage_url)
+    storage = make_storage(probe)
+    names = optuna.get_all_study_names(storage)
+    if study_name is None:
+        if len(names) != 1:
+            raise UsageError(f"--study-name: {shown} holds {len(names)} studies ({', '.join(names) or 'none'}); name one")
+        study_name = names[0]
+    if study_name not in names:
+        raise UsageError(f"no study named {study_name!r} in {shown}; it holds: {', '.join(names) or 'no study'}. "
+                         "Start the search first (automl-vision search ... --storage URL), then the workers.")
+    attrs = optuna.load_study(study_name=study_name, storage=storage).user_attrs
+    if "settings" not in attrs:
+        raise UsageError(f"study {study_name!r} in {shown} was not created by 'automl-vision search' (no settings stored)")
+    theirs = attrs.get("automl_vision_version")
+    if theirs != __version__:
+        raise UsageError(
+            f"this worker runs automl-vision {__version__} but study {study_name!r} was created with automl-vision "
+            f"{theirs}; install the same version on this machine (pip install 'automl-vision=={theirs}')"
+        )
+    settings = SearchSettings.from_dict(attrs["settings"])
+    settings.storage = storage_url  # the stored URL has its password redacted
+    settings.study_name = study_name
+    settings.run_dir = run_dir or attrs.get("run_dir") or settings.run_dir
+    settings.device = device
+    settings.workers = 1
+    if data:
+        settings.data = data
+    pm = get_plugin_manager(settings.plugins, prefer=getattr(settings, "prefer", None) or None)
+    ours, study_plugins = pm.fingerprint(), attrs.get("plugins") or {}
+    if ours != study_plugins:
+        diff = []
+        for plugin in sorted(set(ours) | set(study_plugins)):
+            if ours.get(plugin) != study_plugins.get(plugin):
+                diff.append(f"{plugin}: study {study_plugins.get(plugin, 'not loaded')}, here {ours.get(plugin, 'not loaded')}")
+        raise UsageError(
+            f"the plugins here differ from study {study_name!r}'s: " + "; ".join(diff)
+            + ". Install the same plugin versions on this machine (see 'automl-vision plugins')."
+        )
+    rd = RunDir(settings.run_dir)
+    if not rd.run_json.exists():
+        raise UsageError(f"run directory {rd.path} not found on this machine (no run.json): mount the search's shared "
+                         "run directory there or pass its path here with --run-dir")
+    objectives = check_settings(settings, pm)
+    directions = directions_for(objectives, pm)
+    max_epochs = settings.max_epochs or PRESETS[settings.preset]["max_epochs"]
+    path = choose(settings.device, settings.precision, settings.channels_last)
+    from automl_vision.training.device import apply_gpu_options
+
+    apply_gpu_options(path, settings.options)
+    session = attrs.get("session") or {}
+    deadline = session.get("deadline")
+    reserve = float(session.get("reserve") or 0.0)
+    if time_budget:
+        deadline, reserve = time.time() + time_budget, 0.0
+    label = f"{name} {worker_id()}" if name else worker_id()
+    progress = make_progress(deadline, worker=label, n_trials=n_trials or settings.n_trials, plain=plain)
+    log = progress.log
+    if deadline is not None and deadline - reserve <= time.time():
+        log(f"study {study_name!r}: the search's time budget has ended; nothing to do (give --time-budget to go on)")
+        return 0
+    log(f"joined study {study_name!r} in {shown}; run directory {rd.path}; execution path: {path.describe()}")
+    data_ = _load_prepared(settings, rd, pm)
+    study = open_study(settings, directions, max_epochs, create=False)
+    budget = Budget(deadline=deadline, reserve=reserve)
+    objective = Objective(settings, data_, pm, path, budget, progress, objectives, max_epochs)
+    with progress:
+        ran = run_worker(study, objective, budget, n_trials or settings.n_trials, pm, progress, directions[0])
+    log(f"worker done: ran {ran} trial(s)")
+    return ran
