@@ -1,0 +1,141 @@
+"""The plugin distributions in ``plugins/`` installed with pip, as a user installs them.
+
+A fresh virtual environment gets automl-vision from (a copy of) the working tree and
+the plugin distributions, each with ``pip install``; it sees the heavy dependencies
+(torch, timm, optuna, ...) of the project's environment through a ``.pth`` file, so
+nothing is downloaded (``--no-index``). automl-vision itself and the plugins are hidden
+from that shared view, so what the tests find can only come from the pip installs and
+the entry points those declare.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DISTS = {
+    "automl-vision-digits": "automl_vision_digits",
+    "automl-vision-mixer": "automl_vision_mixer",
+    "automl-vision-csvlog": "automl_vision_csvlog",
+}
+# what the fresh environment must NOT see from the project's own environment
+HIDDEN_PREFIXES = ("automl_vision", "automl-vision", "__editable__", "distutils-precedence.pth")
+
+
+def _run(cmd: list[str], cwd: Path, env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess:
+    proc = subprocess.run([str(c) for c in cmd], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"{' '.join(map(str, cmd))} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc
+
+
+def _copy_tree(src: Path, dst: Path) -> Path:
+    # a copy keeps the build's egg-info and build/ folders out of the shared working tree
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info", "build", ".pytest_cache"))
+    return dst
+
+
+@pytest.fixture(scope="module")
+def venv(tmp_path_factory):
+    """A fresh venv with automl-vision and the three plugin distributions pip-installed."""
+    base = tmp_path_factory.mktemp("plugin-venv")
+    env_dir = base / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(env_dir)], check=True, timeout=120)
+    py = env_dir / "bin" / "python"
+    site = Path(subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                               check=True, capture_output=True, text=True).stdout.strip())
+
+    # the project's dependencies, shared read-only through symlinks, minus automl-vision itself
+    shared = base / "shared-deps"
+    shared.mkdir()
+    for entry in Path(sysconfig.get_paths()["purelib"]).iterdir():
+        if entry.name.startswith(HIDDEN_PREFIXES) or entry.name.endswith(".pth"):
+            continue
+        if any(entry.name.startswith(mod) for mod in DISTS.values()):
+            continue
+        (shared / entry.name).symlink_to(entry)
+    (site / "_automl_vision_test_shared_deps.pth").write_text(str(shared) + "\n")
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AUTOML_VISION_", "PYTHON", "VIRTUAL_ENV"))}
+    env["PATH"] = f"{env_dir / 'bin'}{os.pathsep}{env.get('PATH', '')}"
+    env["PYTHONUNBUFFERED"] = "1"
+    check = subprocess.run([str(py), "-c", "import automl_vision"], env=env, cwd=base, capture_output=True, text=True)
+    assert check.returncode != 0, "the fresh venv must not see automl-vision before it is installed"
+
+    sources = [_copy_project(base / "src" / "automl-vision")]
+    sources += [_copy_tree(ROOT / "plugins" / name, base / "src" / name) for name in DISTS]
+    _run([py, "-m", "pip", "install", "--no-index", "--no-build-isolation", "--no-deps", "--quiet",
+          "--disable-pip-version-check", *sources], cwd=base, env=env, timeout=600)
+    return {"dir": env_dir, "python": py, "bin": env_dir / "bin", "env": env, "base": base, "sources": base / "src"}
+
+
+def _copy_project(dst: Path) -> Path:
+    dst.mkdir(parents=True)
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(ROOT / name, dst / name)
+    for package in ("automl_vision", "dashboard"):
+        if (ROOT / package).is_dir():
+            _copy_tree(ROOT / package, dst / package)
+    return dst
+
+
+def test_plugins_are_installed_and_found_through_their_entry_points(venv):
+    where = _run([venv["python"], "-c", "import automl_vision, automl_vision_mixer; "
+                  "print(automl_vision.__file__); print(automl_vision_mixer.__file__)"],
+                 cwd=venv["base"], env=venv["env"]).stdout.split()
+    assert all(path.startswith(str(venv["dir"])) for path in where), where  # the installed copies, not the tree
+
+    proc = _run([venv["bin"] / "automl-vision", "plugins", "--json"], cwd=venv["base"], env=venv["env"])
+    plugins = {p["name"]: p for p in json.loads(proc.stdout)["plugins"]}
+    for name, dist, registered in (
+        ("digits", "automl-vision-digits", {"datasets": ["digits", "npz"]}),
+        ("mixer", "automl-vision-mixer", {"model_families": ["mixer"], "metrics": ["mcc", "cohen_kappa"]}),
+        ("csvlog", "automl-vision-csvlog", {}),
+    ):
+        p = plugins[name]
+        assert (p["origin"], p["distribution"], p["version"], p["status"]) == ("entrypoint", dist, "0.1.0", "ok"), p
+        assert p["registered"] == registered
+    assert plugins["csvlog"]["hooks"] == ["on_search_end", "on_trial_end"]
+    assert [p["origin"] for p in plugins.values()][:5] == ["builtin"] * 5  # built-ins first
+
+
+def test_search_uses_the_installed_dataset_family_and_metric(venv):
+    out = venv["base"] / "run"
+    proc = _run([venv["bin"] / "automl-vision", "search", "digits:12", "--models", "mixer", "--metric", "mcc",
+                 "--n-trials", "2", "--max-epochs", "1", "--image-size", "16", "--out", out, "--plain"],
+                cwd=venv["base"], env=venv["env"], timeout=300)
+    assert "is broken" not in proc.stderr, proc.stderr
+    with open(out / "leaderboard.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 2 and {r["family"] for r in rows} == {"mixer"}
+    assert all(r["model"].split()[0] in ("mixer", "poolmixer") for r in rows)
+    done = [r for r in rows if r["state"] == "COMPLETE"]
+    assert done and all(r["val_mcc"] != "" and r["val_cohen_kappa"] != "" for r in done)
+    assert float(done[0]["value"]) == pytest.approx(float(done[0]["val_mcc"]))
+
+    run = json.loads((out / "run.json").read_text())
+    assert run["data"]["classes"] == [str(i) for i in range(10)] and run["data"]["root"].startswith("digits:")
+    assert {"digits", "mixer", "csvlog"} <= set(run["plugins"])
+    report = json.loads((out / "final" / "report.json").read_text())
+    assert report["metric"] == "mcc" and "mcc" in report["best_val"]
+    # the tracking plugin saw every trial through on_trial_end, and the end
+    with open(out / "csvlog" / "trials.csv", newline="") as fh:
+        logged = list(csv.DictReader(fh))
+    assert sorted(r["number"] for r in logged) == ["0", "1"] and "val_mcc" in logged[0]
+    assert json.loads((out / "csvlog" / "trials.summary.json").read_text())["metric"] == "mcc"
+
+
+@pytest.mark.slow
+def test_each_distribution_passes_its_own_tests_against_the_installed_packages(venv):
+    for name in DISTS:
+        tests = venv["sources"] / name / "tests"
+        _run([venv["python"], "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tests)],
+             cwd=venv["sources"] / name, env=venv["env"], timeout=300)
