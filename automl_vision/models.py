@@ -28,8 +28,9 @@ def build_model(spec: dict[str, Any], pm: PluginManager | None = None) -> nn.Mod
 def save_model(directory: str | Path, model: nn.Module, spec: dict[str, Any]) -> None:
     """Write ``weights.safetensors`` then ``model.json`` (the latter marks it complete)."""
     directory = Path(directory)
-    save_weights(directory / "weights.safetensors", model.state_dict(), metadata={"family": str(spec["family"])})
-    write_json(directory / "model.json", spec)
+    digest = save_weights(directory / "weights.safetensors", model.state_dict(), metadata={"family": str(spec["family"])})
+    # the digest lets load_model refuse weights that were swapped or corrupted afterwards
+    write_json(directory / "model.json", {**spec, "weights_sha256": digest})
 
 
 def load_model(directory: str | Path, pm: PluginManager | None = None) -> tuple[nn.Module, dict[str, Any]]:
@@ -44,7 +45,7 @@ def load_model(directory: str | Path, pm: PluginManager | None = None) -> tuple[
         raise
     except Exception as exc:
         raise UsageError(f"{directory}: cannot rebuild model family {spec.get('family')!r}: {exc}") from exc
-    state = load_weights(directory / "weights.safetensors")
+    state = load_weights(directory / "weights.safetensors", sha256=spec.get("weights_sha256"))
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise UsageError(

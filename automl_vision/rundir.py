@@ -10,6 +10,7 @@ half-written one. Readers tolerate a run still in progress: a missing file reads
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -18,6 +19,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
+
+from automl_vision.types import UsageError
 
 LAYOUT_VERSION = 1
 
@@ -85,14 +88,29 @@ def write_npy(path: str | os.PathLike, array: np.ndarray) -> None:
 
 
 def read_npy(path: str | os.PathLike) -> np.ndarray | None:
+    """A plain numeric array, or ``None`` when the file does not exist (yet).
+
+    Raises TamperedFileError for anything else (a pickled object array, a broken file):
+    an ``.npy`` holding objects would run code when unpickled, so it is never loaded.
+    """
     try:
         return np.load(path, allow_pickle=False)
     except FileNotFoundError:
         return None
+    except (ValueError, OSError, EOFError) as exc:
+        raise TamperedFileError(
+            f"{path}: not a plain numeric .npy file ({exc}); it may be truncated or tampered with. "
+            "automl-vision never unpickles run-directory files; delete it and re-run to recreate it."
+        ) from exc
 
 
-def save_weights(path: str | os.PathLike, state_dict: dict[str, Any], metadata: dict[str, str] | None = None) -> None:
-    """Save a state dict as safetensors, atomically. Nothing pickled, nothing executable."""
+def save_weights(path: str | os.PathLike, state_dict: dict[str, Any], metadata: dict[str, str] | None = None) -> str:
+    """Save a state dict as safetensors, atomically. Nothing pickled, nothing executable.
+
+    Returns:
+        The SHA-256 of the file written; store it beside the weights (``model.json``) and
+        pass it to :func:`load_weights` to detect a file changed since.
+    """
     from safetensors.torch import save
 
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
@@ -103,21 +121,43 @@ def save_weights(path: str | os.PathLike, state_dict: dict[str, Any], metadata: 
         if ptr in seen and ptr != -1:
             tensors[k] = v.clone()
         seen[ptr] = k
-    atomic_write_bytes(path, save(tensors, metadata=metadata))
+    data = save(tensors, metadata=metadata)
+    atomic_write_bytes(path, data)
+    return hashlib.sha256(data).hexdigest()
 
 
-class TamperedCheckpointError(Exception):
-    """A weights file cannot be read as a safetensors file."""
+class TamperedFileError(UsageError):
+    """A run-directory file is not what automl-vision wrote: refused, never unpickled."""
 
 
-def load_weights(path: str | os.PathLike) -> dict[str, Any]:
-    """Load a safetensors state dict. A file that is not valid safetensors is refused."""
-    from safetensors.torch import load_file
+class TamperedCheckpointError(TamperedFileError):
+    """A weights file is not valid safetensors, or differs from the one that was saved."""
+
+
+def load_weights(path: str | os.PathLike, sha256: str | None = None) -> dict[str, Any]:
+    """Load a safetensors state dict. A file that is not valid safetensors is refused.
+
+    Args:
+        path: the ``.safetensors`` file.
+        sha256: the digest :func:`save_weights` returned; when given, a file whose bytes
+            differ (edited, swapped, bit rot) is refused too.
+    """
+    from safetensors.torch import load
 
     try:
-        return load_file(str(path))
+        with open(path, "rb") as fh:
+            data = fh.read()
     except FileNotFoundError:
         raise
+    except OSError as exc:
+        raise TamperedCheckpointError(f"{path}: cannot read the weights file: {exc}") from exc
+    if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
+        raise TamperedCheckpointError(
+            f"{path}: the weights file changed since it was saved (SHA-256 differs from model.json); it may be "
+            "corrupt or tampered with, so it is refused. Re-run the trial or the search to recreate it."
+        )
+    try:
+        return load(data)
     except Exception as exc:
         raise TamperedCheckpointError(
             f"{path}: not a valid safetensors weights file ({exc}); it may be truncated or tampered with. "
