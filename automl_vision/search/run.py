@@ -84,9 +84,6 @@ def check_settings(settings: SearchSettings, pm: PluginManager) -> list[str]:
         pm.model_families.get(family)  # a family two plugins register fails here, naming both
     if not families:
         raise UsageError("no model family is available; check --models and the installed plugins")
-    from automl_vision.search import space_file
-
-    space_file.apply(settings, pm)  # --space: every key and value checked before anything runs
     return objectives
 
 
@@ -139,10 +136,10 @@ def run_search(settings: SearchSettings, argv: list[str] | None = None, plain: b
     directions = directions_for(objectives, pm)
     dataset = load_dataset(settings.data, pm)
     path = choose(settings.device, settings.precision, settings.channels_last)
-    apply_gpu_options(path, settings.options)
     if not settings.image_sizes:
         settings.image_sizes = auto_image_sizes(dataset, path.device)
     max_epochs = settings.max_epochs or PRESETS[settings.preset]["max_epochs"]
+    apply_gpu_options(path, settings.options)
     run_dir = RunDir(settings.run_dir)
     run_dir.path.mkdir(parents=True, exist_ok=True)
     # worker processes print their own lines: no live panel over them
@@ -187,20 +184,16 @@ def run_search(settings: SearchSettings, argv: list[str] | None = None, plain: b
     study.set_user_attr("automl_vision_version", __version__)
     study.set_user_attr("plugins", pm.fingerprint())
     study.set_user_attr("run_dir", str(run_dir.path.resolve()))
-    # workers joining from other machines stop with this session's time budget
-    session_reserve = min(60.0, max(3.0, 0.04 * settings.time_budget)) if settings.time_budget else 0.0
-    study.set_user_attr("session", {"deadline": deadline, "reserve": session_reserve, "n_trials": settings.n_trials})
     recover_stale_trials(study, log)
     pm.on_search_start(str(run_dir.path), stored)
 
+    # workers joining from other machines stop with this session's time budget
+    session_reserve = min(60.0, max(3.0, 0.04 * settings.time_budget)) if settings.time_budget else 0.0
+    study.set_user_attr("session", {"deadline": deadline, "reserve": session_reserve, "n_trials": settings.n_trials})
     # keep a small reserve for the final evaluation and ensemble
     reserve = min(60.0, max(3.0, 0.04 * settings.time_budget)) if settings.time_budget else 0.0
     budget = Budget(deadline=deadline, reserve=reserve)
     objective = Objective(settings, data, pm, path, budget, progress, objectives, max_epochs)
-    from automl_vision.search.portfolio import warm_start
-
-    warm_start(study, settings, pm, objective.families, objective.timm_models, len(data.classes), data.in_chans,
-               len(data.split_index["train"]), path.device, log)
     interrupted = False
     with progress:
         try:
