@@ -343,3 +343,18 @@ def test_search_with_a_flaky_family_a_failing_event_hook_and_a_picked_metric(dig
     assert run["settings"]["prefer"] == {"agreement": "conflict_b"}
     report = json.loads((out / "final" / "report.json").read_text())
     assert report["metric"] == "agreement" and report["best_trial"] in (0, 2)
+
+
+@pytest.mark.parametrize("args", [["--help"], ["search", "--help"], ["plugins", "--help"]])
+def test_help_loads_no_plugin_and_no_torch(args):
+    """`--help` must stay fast: no plugin is loaded and neither torch nor numpy is imported."""
+    import subprocess
+
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "automl_vision.cli", *args],
+                          capture_output=True, text=True, env=cli_env(), timeout=120)
+    assert proc.returncode == 0 and "usage: automl-vision" in proc.stdout
+    imported = {line.split("|")[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
+    assert "automl_vision.commands.search" in imported  # the import log is real
+    heavy = sorted(m for m in imported if m.split(".")[0] in ("torch", "timm", "optuna", "numpy", "sklearn")
+                   or m.startswith(("automl_vision.plugins", "automl_vision.builtin")))
+    assert heavy == []
