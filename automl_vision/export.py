@@ -212,7 +212,8 @@ def export(run_dir: str | os.PathLike, fmt: str, out: str | os.PathLike | None =
     if fmt not in FORMATS:
         raise UsageError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
     rd = open_run(run_dir)
-    pm = get_plugin_manager(list(((rd.read_run() or {}).get("settings") or {}).get("plugins") or []))
+    stored = (rd.read_run() or {}).get("settings") or {}
+    pm = get_plugin_manager(list(stored.get("plugins") or []), prefer=stored.get("prefer") or None, strict=False)
     d = load_deliverable(rd.path, model, pm)
     if fmt == "state-dict" and len(d.module.members) > 1:
         if (model or "auto") == "auto":

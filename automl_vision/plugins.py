@@ -276,8 +276,13 @@ class PluginManager:
             info.registered.setdefault(kind, []).extend(added)
 
     # ---------------------------------------------------------------- choices
-    def apply_preferences(self, prefer: dict[str, str] | None) -> None:
+    def apply_preferences(self, prefer: dict[str, str] | None, strict: bool = True) -> None:
         """Resolve conflicts with the user's picks (``--prefer NAME=PLUGIN``).
+
+        Args:
+            prefer: name -> plugin.
+            strict: raise for a pick that matches no registration; ``False`` skips it
+                (picks stored with a run, read back after a plugin was uninstalled).
 
         Raises:
             UsageError: a name nobody registered twice, or a plugin that did not
@@ -291,12 +296,14 @@ class PluginManager:
                     continue
                 found = True
                 if plugin not in owners:
+                    if not strict:
+                        continue
                     raise UsageError(
                         f"--prefer {name}={plugin}: plugin {plugin!r} does not register the {registry.kind} "
                         f"{name!r}; it is registered by {', '.join(owners)}."
                     )
                 registry.preferred[name] = plugin
-            if not found:
+            if not found and strict:
                 raise UsageError(
                     f"--prefer {name}={plugin}: no plugin registers anything called {name!r}; "
                     f"'automl-vision plugins' lists what each plugin registers."
@@ -410,7 +417,7 @@ _MANAGER_KEY: tuple[str, ...] | None = None
 
 
 def get_plugin_manager(extra_modules: list[str] | None = None, reload: bool = False,
-                       prefer: dict[str, str] | None = None) -> PluginManager:
+                       prefer: dict[str, str] | None = None, strict: bool = True) -> PluginManager:
     """The process-wide plugin manager, loaded on first use.
 
     Broken plugins and conflicts nobody resolved are reported once on stderr when it
@@ -420,6 +427,8 @@ def get_plugin_manager(extra_modules: list[str] | None = None, reload: bool = Fa
         extra_modules: ``--plugin`` modules; a different list loads again.
         reload: load again even if loaded.
         prefer: ``NAME -> PLUGIN`` picks for names registered by several plugins.
+        strict: see :meth:`PluginManager.apply_preferences`; ``False`` for picks read
+            back from a run directory.
 
     Raises:
         UsageError: a pick in ``prefer`` that matches no registration.
@@ -435,7 +444,11 @@ def get_plugin_manager(extra_modules: list[str] | None = None, reload: bool = Fa
         for info in _MANAGER.broken():
             for err in info.errors:
                 print(f"warning: plugin {info.name!r} is broken: {err}", file=sys.stderr)
-    _MANAGER.apply_preferences(prefer)
+    if prefer is not None:
+        # picks belong to one search or run: a later call with its own picks replaces them
+        for registry in (_MANAGER.datasets, _MANAGER.model_families, _MANAGER.metrics):
+            registry.preferred.clear()
+        _MANAGER.apply_preferences(prefer, strict=strict)
     if prefer is not None or reload:
         for message in _MANAGER.unresolved_conflicts():
             print(f"warning: {message} Until then it is not used.", file=sys.stderr)

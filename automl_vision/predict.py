@@ -352,8 +352,11 @@ class Predictor:
         from automl_vision.plugins import get_plugin_manager
 
         rd = open_run(run_dir)
-        stored = ((rd.read_run() or {}).get("settings") or {}).get("plugins") or []
-        pm = get_plugin_manager(list(plugins if plugins is not None else stored))
+        stored_settings = (rd.read_run() or {}).get("settings") or {}
+        stored = stored_settings.get("plugins") or []
+        # the search's --prefer picks, so a conflicting family resolves as it did in the search
+        pm = get_plugin_manager(list(plugins if plugins is not None else stored),
+                                prefer=stored_settings.get("prefer") or None, strict=False)
         return cls(load_deliverable(rd.path, model, pm), device=device, batch_size=batch_size)
 
     def describe(self) -> str:

@@ -312,8 +312,8 @@ def test_search_with_a_flaky_family_a_failing_event_hook_and_a_picked_metric(dig
     out = tmp_path / "run"
     proc = run_cli(
         "search", digits_dir, "--out", out, "--n-trials", "3", "--max-epochs", "1", "--image-size", "16", "--plain",
-        "--models", "flaky", "--metric", "agreement", "--prefer", "agreement=conflict_b",
-        "--plugin", plugin_file("flaky_family"), "--plugin", plugin_file("conflict_a"),
+        "--models", "flaky", "--metric", "agreement", "--prefer", "agreement=conflict_b", "--prefer", "flaky=flaky_family",
+        "--plugin", plugin_file("flaky_family"), "--plugin", plugin_file("flaky_twin"), "--plugin", plugin_file("conflict_a"),
         "--plugin", plugin_file("conflict_b"), "--plugin", plugin_file("broken_import"),
         env=cli_env(AUTOML_VISION_TEST_EVENTS=str(events)), timeout=300,
     )
@@ -340,9 +340,17 @@ def test_search_with_a_flaky_family_a_failing_event_hook_and_a_picked_metric(dig
     assert seen[4]["n_trials"] == 3
 
     run = json.loads((out / "run.json").read_text())
-    assert run["settings"]["prefer"] == {"agreement": "conflict_b"}
+    assert run["settings"]["prefer"] == {"agreement": "conflict_b", "flaky": "flaky_family"}
     report = json.loads((out / "final" / "report.json").read_text())
     assert report["metric"] == "agreement" and report["best_trial"] in (0, 2)
+
+    # predict rebuilds the model with the picked family, from the picks stored in run.json
+    image = next(Path(digits_dir).glob("3/*.png"))
+    pred = run_cli("predict", out, image, "--out", tmp_path / "pred.csv", timeout=180)
+    assert pred.returncode == 0, pred.stderr[-2000:]
+    with open(tmp_path / "pred.csv", newline="") as fh:
+        (row,) = list(csv.DictReader(fh))
+    assert row["prediction"] in [str(i) for i in range(10)] and row["error"] == ""
 
 
 @pytest.mark.parametrize("args", [["--help"], ["search", "--help"], ["plugins", "--help"]])

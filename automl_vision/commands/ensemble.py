@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
             f"{rd.path}: no trial of this run has finished, so there is nothing to ensemble. Run the search again "
             "with more time or trials (--time-budget, --n-trials); finished trials are kept."
         )
-    pm = get_plugin_manager(list(settings.get("plugins") or []))
+    pm = get_plugin_manager(list(settings.get("plugins") or []), prefer=settings.get("prefer") or None, strict=False)
     metric = args.metric or (run.get("objectives") or [settings.get("metric") or "accuracy"])[0]
     if metric not in pm.metrics:
         raise UsageError("--metric: " + pm.metrics.unknown_message(metric))
