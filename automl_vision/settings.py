@@ -13,10 +13,11 @@ from typing import Any
 from automl_vision.types import UsageError
 
 PRESETS = {
-    # preset: (max_epochs, pruner, aug presets)
-    "fast": {"max_epochs": 8, "pruner": "hyperband"},
-    "balanced": {"max_epochs": 20, "pruner": "hyperband"},
-    "best": {"max_epochs": 40, "pruner": "hyperband"},
+    # preset: epochs of an unpruned trial, the pruner, the augmentation presets searched;
+    # the model zoo of each preset is the "presets" field of builtin/zoo.json
+    "fast": {"max_epochs": 8, "pruner": "sha", "aug_presets": ["none", "light", "medium"]},
+    "balanced": {"max_epochs": 20, "pruner": "hyperband", "aug_presets": ["none", "light", "medium", "heavy", "custom"]},
+    "best": {"max_epochs": 40, "pruner": "hyperband", "aug_presets": ["none", "light", "medium", "heavy", "custom"]},
 }
 
 

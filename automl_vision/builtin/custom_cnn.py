@@ -61,12 +61,15 @@ class CustomCNN(nn.Module):
             ACTIVATIONS[act](),
         ]
         cin = width
+        # like timm's feature_info: where each stage ends (used by --freeze-stages)
+        self.feature_info: list[dict[str, Any]] = []
         for s in range(stages):
             cout = min(width * 2**s, 512)
             for b in range(blocks):
                 stride = 2 if (b == 0 and s > 0) else 1
                 layers.append(ConvBlock(cin, cout, stride, kernel, norm, groups, act, block == "residual"))
                 cin = cout
+            self.feature_info.append({"module": f"features.{len(layers) - 1}", "num_chs": cout, "reduction": 2**s})
         self.features = nn.Sequential(*layers)
         self.pool = pool
         feat = cin * (2 if pool == "avgmax" else 1)

@@ -35,7 +35,7 @@ def default_models(image_size: int, preset: str = "balanced") -> list[str]:
     ]
 
 
-def resolve_models(patterns: list[str]) -> list[str]:
+def resolve_models(patterns: list[str], what: str = "--models") -> list[str]:
     """Expand names and wildcards against timm's registry; unknown names are a UsageError."""
     import timm
 
@@ -44,19 +44,26 @@ def resolve_models(patterns: list[str]) -> list[str]:
         if any(ch in pattern for ch in "*?["):
             found = timm.list_models(pattern)
             if not found:
-                raise UsageError(f"--models: no timm model matches {pattern!r}")
+                zoo_hits = [n for n in zoo() if fnmatch.fnmatchcase(n, pattern)]
+                raise UsageError(f"{what}: no timm model matches {pattern!r}"
+                                 + (f" (curated zoo: {', '.join(zoo_hits)})" if zoo_hits else "")
+                                 + "; list them with: python -c \"import timm; print(timm.list_models('PATTERN'))\"")
             out.extend(found)
         elif pattern in timm.list_models(pattern):
             out.append(pattern)
         else:
-            close = difflib.get_close_matches(pattern, timm.list_models(), n=4, cutoff=0.6)
-            hint = f" Did you mean {', '.join(close)}?" if close else ""
-            raise UsageError(f"--models: unknown timm model {pattern!r}.{hint} (see timm.list_models())")
+            close = difflib.get_close_matches(pattern, list(zoo()) + timm.list_models(), n=4, cutoff=0.6)
+            hint = f" Did you mean {', '.join(dict.fromkeys(close))}?" if close else ""
+            raise UsageError(f"{what}: unknown timm model {pattern!r}.{hint} Any name of timm.list_models() "
+                             f"or a wildcard pattern such as 'resnet*' works; the curated zoo is {', '.join(zoo())}.")
     return list(dict.fromkeys(out))
 
 
 def suggest(trial, ctx: SearchContext) -> dict[str, Any]:
-    models = ctx.options.get("timm_models") or default_models(ctx.image_size, ctx.options.get("preset", "balanced"))
+    # The choices must not depend on the trial's image size: Optuna keeps one list of
+    # choices per parameter for the whole study. The smallest searched size decides.
+    smallest = int(ctx.options.get("min_image_size") or ctx.image_size)
+    models = ctx.options.get("timm_models") or default_models(smallest, ctx.options.get("preset", "balanced"))
     params: dict[str, Any] = {"timm.arch": trial.suggest_categorical("timm.arch", list(models))}
     params["timm.drop_rate"] = trial.suggest_float("timm.drop_rate", 0.0, 0.3)
     return params

@@ -58,19 +58,45 @@ def add_search_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-epochs", type=_positive_int, metavar="N",
                    help="epochs of a trial that is not pruned (default: from --preset: fast 8, balanced 20, best 40)")
     g.add_argument("--preset", choices=["fast", "balanced", "best"], default="balanced",
-                   help="search preset: the model zoo, epochs and pruner (default: balanced)")
+                   help="search preset: the model zoo, epochs, pruner and augmentation presets; fast: small "
+                        "backbones, 8 epochs, successive halving; balanced: 20 epochs, hyperband; best: the "
+                        "whole zoo, 40 epochs (default: balanced)")
     s = p.add_argument_group("search space")
     s.add_argument("--image-size", type=_sizes, metavar="PX[,PX...]",
                    help="input resolution in pixels; several values are searched (default: chosen from the images)")
     s.add_argument("--models", metavar="LIST",
                    help="comma-separated model families (cnn, timm, or a plugin's) and/or timm model names or "
                         "patterns, e.g. 'cnn,resnet18,efficientnet_*' (default: every family, curated zoo)")
+    s.add_argument("--space", metavar="FILE",
+                   help="YAML search space file restricting or extending any parameter "
+                        "(see 'automl-vision space show' and docs/search-space.md)")
     s.add_argument("--metric", default="accuracy",
                    help="objective metric on the validation split; any registered metric (default: accuracy)")
-    s.add_argument("--pruner", choices=["hyperband", "sha", "median", "none"], default="hyperband",
-                   help="early stopping of bad trials over epochs (default: hyperband)")
-    s.add_argument("--sampler", choices=["tpe", "random"], default="tpe",
-                   help="Optuna sampler (default: tpe, seeded by --seed)")
+    s.add_argument("--objectives", metavar="LIST",
+                   help="multi-objective search: the metric then latency, params and/or macs, e.g. "
+                        "accuracy,latency; the Pareto front goes to pareto.json (replaces --metric)")
+    s.add_argument("--pruner", choices=["hyperband", "sha", "median", "none"], default=None,
+                   help="early stopping of bad trials over epochs (default: from --preset; fast: sha, "
+                        "else hyperband)")
+    s.add_argument("--sampler", choices=["tpe", "random", "nsga2"], default="tpe",
+                   help="Optuna sampler (default: tpe, multi-objective TPE with --objectives; nsga2 for "
+                        "NSGA-II; all seeded by --seed)")
+    s.add_argument("--no-portfolio", dest="portfolio", action="store_false", default=True,
+                   help="do not start a new study with the warm-start portfolio of strong configurations")
+    w = p.add_argument_group("pretrained weights and fine-tuning")
+    w.add_argument("--pretrained", action="store_true",
+                   help="start timm backbones from timm's pretrained weights (downloaded from the Hugging Face "
+                        "hub, or its local cache)")
+    w.add_argument("--weights", metavar="PATH_OR_DIR",
+                   help="local weights for timm backbones: a .safetensors or state-dict file named after the "
+                        "model (resnet18.safetensors), or a folder of such files; the classifier is replaced")
+    w.add_argument("--init-from", metavar="RUN_DIR",
+                   help="fine-tune the best model of an earlier run on this data (new classifier head)")
+    w.add_argument("--freeze-stages", type=int, default=0, metavar="N",
+                   help="with --pretrained/--weights/--init-from: keep the stem and the first N stages frozen")
+    w.add_argument("--backbone-lr-scale", type=float, default=None, metavar="F",
+                   help="with loaded weights: the backbone learns at F x the learning rate of the new head "
+                        "(default: 0.1)")
     s.add_argument("--seed", type=int, default=0, help="seed of the split, the sampler and training (default: 0)")
     d = p.add_argument_group("execution")
     d.add_argument("--device", default="auto",
@@ -137,6 +163,19 @@ def settings_from_options(data: str, out: str | None = None, **o: Any):
     if isinstance(models, str):
         models = [m.strip() for m in models.split(",") if m.strip()]
     options: dict[str, Any] = {"sampler": o.get("sampler") or "tpe"}
+    preset = o.get("preset") or "balanced"
+    if o.get("space"):
+        from automl_vision.search import space_file
+
+        options["space"] = space_file.load(o["space"])
+        options["space_file"] = str(o["space"]) if not isinstance(o["space"], dict) else "space"
+        options["image_size_given"] = bool(sizes)
+    if o.get("portfolio") is False:
+        options["portfolio"] = False
+    for key in ("pretrained", "weights", "init_from", "freeze_stages", "backbone_lr_scale"):
+        if o.get(key):
+            options[key] = str(o[key]) if key in ("weights", "init_from") else o[key]
+    metric = o.get("objectives") or o.get("metric") or "accuracy"
     device = o.get("device") or "auto"
     workers = 1
     if o.get("devices") or (o.get("workers") or 1) > 1:
@@ -161,19 +200,25 @@ def settings_from_options(data: str, out: str | None = None, **o: Any):
         n_trials=o.get("n_trials"),
         max_epochs=o.get("max_epochs"),
         image_sizes=list(sizes or []),
-        metric=o.get("metric") or "accuracy",
+        metric=metric,
         seed=int(o.get("seed") or 0),
         device=device,
         precision=o.get("precision") or "auto",
         channels_last=o.get("channels_last") or "auto",
-        preset=o.get("preset") or "balanced",
+        preset=preset,
         models=models,
-        pruner=o.get("pruner") or "hyperband",
+        pruner=o.get("pruner") or _preset_pruner(preset),
         plugins=list(o.get("plugin") or o.get("plugins") or []),
         prefer=dict(o.get("prefer") or {}),
         workers=workers,
         options=options,
     )
+
+
+def _preset_pruner(preset: str) -> str:
+    from automl_vision.settings import PRESETS
+
+    return PRESETS.get(preset, {}).get("pruner", "hyperband")
 
 
 def run(args: argparse.Namespace) -> int:

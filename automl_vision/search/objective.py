@@ -144,6 +144,7 @@ class Objective:
                                      num_classes=len(self.data.classes))
             except Exception as exc:
                 raise RuntimeError(f"model family {cfg.family!r} failed to build {label}: {type(exc).__name__}: {exc}") from exc
+            self._initialise(model, cfg, record)  # --pretrained / --weights / --init-from
             n_params = count_params(model)
             record["params_count"] = n_params
             trial.set_user_attr("params_count", n_params)
@@ -200,6 +201,7 @@ class Objective:
                 write_json(tdir / "config.json", {**cfg.as_dict(), "worker": self.worker, "oom_retry": note})
                 model = family.build(cfg.model_params, in_chans=self.data.in_chans, image_size=cfg.image_size,
                                      num_classes=len(self.data.classes))
+                self._initialise(model, cfg, record)
                 try:
                     result = train(model, cfg, data, self.path, on_epoch=on_epoch, plan=plan, abort=abort)
                 except Exception as exc2:
@@ -271,8 +273,16 @@ class Objective:
             record["metrics"] = {k[4:]: v for k, v in history[-1].items() if k.startswith("val_")}
             record["value"] = record["metrics"].get(self.objectives[0])
 
+    def _initialise(self, model, cfg, record: dict[str, Any]) -> None:
+        """Start from loaded weights when the search was asked to (training/pretrained.py)."""
+        init = self.settings.options.get("init")
+        if init:
+            from automl_vision.training.pretrained import initialise
+
+            record["init"] = initialise(model, cfg, init, self.data.in_chans, len(self.data.classes))
+
     def _extra_objective(self, name: str, spec: dict[str, Any], result) -> float:
-        """Objectives that are not metrics of predictions (multi-objective: params, latency)."""
-        if name == "params":
-            return float(spec["params_count"])
-        raise RuntimeError(f"unknown objective {name!r}")
+        """Objectives that are not metrics of predictions (multi-objective: params, latency, macs)."""
+        from automl_vision.search.costs import objective_value
+
+        return objective_value(name, result.model, spec, self.path)

@@ -84,6 +84,11 @@ def check_settings(settings: SearchSettings, pm: PluginManager) -> list[str]:
         pm.model_families.get(family)  # a family two plugins register fails here, naming both
     if not families:
         raise UsageError("no model family is available; check --models and the installed plugins")
+    from automl_vision.search import space_file
+    from automl_vision.training.pretrained import configure as configure_weights
+
+    configure_weights(settings, pm)  # --pretrained/--weights/--init-from; may fix the searched model
+    space_file.apply(settings, pm)  # --space: every key and value checked before anything runs
     return objectives
 
 
@@ -95,7 +100,8 @@ def directions_for(objectives: list[str], pm: PluginManager) -> list[str]:
         elif name in ("params", "latency", "macs"):
             out.append("minimize")
         else:
-            raise UsageError("--metric/--objectives: " + pm.metrics.unknown_message(name))
+            raise UsageError("--metric/--objectives: " + pm.metrics.unknown_message(name)
+                             + " Extra objectives: latency, params, macs.")
     return out
 
 
@@ -194,6 +200,10 @@ def run_search(settings: SearchSettings, argv: list[str] | None = None, plain: b
     reserve = min(60.0, max(3.0, 0.04 * settings.time_budget)) if settings.time_budget else 0.0
     budget = Budget(deadline=deadline, reserve=reserve)
     objective = Objective(settings, data, pm, path, budget, progress, objectives, max_epochs)
+    from automl_vision.search.portfolio import warm_start
+
+    warm_start(study, settings, pm, objective.families, objective.timm_models, len(data.classes), data.in_chans,
+               len(data.split_index["train"]), path.device, log)
     interrupted = False
     with progress:
         try:
@@ -208,6 +218,10 @@ def run_search(settings: SearchSettings, argv: list[str] | None = None, plain: b
             interrupted = True
     df = lb.write(run_dir, study)
     lb.render(df, objectives[0], directions[0])
+    if len(directions) > 1:  # multi-objective: pareto.json and the front in the terminal
+        from automl_vision.search.pareto import report_pareto
+
+        report_pareto(run_dir, study, objectives, directions)
     if interrupted:
         progress.log("interrupted: the running trial is marked failed (reason: interrupted); finished trials are kept. "
                      "Run the same command again to resume.")

@@ -5,26 +5,94 @@ only where they apply (the ``cnn.*`` parameters only for the custom CNN, the war
 only for the cosine schedule, RandAugment's magnitude only for RandAugment). Values
 that go together are sampled together: the learning rate is sampled per optimizer as a
 base rate for batch 64 and scaled linearly with the batch size.
+
+A search space file (``--space space.yaml``, see :mod:`automl_vision.search.space_file`)
+restricts or extends any parameter by its name. It is applied by :class:`SpaceTrial`,
+a thin wrapper around the Optuna trial that rewrites each ``suggest_*`` call, so that a
+plugin's model family is restricted by the same file without knowing about it.
+:func:`explore` walks the conditional space without training anything; ``automl-vision
+space show`` prints what it finds and the portfolio uses it to check its entries.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 from automl_vision.plugins import PluginManager
-from automl_vision.settings import SearchSettings
+from automl_vision.settings import PRESETS, SearchSettings
 from automl_vision.training.augment import suggest_policy
 from automl_vision.training.trainer import TrialConfig
 from automl_vision.types import SearchContext, UsageError
 
-# base learning-rate range at batch 64, per optimizer
-LR_RANGES = {"adamw": (2e-4, 5e-3), "sgd": (1e-2, 2e-1), "lion": (3e-5, 1e-3), "lamb": (1e-3, 2e-2)}
+# Base learning-rate range at batch 64, per optimizer. AdamW's range is where small
+# convnets and fine-tuned backbones both train well in a handful of epochs; SGD needs
+# about 20x AdamW's rate; Lion about a tenth of it (its update has unit-size entries).
+LR_RANGES = {"adamw": (3e-4, 5e-3), "sgd": (1e-2, 2e-1), "lion": (3e-5, 5e-4), "lamb": (1e-3, 2e-2)}
 OPTIMIZERS = ["adamw", "sgd", "lion"]
 BATCH_SIZES = [32, 64, 128]
+SCHEDULES = ["cosine", "onecycle"]
 
 
+# ------------------------------------------------------------------ applying the space file
+class SpaceTrial:
+    """An Optuna trial whose ``suggest_*`` calls follow the space file's overrides.
+
+    Every other attribute (``number``, ``report``, ``should_prune``, ...) is the wrapped
+    trial's.
+
+    Args:
+        trial: the Optuna trial (or :class:`Recorder` while exploring).
+        overrides: parameter name -> override, as validated by
+            :func:`automl_vision.search.space_file.validate`: a list of choices, a
+            fixed value, or ``{"low", "high", "log", "step"}``.
+    """
+
+    def __init__(self, trial, overrides: dict[str, Any] | None):
+        self._trial = trial
+        self._overrides = overrides or {}
+
+    def __getattr__(self, name: str):
+        return getattr(self._trial, name)
+
+    def _override(self, name: str):
+        return self._overrides.get(name, _MISSING)
+
+    def suggest_categorical(self, name: str, choices):
+        ov = self._override(name)
+        if ov is not _MISSING:
+            choices = list(ov) if isinstance(ov, list) else [ov]
+        return self._trial.suggest_categorical(name, list(choices))
+
+    def suggest_float(self, name: str, low: float, high: float, *, step: float | None = None, log: bool = False):
+        ov = self._override(name)
+        if ov is _MISSING:
+            return self._trial.suggest_float(name, low, high, step=step, log=log)
+        if isinstance(ov, list):
+            return self._trial.suggest_categorical(name, ov)
+        if isinstance(ov, dict):
+            return self._trial.suggest_float(name, float(ov.get("low", low)), float(ov.get("high", high)),
+                                             step=ov.get("step", step), log=bool(ov.get("log", log)))
+        return self._trial.suggest_float(name, float(ov), float(ov))
+
+    def suggest_int(self, name: str, low: int, high: int, *, step: int = 1, log: bool = False):
+        ov = self._override(name)
+        if ov is _MISSING:
+            return self._trial.suggest_int(name, low, high, step=step, log=log)
+        if isinstance(ov, list):
+            return self._trial.suggest_categorical(name, ov)
+        if isinstance(ov, dict):
+            return self._trial.suggest_int(name, int(ov.get("low", low)), int(ov.get("high", high)),
+                                           step=int(ov.get("step", step)), log=bool(ov.get("log", log)))
+        return self._trial.suggest_int(name, int(ov), int(ov))
+
+
+_MISSING = object()
+
+
+# ------------------------------------------------------------------ what the space is
 def families_and_models(settings: SearchSettings, pm: PluginManager) -> tuple[list[str], list[str]]:
-    """Split ``--models`` into model families and timm names/patterns."""
+    """Split ``--models`` into model families and timm names/patterns (resolved)."""
     if not settings.models:
         return list(pm.model_families), []
     families: list[str] = []
@@ -49,35 +117,46 @@ def context(settings: SearchSettings, num_classes: int, in_chans: int, image_siz
             device: str, timm_models: list[str]) -> SearchContext:
     options = dict(settings.options)
     options["preset"] = settings.preset
+    options["min_image_size"] = min(settings.image_sizes) if settings.image_sizes else image_size
     if timm_models:
         options["timm_models"] = timm_models
     return SearchContext(num_classes, in_chans, image_size, num_train, device, options)
 
 
+def batch_choices(num_train: int) -> list[int]:
+    """Powers of two up to half the training set (a batch never holds most of the data)."""
+    return [b for b in BATCH_SIZES if b <= max(32, num_train // 2)] or [BATCH_SIZES[0]]
+
+
+def aug_presets(settings: SearchSettings) -> list[str] | None:
+    """Augmentation presets the search chooses from: the option, else the preset's."""
+    return settings.options.get("aug_presets") or PRESETS.get(settings.preset, {}).get("aug_presets")
+
+
 def sample(trial, settings: SearchSettings, pm: PluginManager, families: list[str], timm_models: list[str],
            num_classes: int, in_chans: int, num_train: int, device: str, max_epochs: int) -> TrialConfig:
-    sizes = settings.image_sizes
-    image_size = int(trial.suggest_categorical("image_size", sizes)) if len(sizes) > 1 else int(sizes[0])
-    family = trial.suggest_categorical("family", families) if len(families) > 1 else families[0]
+    """One configuration, sampled define-by-run (the space file applied)."""
+    trial = SpaceTrial(trial, settings.options.get("space"))
+    image_size = int(trial.suggest_categorical("image_size", [int(s) for s in settings.image_sizes]))
+    family = trial.suggest_categorical("family", list(families))
     ctx = context(settings, num_classes, in_chans, image_size, num_train, device, timm_models)
     model_params: dict[str, Any] = pm.model_families.get(family).suggest(trial, ctx)
     if not isinstance(model_params, dict):
         raise TypeError(f"model family {family!r}: suggest() returned {type(model_params).__name__}, expected dict")
 
-    batch_choices = [b for b in BATCH_SIZES if b <= max(32, num_train // 2)] or [BATCH_SIZES[0]]
-    batch_size = int(trial.suggest_categorical("batch_size", batch_choices))
+    batch_size = int(trial.suggest_categorical("batch_size", batch_choices(num_train)))
     optimizer = trial.suggest_categorical("optimizer", OPTIMIZERS)
     lo, hi = LR_RANGES[optimizer]
     base_lr = trial.suggest_float(f"lr.{optimizer}", lo, hi, log=True)
     lr = base_lr * batch_size / 64
     weight_decay = trial.suggest_float("weight_decay", 1e-5, 0.1, log=True)
-    schedule = trial.suggest_categorical("schedule", ["cosine", "onecycle"])
+    schedule = trial.suggest_categorical("schedule", SCHEDULES)
     warmup = trial.suggest_float("warmup", 0.0, 0.15) if schedule == "cosine" else 0.0
     ema = trial.suggest_categorical("ema", [False, True])
     grad_clip = float(trial.suggest_categorical("grad_clip", [0.0, 1.0, 5.0]))
     label_smoothing = float(trial.suggest_categorical("label_smoothing", [0.0, 0.1]))
     class_weighting = trial.suggest_categorical("class_weighting", [False, True])
-    aug_preset, policy = suggest_policy(trial, settings.options.get("aug_presets"))
+    aug_preset, policy = suggest_policy(trial, aug_presets(settings))
     return TrialConfig(
         family=family,
         model_params=model_params,
@@ -97,3 +176,179 @@ def sample(trial, settings: SearchSettings, pm: PluginManager, families: list[st
         aug=policy,
         seed=settings.seed * 100003 + trial.number,
     )
+
+
+# ------------------------------------------------------------------ exploring it
+@dataclass
+class Param:
+    """One parameter of the effective space, as :func:`explore` found it.
+
+    Attributes:
+        name: the Optuna parameter name (also the key in a space file).
+        kind: ``"categorical"``, ``"float"`` or ``"int"``.
+        choices: the choices of a categorical parameter.
+        low, high, log, step: the range of a numeric parameter.
+        condition: when the parameter exists, e.g. ``{"optimizer": ["sgd"]}``; empty
+            when it always does.
+    """
+
+    name: str
+    kind: str
+    choices: list[Any] | None = None
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = None
+    condition: dict[str, list[Any]] = field(default_factory=dict)
+
+    def distribution(self):
+        import optuna.distributions as d
+
+        if self.kind == "categorical":
+            return d.CategoricalDistribution(self.choices)
+        if self.kind == "int":
+            return d.IntDistribution(int(self.low), int(self.high), log=self.log, step=int(self.step or 1))
+        return d.FloatDistribution(self.low, self.high, log=self.log, step=self.step)
+
+    def contains(self, value: Any) -> bool:
+        """Whether ``value`` is a possible value of this parameter."""
+        if self.kind == "categorical":
+            return any(type(value) is type(c) and value == c for c in self.choices) or (
+                isinstance(value, (int, float)) and not isinstance(value, bool)
+                and any(isinstance(c, (int, float)) and not isinstance(c, bool) and value == c for c in self.choices)
+            )
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False
+        if self.kind == "int" and int(value) != value:
+            return False
+        return self.low <= value <= self.high
+
+    def describe(self) -> str:
+        if self.kind == "categorical":
+            return ", ".join(_fmt(c) for c in self.choices)
+        if self.low == self.high:
+            return _fmt(self.low)
+        text = f"{_fmt(self.low)} .. {_fmt(self.high)}"
+        if self.log:
+            text += " (log)"
+        if self.step not in (None, 1) or (self.kind == "float" and self.step):
+            text += f" step {_fmt(self.step)}"
+        return text
+
+    def as_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"kind": self.kind}
+        if self.kind == "categorical":
+            d["choices"] = self.choices
+        else:
+            d.update(low=self.low, high=self.high, log=self.log)
+            if self.step is not None:
+                d["step"] = self.step
+        if self.condition:
+            d["condition"] = self.condition
+        return d
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, bool):
+        return str(v).lower()
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+class Recorder:
+    """A stand-in trial for :func:`explore`: answers ``suggest_*`` calls from a fixed
+    assignment (first choice / lower bound otherwise) and records every distribution."""
+
+    def __init__(self, assignment: dict[str, Any], number: int = 0):
+        self.assignment = assignment
+        self.number = number
+        self.params: dict[str, Any] = {}
+        self.seen: dict[str, Param] = {}
+
+    def suggest_categorical(self, name: str, choices):
+        choices = list(choices)
+        if not choices:
+            raise UsageError(f"search space: parameter {name!r} has no choices left")
+        self.seen[name] = Param(name, "categorical", choices=choices)
+        value = self.assignment.get(name, choices[0])
+        self.params[name] = value
+        return value
+
+    def suggest_float(self, name: str, low: float, high: float, *, step: float | None = None, log: bool = False):
+        self.seen[name] = Param(name, "float", low=float(low), high=float(high), log=log, step=step)
+        self.params[name] = float(low)
+        return float(low)
+
+    def suggest_int(self, name: str, low: int, high: int, *, step: int = 1, log: bool = False):
+        self.seen[name] = Param(name, "int", low=int(low), high=int(high), log=log, step=step)
+        self.params[name] = int(low)
+        return int(low)
+
+    def set_user_attr(self, *_a, **_k) -> None:
+        pass
+
+    def report(self, *_a, **_k) -> None:
+        pass
+
+    def should_prune(self) -> bool:
+        return False
+
+
+def explore(settings: SearchSettings, pm: PluginManager, families: list[str] | None = None,
+            timm_models: list[str] | None = None, num_classes: int = 10, in_chans: int = 3,
+            num_train: int = 1000, device: str = "cpu", max_runs: int = 5000) -> dict[str, Param]:
+    """The effective space: every parameter that some configuration uses, with its
+    distribution and the categorical values it depends on.
+
+    ``sample`` is run with :class:`Recorder` trials. The first run takes the first choice
+    of every categorical; every other choice of every categorical met is then tried
+    once on top of the run that met it, so every branch of the define-by-run space is
+    reached in a number of runs linear in the number of choices. A parameter's
+    condition is the set of categorical values with which it always appears.
+    """
+    if families is None or timm_models is None:
+        families, timm_models = families_and_models(settings, pm)
+    if not settings.image_sizes:
+        settings = SearchSettings.from_dict({**settings.as_dict(), "image_sizes": [64]})
+    runs: list[dict[str, Any]] = []
+    found: dict[str, Param] = {}
+    tried: set[tuple[str, str]] = set()
+    queue: list[dict[str, Any]] = [{}]
+    while queue and len(runs) < max_runs:
+        assignment = queue.pop(0)
+        rec = Recorder(assignment)
+        sample(rec, settings, pm, families, timm_models, num_classes, in_chans, num_train, device,
+               settings.max_epochs or 1)
+        runs.append(rec.params)
+        for name, param in rec.seen.items():
+            found.setdefault(name, param)
+            if param.kind != "categorical":
+                continue
+            for choice in param.choices:
+                key = (name, repr(choice))
+                if key in tried:
+                    continue
+                tried.add(key)
+                if rec.params[name] != choice or type(rec.params[name]) is not type(choice):
+                    queue.append({**{k: v for k, v in rec.params.items() if k in assignment}, name: choice})
+    # conditions: categorical values with which the parameter always appears
+    for name, param in found.items():
+        present = [r for r in runs if name in r]
+        if len(present) == len(runs):
+            continue
+        for cname, cparam in found.items():
+            if cparam.kind != "categorical" or cname == name:
+                continue
+            values = [v for v in cparam.choices if any(cname in r and r[cname] == v for r in present)]
+            if len(values) == len(cparam.choices) or not values:
+                continue
+            if all(name in r for r in runs if cname in r and r[cname] in values):
+                param.condition[cname] = values
+        # keep only the innermost conditions: drop one implied by another
+        # (cnn.groups needs cnn.norm=group, which itself needs family=cnn)
+        for cname in list(param.condition):
+            inner = [c for c in param.condition if c != cname and cname in found[c].condition]
+            if inner:
+                del param.condition[cname]
+    return found

@@ -48,6 +48,10 @@ class TrialConfig:
     aug_preset: str = "light"
     aug: AugPolicy = field(default_factory=AugPolicy)
     seed: int = 0
+    # fine-tuning (training/pretrained.py): the classifier's module names, and the share
+    # of the learning rate the rest of the network gets
+    head: list[str] = field(default_factory=list)
+    backbone_lr_scale: float = 1.0
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -135,6 +139,11 @@ def make_optimizer(model: nn.Module, cfg: TrialConfig) -> torch.optim.Optimizer:
     kwargs: dict[str, Any] = {}
     if cfg.optimizer == "sgd":
         kwargs["momentum"] = 0.9  # timm's "sgd" is SGD with Nesterov momentum
+    if cfg.head and cfg.backbone_lr_scale != 1.0:
+        from automl_vision.training.pretrained import param_groups
+
+        return create_optimizer_v2(param_groups(model, cfg), opt=cfg.optimizer, lr=cfg.lr,
+                                   weight_decay=cfg.weight_decay, **kwargs)
     return create_optimizer_v2(model, opt=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay, **kwargs)
 
 

@@ -1,0 +1,247 @@
+"""The search space: conditional parameters, space files, ``space show``, seeds, the
+warm-start portfolio and ``--models`` patterns."""
+
+from __future__ import annotations
+
+import json
+
+import optuna
+import pytest
+
+from automl_vision import cli
+from automl_vision.commands.search import settings_from_options
+from automl_vision.plugins import get_plugin_manager
+from automl_vision.search import space_file
+from automl_vision.search.portfolio import fit_entry, load_portfolio
+from automl_vision.search.space import LR_RANGES, explore, families_and_models, sample
+from automl_vision.types import UsageError
+from conftest import run_cli
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def _sampled(n: int, **options) -> list[dict]:
+    """Parameters of ``n`` trials sampled (not trained) from the real space."""
+    pm = get_plugin_manager()
+    settings = settings_from_options("data", image_size=[32, 64], n_trials=n, **options)
+    space_file.apply(settings, pm)
+    families, timm_models = families_and_models(settings, pm)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    out = []
+    for _ in range(n):
+        trial = study.ask()
+        cfg = sample(trial, settings, pm, families, timm_models, 5, 3, 500, "cpu", 3)
+        out.append({"params": dict(trial.params), "cfg": cfg})
+        study.tell(trial, 0.5)
+    return out
+
+
+def test_conditional_parameters_exist_only_where_they_apply():
+    trials = _sampled(150)
+    families = {t["params"]["family"] for t in trials}
+    assert families == {"cnn", "timm"}
+    for t in trials:
+        p = t["params"]
+        has_cnn = any(k.startswith("cnn.") for k in p)
+        assert has_cnn == (p["family"] == "cnn"), p
+        assert ("timm.arch" in p) == (p["family"] == "timm"), p
+        assert ("warmup" in p) == (p["schedule"] == "cosine"), p
+        assert t["cfg"].warmup == (p["warmup"] if "warmup" in p else 0.0)
+        assert ("aug.auto_magnitude" in p) == (p.get("aug.auto") == "rand"), p
+        assert ("cnn.groups" in p) == (p.get("cnn.norm") == "group"), p
+        lrs = [k for k in p if k.startswith("lr.")]
+        assert lrs == [f"lr.{p['optimizer']}"], p
+        lo, hi = LR_RANGES[p["optimizer"]]
+        # the learning rate is the base rate (batch 64) scaled with the batch size
+        assert t["cfg"].lr == pytest.approx(p[lrs[0]] * p["batch_size"] / 64)
+        assert lo <= p[lrs[0]] <= hi
+        custom_only = [k for k in p if k.startswith("aug.") and k != "aug.preset"]
+        assert not custom_only or p["aug.preset"] == "custom", p
+    # every branch was reached
+    assert any(t["params"].get("aug.auto") == "rand" for t in trials)
+    assert any(t["params"].get("cnn.norm") == "group" for t in trials)
+
+
+def test_explore_reports_conditions():
+    pm = get_plugin_manager()
+    found = explore(settings_from_options("data", image_size=[64], n_trials=1), pm)
+    assert found["warmup"].condition == {"schedule": ["cosine"]}
+    assert found["aug.auto_magnitude"].condition == {"aug.auto": ["rand"]}
+    assert found["cnn.width"].condition == {"family": ["cnn"]}
+    assert found["lr.sgd"].condition == {"optimizer": ["sgd"]}
+    assert found["cnn.groups"].condition == {"cnn.norm": ["group"]}
+    assert found["optimizer"].condition == {}
+
+
+SPACE_YAML = """\
+# restrict some parameters, extend others
+optimizer: [sgd, lamb]
+lr:
+  sgd: {low: 0.02, high: 0.05}
+weight_decay: 0.001
+aug:
+  preset: [custom]
+  auto: rand
+cnn:
+  width: [16, 96]
+schedule: [cosine]
+"""
+
+
+def test_space_file_restricts_and_extends(tmp_path):
+    path = tmp_path / "space.yaml"
+    path.write_text(SPACE_YAML)
+    trials = _sampled(40, models="cnn", space=str(path))
+    seen_opt = {t["params"]["optimizer"] for t in trials}
+    assert seen_opt == {"sgd", "lamb"}  # lamb is not in the default space: extended
+    for t in trials:
+        p = t["params"]
+        assert p["weight_decay"] == 0.001
+        assert p["cnn.width"] in (16, 96)
+        assert p["aug.preset"] == "custom" and p["aug.auto"] == "rand" and "aug.auto_magnitude" in p
+        if p["optimizer"] == "sgd":
+            assert 0.02 <= p["lr.sgd"] <= 0.05
+        else:
+            assert LR_RANGES["lamb"][0] <= p["lr.lamb"] <= LR_RANGES["lamb"][1]
+        assert p["schedule"] == "cosine" and "warmup" in p
+    assert {t["params"]["cnn.width"] for t in trials} == {16, 96}
+
+
+def test_space_show_prints_the_effective_space(tmp_path):
+    path = tmp_path / "space.yaml"
+    path.write_text(SPACE_YAML)
+    proc = run_cli("space", "show", "--models", "cnn", "--space", path, "--json", "--portfolio")
+    assert proc.returncode == 0, proc.stderr
+    shown = json.loads(proc.stdout)
+    params = shown["parameters"]
+    assert params["optimizer"]["choices"] == ["sgd", "lamb"]
+    assert params["lr.sgd"] == {"kind": "float", "low": 0.02, "high": 0.05, "log": True, "condition": {"optimizer": ["sgd"]}}
+    assert "timm.arch" not in params  # --models cnn
+    assert "condition" not in params["warmup"]  # the file fixes the schedule to cosine
+    # the portfolio's parameters that the file rules out are left to the sampler
+    for entry in shown["portfolio"]:
+        assert entry["params"].get("optimizer") in (None, "sgd", "lamb")
+    table = run_cli("space", "show", "--models", "cnn")
+    assert table.returncode == 0, table.stderr
+    line = next(ln for ln in table.stdout.splitlines() if " warmup " in ln)
+    assert "schedule=cosine" in line
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("optimzer: [adamw]\n", ["optimzer: unknown parameter", "Did you mean optimizer"]),
+        ("optimizer: [adam, sgd]\n", ["optimizer[0]: adam is not a possible value", "adamw"]),
+        ("weight_decay: {low: 1.0e-4, hgih: 0.1}\n", ["weight_decay.hgih: unknown key", "Did you mean high"]),
+        ("lr:\n  adamw: {low: 0, high: 0.01}\n", ["lr.adamw.low: 0.0 is outside the sensible range"]),
+        ("weight_decay: {low: 0, high: 0.01}\n", ["weight_decay: a log range needs low > 0"]),
+        ("batch_size: {low: 16, high: 64}\n", ["batch_size: a choice parameter takes a list"]),
+        ("cnn:\n  stages: {low: 2, high: 9}\n", ["cnn.stages.high: 9 is outside"]),
+        ("lr: {low: 0.001, high: 0.01}\n", ["lr: is a group, not a parameter", "lr.adamw"]),
+        ("timm:\n  arch: [resnet19]\n", ["timm.arch: unknown timm model 'resnet19'", "resnet18"]),
+        ("ema: maybe\n", ["ema: 'maybe' is not true or false"]),
+        ("optimizer: [adamw\n", ["not valid YAML at line"]),
+    ],
+)
+def test_space_file_errors_name_the_key(tmp_path, capsys, text, expected):
+    path = tmp_path / "space.yaml"
+    path.write_text(text)
+    assert cli.main(["space", "show", "--space", str(path)]) == 2  # in-process: the CLI's own error path
+    err = capsys.readouterr().err
+    assert str(path) in err
+    for piece in expected:
+        assert piece in err, err
+
+
+def test_search_rejects_a_bad_space_file_before_any_work(tmp_path, digits_dir):
+    path = tmp_path / "space.yaml"
+    path.write_text("aug:\n  preset: [light, extreme]\n")
+    out = tmp_path / "run"
+    proc = run_cli("search", digits_dir, "--out", out, "--space", path, "--n-trials", "1", "--plain")
+    assert proc.returncode == 2
+    assert "aug.preset[1]: extreme is not a possible value" in proc.stderr
+    assert not (out / "trials").exists()
+
+
+def _trial_params(run_dir) -> list[dict]:
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(run_dir / "study.journal")))
+    (summary,) = optuna.get_all_study_summaries(storage)
+    study = optuna.load_study(study_name=summary.study_name, storage=storage)
+    return study.trials
+
+
+def test_same_seed_same_trial_sequence_and_portfolio_first(tmp_path, digits_dir):
+    args = ["search", digits_dir, "--n-trials", "6", "--max-epochs", "1", "--image-size", "16", "--models", "cnn",
+            "--seed", "3", "--plain"]
+    first = run_cli(*args, "--out", tmp_path / "a")
+    assert first.returncode == 0, first.stdout + first.stderr
+    second = run_cli(*args, "--out", tmp_path / "b")
+    assert second.returncode == 0, second.stdout + second.stderr
+    a, b = _trial_params(tmp_path / "a"), _trial_params(tmp_path / "b")
+    assert len(a) == len(b) == 6
+    assert [t.params for t in a] == [t.params for t in b]
+
+    # the portfolio's entries that fit the space ran first, in order, then the sampler
+    pm = get_plugin_manager()
+    settings = settings_from_options("data", image_size=[16], models="cnn", n_trials=1)
+    families, timm_models = families_and_models(settings, pm)
+    num_train = json.loads((tmp_path / "a" / "run.json").read_text())["data"]["counts"]["train"]
+    space = explore(settings, pm, families, timm_models, num_classes=10, in_chans=1, num_train=num_train)
+    fitting = [(e["name"], fit_entry(e["params"], space)) for e in load_portfolio()]
+    fitting = [(n, p) for n, p in fitting if p is not None]
+    assert len(fitting) >= 2
+    for trial, (name, params) in zip(a, fitting):
+        assert trial.user_attrs.get("portfolio") == name
+        assert {k: trial.params[k] for k in params} == params
+    rest = a[len(fitting):]
+    assert rest and all("portfolio" not in t.user_attrs for t in rest)
+    assert "warm start:" in first.stdout
+
+
+def test_no_portfolio_option(tmp_path, digits_dir):
+    proc = run_cli("search", digits_dir, "--out", tmp_path / "r", "--n-trials", "1", "--max-epochs", "1",
+                   "--image-size", "16", "--models", "cnn", "--no-portfolio", "--plain")
+    assert proc.returncode == 0, proc.stderr
+    (trial,) = _trial_params(tmp_path / "r")
+    assert "portfolio" not in trial.user_attrs
+
+
+def test_models_wildcards_expand_against_timm():
+    proc = run_cli("space", "show", "--models", "resnet1*t,efficientnet_b0", "--json")
+    assert proc.returncode == 0, proc.stderr
+    arch = json.loads(proc.stdout)["parameters"]["timm.arch"]["choices"]
+    assert {"resnet10t", "resnet14t", "efficientnet_b0"} <= set(arch)
+    assert all(a.startswith("resnet1") and a.endswith("t") or a == "efficientnet_b0" for a in arch)
+
+
+def test_unknown_model_is_exit_2_with_close_names(tmp_path, digits_dir):
+    proc = run_cli("search", digits_dir, "--out", tmp_path / "r", "--models", "resnet19,cnn", "--n-trials", "1")
+    assert proc.returncode == 2
+    assert "unknown timm model 'resnet19'" in proc.stderr
+    assert "Did you mean" in proc.stderr and "resnet18" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    proc = run_cli("space", "show", "--models", "nosuchnet*")
+    assert proc.returncode == 2
+    assert "no timm model matches 'nosuchnet*'" in proc.stderr
+
+
+def test_resumed_study_with_other_choices_is_a_clear_error(tmp_path, digits_dir):
+    out = tmp_path / "r"
+    base = ["search", digits_dir, "--out", out, "--max-epochs", "1", "--image-size", "16", "--models", "cnn",
+            "--no-portfolio", "--plain"]
+    assert run_cli(*base, "--n-trials", "1").returncode == 0
+    path = tmp_path / "space.yaml"
+    path.write_text("optimizer: [adamw]\n")
+    proc = run_cli(*base, "--n-trials", "2", "--space", path)
+    assert proc.returncode == 2
+    assert "already searched 'optimizer'" in proc.stderr
+
+
+def test_python_api_settings_accept_a_space_mapping():
+    pm = get_plugin_manager()
+    settings = settings_from_options("data", space={"optimizer": "sgd", "image_size": [48]}, n_trials=1)
+    space_file.apply(settings, pm)
+    assert settings.options["space"]["optimizer"] == ["sgd"]
+    assert settings.image_sizes == [48]
+    with pytest.raises(UsageError, match="space: nonsense: unknown parameter"):
+        space_file.apply(settings_from_options("data", space={"nonsense": 1}, n_trials=1), pm)
