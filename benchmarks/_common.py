@@ -112,9 +112,14 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
+def default_path(name: str, quick: bool) -> Path:
+    """``results/<name>.json``; smoke runs go to ``results/quick/`` and never replace real figures."""
+    return (RESULTS / "quick" if quick else RESULTS) / f"{name}.json"
+
+
 def write_results(name: str, payload: dict[str, Any], out: str | os.PathLike | None = None) -> Path:
     """Write the results JSON atomically; returns its path."""
-    path = Path(out) if out else RESULTS / f"{name}.json"
+    path = Path(out) if out else default_path(name, bool(payload.get("quick")))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
     tmp.write_text(json.dumps(payload, indent=1, default=_json_default) + "\n")

@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", help="also measure a real class-per-folder tree (e.g. cats-vs-dogs)")
     ap.add_argument("--quick", action="store_true", help="tiny smoke setting (seconds; figures mean nothing)")
     ap.add_argument("--workdir", help="keeps the generated JPEGs for the next run (default: temporary, removed)")
-    ap.add_argument("--out", help="results JSON (default: benchmarks/results/data_pipeline.json)")
+    ap.add_argument("--out", help="results JSON (default: benchmarks/results/data_pipeline.json; with --quick results/quick/data_pipeline.json)")
     args = ap.parse_args(argv)
     if args.quick:
         args.counts, args.epochs, args.budget_mb = "6,12", 1, 0.5

@@ -198,13 +198,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-warmup", action="store_true", help="skip the untimed warm-up run of each runner")
     ap.add_argument("--quick", action="store_true", help="tiny smoke setting (seconds; figures mean nothing)")
     ap.add_argument("--workdir", help="where the cache is built (default: a temporary folder, removed)")
-    ap.add_argument("--out", help="results JSON (default: benchmarks/results/engine.json)")
+    ap.add_argument("--out", help="results JSON (default: benchmarks/results/engine.json; with --quick results/quick/engine.json)")
     args = ap.parse_args(argv)
     if args.quick:
         args.epochs, args.reps, args.batch_size = 2, 1, 16
         args.max_per_class = args.max_per_class or 6
         args.image_size = args.image_size or 16
         args.no_warmup = True
+        # the measured bf16 path compiles oneDNN kernels for every new shape: seconds of nothing here
+        args.precision = "fp32" if args.precision == "auto" else args.precision
+        args.channels_last = "off" if args.channels_last == "auto" else args.channels_last
+        torch.set_num_threads(1)  # a smoke run on a busy machine: no OpenMP threads spinning for a core
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     for m in models:
         if m not in MODELS:

@@ -336,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="keep the datasets of an earlier results file that this run does not measure")
     ap.add_argument("--quick", action="store_true", help="tiny smoke setting (seconds; figures mean nothing)")
     ap.add_argument("--workdir", help="keep data and run directories here (default: temporary, removed)")
-    ap.add_argument("--out", help="results JSON (default: benchmarks/results/search_quality.json)")
+    ap.add_argument("--out", help="results JSON (default: benchmarks/results/search_quality.json; with --quick results/quick/search_quality.json)")
     args = ap.parse_args(argv)
 
     from automl_vision.settings import parse_duration
@@ -347,9 +347,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         search_opts.update(n_trials=2, max_epochs=1, image_size="16", models=args.models or "cnn",
                            precision=args.precision or "fp32", channels_last="off")
-        args.per_class = args.per_class or 8
+        args.per_class = args.per_class or 6
         args.seeds = "0" if args.seeds == "0,1,2" else args.seeds
         budget = None
+        import torch
+
+        torch.set_num_threads(1)  # a smoke run on a busy machine: no OpenMP threads spinning for a core
     else:
         try:
             budget = parse_duration(args.budget)
@@ -369,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
         if d not in ("digits", "second"):
             ap.error(f"--datasets: unknown {d!r}; expected digits and/or second")
 
-    out_path = Path(args.out) if args.out else C.RESULTS / "search_quality.json"
+    out_path = Path(args.out) if args.out else C.default_path("search_quality", args.quick)
     payload: dict[str, Any] = {"benchmark": "search_quality", "machine": C.machine(), "quick": args.quick,
                                "settings": {"budget_seconds": budget, "seeds": seeds, "arms": arms,
                                             "search_options": search_opts, "per_class": args.per_class,

@@ -1,0 +1,185 @@
+"""Markdown tables of the latest results in ``benchmarks/results/*.json``.
+
+``python benchmarks/report.py`` prints them; ``--write-readme`` puts them into
+``benchmarks/README.md`` between the ``results:start`` and ``results:end`` markers (the
+prose around them is written by hand, including what each figure means and where a
+target is missed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as C  # noqa: E402
+
+START, END = "<!-- results:start -->", "<!-- results:end -->"
+OWN = {"engine", "engine_photos", "search_quality", "data_pipeline"}
+
+
+def machine_line(res: dict[str, Any]) -> str:
+    m = res.get("machine", {})
+    load = m.get("load_average_at_start")
+    end = res.get("load_average_at_end")
+    fmt = lambda v: "/".join(f"{x:.2f}" for x in v) if v else "?"  # noqa: E731
+    return (f"*{m.get('date_utc', '?')}; {m.get('cores', '?')} cores, {m.get('cpu', '?')}, GPU: {m.get('gpu', '?')}; "
+            f"torch {m.get('torch', '?')} with {m.get('torch_threads', '?')} threads; load average (1/5/15 min) "
+            f"{fmt(load)} at the start, {fmt(end)} at the end; commit {m.get('git_commit') or '?'}*")
+
+
+def engine(res: dict[str, Any]) -> str:
+    s = res["settings"]
+    path = s["exec_path"]
+    out = [machine_line(res), "",
+           f"Data: {s['data']}, {s['n_train']} training / {s['n_val']} validation images at {s['image_size']} px; "
+           f"batch {s['batch_size']}, {s['epochs']} epochs, {s['reps']} alternating repetitions per runner"
+           f"{' after an untimed warm-up run of each' if s.get('warmup') else ''}; execution path "
+           f"{path['device']}, {path['precision']}, {'channels-last' if path['channels_last'] else 'contiguous'}.", ""]
+    rows = []
+    for name, r in res["models"].items():
+        av, pl = r["summary"]["automl_vision"], r["summary"]["plain_loop"]
+        rows.append([name, av["wall_images_per_second"]["median"], pl["wall_images_per_second"]["median"],
+                     f"**{r['ratio_wall']['median']:.3f}** ({r['ratio_wall']['min']:.3f}-{r['ratio_wall']['max']:.3f})",
+                     r["ratio_train_phase"]["median"], "yes" if r["meets_target_0_95"] else "**no**",
+                     f"{av['val_accuracy']['median']:.3f} / {pl['val_accuracy']['median']:.3f}",
+                     f"{av['peak_anon_mib']:.0f} / {pl['peak_anon_mib']:.0f}"])
+    out.append(C.table(["model", "automl-vision img/s", "plain loop img/s", "ratio, median (range)",
+                        "ratio, training phase only", ">= 0.95", "val acc (av / plain)",
+                        "peak anon. MiB (av / plain)"], rows))
+    out += ["", C.table(["model", "scan+decode+cache s", "cache -> tensors s", "epoch 1 s (train+val)",
+                         "first epoch in all s", "later epoch s (median)"],
+                        [[n, r["first_epoch"]["decode_and_cache_seconds"], r["first_epoch"]["cache_to_tensors_seconds"],
+                          r["first_epoch"]["epoch1_seconds"], r["first_epoch"]["first_epoch_total_seconds"],
+                          r["first_epoch"]["later_epoch_median_seconds"]] for n, r in res["models"].items()])]
+    return "\n".join(out)
+
+
+def rng(s: dict[str, Any], digits: int = 3) -> str:
+    if not s or not s.get("n"):
+        return "-"
+    if s["n"] == 1:
+        return f"{s['median']:.{digits}f}"
+    return f"{s['median']:.{digits}f} ({s['min']:.{digits}f}-{s['max']:.{digits}f})"
+
+
+def search_quality(res: dict[str, Any]) -> str:
+    s = res["settings"]
+    budget = s.get("budget_seconds")
+    opts = {k: v for k, v in (s.get("search_options") or {}).items() if v is not None and k != "time_budget"}
+    head = f"Budget {budget:.0f} s per search" if budget else "No time budget (smoke setting)"
+    head += f"; seeds {', '.join(map(str, s['seeds']))}; split {s['split']}"
+    head += f"; search options {opts}." if opts else "; automl-vision's default search space."
+    out = [machine_line(res), "", head]
+    for name, d in res["datasets"].items():
+        out += ["", f"**{name}** ({d['images']} images, {len(d['classes'])} classes; split "
+                    f"{d['split_sizes']['train']}/{d['split_sizes']['val']}/{d['split_sizes']['test']}; "
+                    f"time to reach validation accuracy {d['target_val_accuracy']}):", ""]
+        rows = []
+        for arm, sm in d["summary"].items():
+            states = {}
+            for r in d["runs"].get(arm, []):
+                for k, v in (r.get("states") or {}).items():
+                    states[k] = states.get(k, 0) + v
+            rows.append([arm, rng(sm["best_val"]), rng(sm["test"]), rng(sm["test_best_single"]), rng(sm["trials"], 0),
+                         ", ".join(f"{v} {k.lower()}" for k, v in sorted(states.items())) or "-",
+                         rng(sm["time_to_target"], 0), sm["reached_target"]])
+        out.append(C.table(["arm", "best val acc", "test acc (deliverable)", "test acc (best single)", "trials",
+                            "trial states (all seeds)", "time to target s", "seeds reaching it"], rows))
+    return "\n".join(out)
+
+
+def data_pipeline(res: dict[str, Any]) -> str:
+    s = res["settings"]
+    out = [machine_line(res), "",
+           f"Generated JPEGs {s['jpeg_size'][0]}x{s['jpeg_size'][1]} (mean {s['jpeg_mean_kb']:.0f} KB), cached at "
+           f"{s['image_size']} px with {s['decode_threads']} decode threads; batch {s['batch_size']}.", ""]
+    out.append(C.table(["files", "decode+cache img/s", "whole preparation img/s (scan, hash, decode, split)"],
+                       [[r["files"], r["cache_images_per_second"], r["prepare_images_per_second"]]
+                        for r in res["decode_and_cache"]]))
+    out += ["", C.table(["later epoch from", "img/s (median)", "x decoding each epoch"],
+                        [[k, v["median"], v["speedup_vs_decoding"]] for k, v in res["later_epochs"].items()])]
+    big = res.get("beyond_budget") or {}
+    if "build_memory" in big:
+        keys = ("peak_anon_mib_above_start", "peak_file_mib_above_start")
+        out += ["", C.table(["step", "peak anonymous MiB", "peak file-backed MiB"], [
+            [f"build a {big['cache_mib']} MiB cache ({big['files']} images at {big['image_size']} px; budget "
+             f"{big['budget_mib']:.0f} MiB)", *(big["build_memory"].get(k) for k in keys)],
+            ["stream one epoch from the memory map", *(big["stream_epoch_memory"].get(k) for k in keys)],
+            [f"a trial loads its training split ({big['trial_train_split_mib']} MiB)",
+             *(big["trial_load_memory"].get(k) for k in keys)]])]
+    if res.get("real_data"):
+        r = res["real_data"]
+        out += ["", f"Real data {r['data']}: {r['files']} files prepared in {r['prepare_seconds']:.1f} s "
+                    f"({r['prepare_images_per_second']:.0f} images/s)."]
+    return "\n".join(out)
+
+
+def other(name: str, res: dict[str, Any]) -> str:
+    """Results of benchmarks written by others: their own Markdown when they ship it."""
+    for key in ("markdown", "table_markdown", "tables_markdown", "report_markdown"):
+        if isinstance(res.get(key), str):
+            return (machine_line(res) + "\n\n" if "machine" in res else "") + res[key]
+    keys = ", ".join(sorted(res)[:12])
+    return f"See `results/{name}.json` (keys: {keys})."
+
+
+RENDER = {"engine": engine, "engine_photos": engine, "search_quality": search_quality, "data_pipeline": data_pipeline}
+TITLES = {
+    "engine": "1. Engine overhead (digits)",
+    "engine_photos": "1b. Engine overhead (photos)",
+    "search_quality": "2. Search quality per budget",
+    "data_pipeline": "4. Data pipeline",
+}
+
+
+def render(results_dir: Path) -> str:
+    parts = []
+    files = sorted(results_dir.glob("*.json"))
+    order = ["engine", "engine_photos", "search_quality"]
+    names = [n for n in order if (results_dir / f"{n}.json").exists()]
+    names += [f.stem for f in files if f.stem not in names and f.stem != "data_pipeline"]
+    if (results_dir / "data_pipeline.json").exists():
+        names.append("data_pipeline")
+    for name in names:
+        try:
+            res = json.loads((results_dir / f"{name}.json").read_text())
+        except (OSError, ValueError) as exc:
+            parts.append(f"### {name}\n\n(unreadable: {exc})")
+            continue
+        title = TITLES.get(name, name.replace("_", " ").capitalize())
+        try:
+            body = RENDER[name](res) if name in RENDER else other(name, res)
+        except (KeyError, TypeError, ValueError) as exc:
+            body = f"(could not render `results/{name}.json`: {type(exc).__name__}: {exc})"
+        flag = " (smoke setting: figures mean nothing)" if res.get("quick") else ""
+        parts.append(f"### {title}{flag}\n\n{body}")
+    return "\n\n".join(parts) if parts else "(no results yet: run `bash benchmarks/run_all.sh`)"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--results", default=str(C.RESULTS), help="folder of results JSON files")
+    ap.add_argument("--write-readme", action="store_true", help="replace the tables in benchmarks/README.md")
+    args = ap.parse_args(argv)
+    text = render(Path(args.results))
+    if args.write_readme:
+        readme = C.ROOT / "benchmarks" / "README.md"
+        doc = readme.read_text()
+        if START not in doc or END not in doc:
+            print(f"{readme}: markers {START} / {END} not found", file=sys.stderr)
+            return 2
+        head, rest = doc.split(START, 1)
+        _, tail = rest.split(END, 1)
+        readme.write_text(f"{head}{START}\n{text}\n{END}{tail}")
+        print(f"tables written into {readme}")
+    else:
+        print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,121 @@
+"""Each benchmark script runs from the command line in its ``--quick`` setting and writes its
+results JSON with the figures the README's tables are made of.
+
+No timing is asserted (benchmarks are not tests); what is checked is that a user who
+runs a benchmark gets a complete, well-formed result file, with numbers where numbers
+belong, and that a bad option is refused with a message instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "benchmarks"
+
+
+def run_bench(script: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(BENCH / script), *map(str, args)],
+        capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+        env={**__import__("os").environ, "AUTOML_VISION_DISABLE_ENTRYPOINTS": "1", "PYTHONUNBUFFERED": "1"},
+    )
+
+
+def finite(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def check_machine(m: dict) -> None:
+    assert m["cores"] >= 1
+    assert m["cpu"]
+    assert "gpu" in m and m["date_utc"]
+
+
+def test_engine_quick_writes_both_runners_per_model(tmp_path):
+    out = tmp_path / "engine.json"
+    proc = run_bench("bench_engine.py", "--quick", "--models", "cnn,resnet18", "--out", out)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    res = json.loads(out.read_text())
+    check_machine(res["machine"])
+    assert res["quick"] is True
+    assert set(res["models"]) == {"cnn", "resnet18"}
+    for name, r in res["models"].items():
+        for runner in ("automl_vision", "plain_loop"):
+            s = r["summary"][runner]
+            assert finite(s["wall_images_per_second"]["median"]) and s["wall_images_per_second"]["median"] > 0
+            assert finite(s["train_images_per_second"]["median"])
+            assert 0.0 <= s["val_accuracy"]["median"] <= 1.0
+            assert len(r["runs"][runner]) == res["settings"]["reps"]
+        assert finite(r["ratio_wall"]["median"]) and r["ratio_wall"]["median"] > 0
+        assert isinstance(r["meets_target_0_95"], bool)
+        fe = r["first_epoch"]
+        assert fe["first_epoch_total_seconds"] >= fe["epoch1_seconds"] > 0
+        assert finite(fe["later_epoch_median_seconds"])
+    # the printed table is the one the README shows
+    assert "| model | automl-vision img/s | plain loop img/s |" in proc.stdout
+
+
+def test_engine_refuses_an_unknown_model(tmp_path):
+    proc = run_bench("bench_engine.py", "--quick", "--models", "cnn,vgg99", "--out", tmp_path / "x.json", timeout=120)
+    assert proc.returncode == 2
+    assert "vgg99" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "x.json").exists()
+
+
+def test_data_pipeline_quick_reports_scaling_epochs_and_memory(tmp_path):
+    out = tmp_path / "data.json"
+    proc = run_bench("bench_data_pipeline.py", "--quick", "--out", out)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    res = json.loads(out.read_text())
+    check_machine(res["machine"])
+    assert res["settings"]["jpeg_size"] == [500, 375]
+    files = [r["files"] for r in res["decode_and_cache"]]
+    assert files == sorted(files) and len(files) >= 2
+    for r in res["decode_and_cache"]:
+        assert r["cache_images_per_second"] > 0 and r["prepare_images_per_second"] > 0
+    assert set(res["later_epochs"]) == {"decode JPEG every epoch", "cache (memory map)",
+                                        "cache (in-memory tensor, as a trial)"}
+    big = res["beyond_budget"]
+    assert big["cache_mib"] > big["budget_mib"]  # the point: a cache larger than the budget
+    for key in ("build_memory", "stream_epoch_memory", "trial_load_memory"):
+        assert "peak_anon_mib_above_start" in big[key]
+
+
+def test_search_quality_quick_has_every_arm_for_both_datasets(tmp_path):
+    out = tmp_path / "search.json"
+    proc = run_bench("bench_search_quality.py", "--quick", "--arms", "default,random,no-pruning,svc", "--out", out,
+                     timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    res = json.loads(out.read_text())
+    check_machine(res["machine"])
+    assert set(res["datasets"]) == {"digits", "shapes"}
+    for name, d in res["datasets"].items():
+        # the split is fixed and shared: train/val/test sizes add up to the images
+        assert sum(d["split_sizes"].values()) == d["images"]
+        assert set(d["summary"]) == {"default", "random", "no-pruning", "svc"}
+        for arm, runs in d["runs"].items():
+            assert runs, f"{name}/{arm} has no run"
+            for r in runs:
+                assert "error" not in r, f"{name}/{arm}: {r.get('error')}"
+                assert 0.0 <= r["best_val"] <= 1.0 and 0.0 <= r["test"] <= 1.0
+                assert r["trials"] >= 1
+            s = d["summary"][arm]
+            assert s["failed"] == 0
+            assert {"best_val", "test", "test_best_single", "time_to_target", "reached_target"} <= set(s)
+        # a search's curve is the best-so-far validation value at each finished trial
+        curve = d["runs"]["default"][0]["reached"]
+        assert curve and all(b[1] >= a[1] and b[0] >= a[0] for a, b in zip(curve, curve[1:]))
+
+
+@pytest.mark.parametrize("script", ["bench_engine.py", "bench_data_pipeline.py", "bench_search_quality.py"])
+def test_help_describes_the_benchmark(script):
+    proc = run_bench(script, "--help", timeout=120)
+    assert proc.returncode == 0
+    assert "--quick" in proc.stdout and "--out" in proc.stdout
