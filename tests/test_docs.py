@@ -97,7 +97,7 @@ def test_guide_plugin_examples_pass_the_test_kit(index, tmp_path):
 def test_minimal_plugin_example_works_in_a_real_search(digits_dir, tmp_path):
     out = tmp_path / "run"
     proc = run_cli("search", digits_dir, "--out", out, "--n-trials", "1", "--max-epochs", "1", "--image-size", "16",
-                   "--models", "cnn", "--plain", "--plugin", ROOT / "examples" / "minimal_plugin.py",
+                   "--models", "cnn", "--plain", "--precision", "fp32", "--channels-last", "off", "--plugin", ROOT / "examples" / "minimal_plugin.py",
                    "--metric", "error_rate")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "[minimal_plugin] trial 0 COMPLETE: error_rate=" in proc.stderr

@@ -110,7 +110,8 @@ def test_plugins_are_installed_and_found_through_their_entry_points(venv):
 def test_search_uses_the_installed_dataset_family_and_metric(venv):
     out = venv["base"] / "run"
     proc = _run([venv["bin"] / "automl-vision", "search", "digits:12", "--models", "mixer", "--metric", "mcc",
-                 "--n-trials", "2", "--max-epochs", "1", "--image-size", "16", "--out", out, "--plain"],
+                 "--n-trials", "2", "--max-epochs", "1", "--image-size", "16", "--out", out, "--plain",
+                 "--precision", "fp32", "--channels-last", "off"],
                 cwd=venv["base"], env=venv["env"], timeout=300)
     assert "is broken" not in proc.stderr, proc.stderr
     with open(out / "leaderboard.csv", newline="") as fh:

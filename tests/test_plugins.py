@@ -103,6 +103,15 @@ def test_missing_module_gets_an_install_hint():
     assert "is it installed" in err
 
 
+def test_plugin_name_clash_and_missing_file_are_reported(tmp_path):
+    pm = PluginManager().load([str(tmp_path / "nowhere.py")], entry_points=False)
+    (err,) = pm.plugins["nowhere"].errors
+    assert "no plugin file" in err and "nowhere.py" in err
+    info = pm.add_plugin(sys.modules["automl_vision.builtin.custom_cnn"].__class__("other"), name="custom_cnn")
+    assert info.name == "custom_cnn#2" and "plugin name 'custom_cnn' is already used" in info.errors[0]
+    assert pm.model_families.plugin_of("cnn") == "custom_cnn" and not pm.plugins["custom_cnn"].broken
+
+
 def test_hook_that_raises_is_named_with_the_hook_and_keeps_what_it_registered():
     pm = load("hook_raises")
     (err,) = pm.plugins["hook_raises"].errors
@@ -265,8 +274,13 @@ def test_kit_reports_a_broken_plugin():
 
 
 def test_builtin_families_and_metrics_pass_the_kit():
-    check_plugin("automl_vision.builtin.custom_cnn")
-    check_plugin("automl_vision.builtin.classification_metrics")
+    from automl_vision.builtin import classification_metrics, custom_cnn
+
+    check_model_family(custom_cnn.FAMILY, trials=2)
+    for metric in classification_metrics.METRICS:
+        check_metric(metric, num_classes=6)
+    pm = check_plugin("automl_vision.builtin.classification_metrics")
+    assert pm.plugins["classification_metrics"].registered["metrics"][0] == "accuracy"
 
 
 # ------------------------------------------------------------------ command line
@@ -311,7 +325,8 @@ def test_search_with_a_flaky_family_a_failing_event_hook_and_a_picked_metric(dig
     events = tmp_path / "events.jsonl"
     out = tmp_path / "run"
     proc = run_cli(
-        "search", digits_dir, "--out", out, "--n-trials", "3", "--max-epochs", "1", "--image-size", "16", "--plain",
+        "search", digits_dir, "--out", out, "--n-trials", "3", "--max-epochs", "1", "--image-size", "16", "--plain", "--precision", "fp32",
+        "--channels-last", "off",
         "--models", "flaky", "--metric", "agreement", "--prefer", "agreement=conflict_b", "--prefer", "flaky=flaky_family",
         "--plugin", plugin_file("flaky_family"), "--plugin", plugin_file("flaky_twin"), "--plugin", plugin_file("conflict_a"),
         "--plugin", plugin_file("conflict_b"), "--plugin", plugin_file("broken_import"),
