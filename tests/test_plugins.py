@@ -298,6 +298,9 @@ def test_plugins_command_json_shows_broken_plugins_and_conflicts():
     assert by_name["custom_cnn"] == {**by_name["custom_cnn"], "status": "ok", "origin": "builtin",
                                      "distribution": "automl-vision", "registered": {"model_families": ["cnn"]}}
     assert out["conflicts"]["metrics"] == {"agreement": {"plugins": ["conflict_a", "conflict_b"], "preferred": None}}
+    assert "agreement" not in out["registered"]["metrics"]  # unusable until picked
+    assert out["registered"]["metrics"]["log_loss"]["direction"] == "minimize"
+    assert out["registered"]["datasets"]["wrongtype_ok"]["plugin"] == "wrong_type"
     assert set(out["hooks"]) >= {"register_datasets", "register_model_families", "register_metrics", "on_trial_end"}
 
 

@@ -49,8 +49,20 @@ def run(args: argparse.Namespace) -> int:
             name: {"plugins": owners, "preferred": registry.preferred.get(name)}
             for name, owners in registry.conflicts().items()
         }
+    # what each usable name resolves to (conflicting names only once the user picked one)
+    registered: dict[str, dict[str, dict]] = {}
+    for kind in ("datasets", "model_families", "metrics"):
+        registry = getattr(pm, kind)
+        registered[kind] = {}
+        for name in registry:
+            obj = registry.get(name)
+            item = {"plugin": registry.plugin_of(name), "description": obj.description}
+            if kind == "metrics":
+                item["direction"] = obj.direction
+            registered[kind][name] = item
     if args.json:
-        print(json.dumps({"plugins": plugins, "conflicts": conflicts, "hooks": sorted(_HOOK_NAMES)}, indent=2))
+        print(json.dumps({"plugins": plugins, "registered": registered, "conflicts": conflicts,
+                          "hooks": sorted(_HOOK_NAMES)}, indent=2))
         return 0
     from rich.console import Console
     from rich.markup import escape
