@@ -155,8 +155,8 @@ def preprocessing_json(d: Deliverable, fmt: str, names: list[str]) -> dict[str, 
         "color_mode": "L (greyscale)" if module.in_chans == 1 else "RGB",
         "image_size": max(module.sizes),
         "decode": ("open with Pillow, apply the EXIF orientation, convert to " + ("L" if module.in_chans == 1 else
-                   "RGB (alpha composited on white)") + ", resize to image_size x image_size with bilinear "
-                   "resampling (PIL.Image.resize(..., Image.BILINEAR))"),
+                   "RGB (alpha composited on white)") + ", resize to image_size x image_size: "
+                   "img.resize((S, S), Image.Resampling.BILINEAR, reducing_gap=3.0); keep uint8"),
         "model": d.kind,
         "description": d.describe(),
         "members": [{"trial": m.get("trial"), "weight": m.get("weight"), "model": s.get("label"),

@@ -1,0 +1,136 @@
+"""``automl-vision export``: files that serve without automl-vision and match PyTorch."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageOps
+
+import automl_vision
+from automl_vision.cli import main
+from automl_vision.rundir import RunDir
+
+
+@pytest.fixture(scope="module")
+def ensembled_run(tiny_run, tmp_path_factory) -> Path:
+    """A copy of the tiny run whose ensemble has several members (top-k of the finished trials)."""
+    run = tmp_path_factory.mktemp("export") / "run"
+    shutil.copytree(tiny_run, run)
+    assert main(["ensemble", str(run), "--method", "topk", "--max-members", "3", "--plain"]) == 0
+    members = json.loads((run / "ensemble.json").read_text())["members"]
+    assert len(members) >= 2, "the tiny search finished fewer than two trials; the ensemble graph needs two"
+    return run
+
+
+def real_images(run: Path, n: int = 12) -> list[Path]:
+    rd = RunDir(run)
+    root = Path(rd.read_data_report()["root"])
+    return [root / k for k in rd.read_final()["test_keys"][:n]]
+
+
+def preprocess_from_json(paths: list[Path], meta: dict) -> np.ndarray:
+    """What a user does with only the JSON beside the export: decode, resize, uint8 NCHW."""
+    size = meta["image_size"]
+    mode = "L" if meta["in_chans"] == 1 else "RGB"
+    batch = []
+    for p in paths:
+        with Image.open(p) as img:
+            img = ImageOps.exif_transpose(img).convert(mode)
+            img = img.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=3.0)
+            arr = np.asarray(img, dtype=np.uint8)
+        batch.append(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1))
+    return np.stack(batch)
+
+
+def test_onnx_ensemble_is_one_graph_that_onnxruntime_serves_with_the_json_alone(ensembled_run, tmp_path, capsys):
+    import onnx
+    import onnxruntime as ort
+
+    out = tmp_path / "ensemble.onnx"
+    assert main(["export", str(ensembled_run), "--format", "onnx", "--model", "ensemble", "--out", str(out)]) == 0
+    stdout = capsys.readouterr().out
+    assert "verified with onnxruntime" in stdout
+    meta = json.loads((tmp_path / "ensemble.preprocessing.json").read_text())
+    members = json.loads((ensembled_run / "ensemble.json").read_text())["members"]
+    assert meta["model"] == "ensemble" and len(meta["members"]) == len(members) >= 2
+    assert meta["classes"] == [str(i) for i in range(10)] and meta["image_size"] == 16 and meta["in_chans"] == 1
+    assert all({"mean", "std", "image_size", "weight"} <= set(m) for m in meta["members"])
+    assert meta["inputs"][0]["dtype"] == "uint8" and meta["output"]["name"] == "probabilities"
+    assert meta["verified"]["max_abs_diff"] <= meta["verified"]["tolerance"] == 1e-4
+    onnx.checker.check_model(onnx.load(str(out)))
+
+    paths = real_images(ensembled_run)
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    got = session.run(None, {meta["inputs"][0]["name"]: preprocess_from_json(paths, meta)})[0]
+    expected = automl_vision.load(str(ensembled_run), model="ensemble").predict_proba([str(p) for p in paths])
+    assert got.shape == (len(paths), 10)
+    np.testing.assert_allclose(got, expected, atol=meta["verified"]["tolerance"])
+    # one image at a time works too (dynamic batch)
+    one = session.run(None, {meta["inputs"][0]["name"]: preprocess_from_json(paths[:1], meta)})[0]
+    np.testing.assert_allclose(one, expected[:1], atol=1e-4)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
+def test_torchscript_best_model_loads_with_torch_jit_and_matches(ensembled_run, tmp_path, capsys):
+    import torch
+
+    assert main(["export", str(ensembled_run), "--format", "torchscript", "--model", "best", "--out", str(tmp_path)]) == 0
+    out = tmp_path / "best.pt"
+    meta = json.loads((tmp_path / "best.preprocessing.json").read_text())
+    assert meta["file"] == "best.pt" and meta["verified"]["runtime"].startswith("torch.jit.load")
+    loaded = torch.jit.load(str(out))
+    paths = real_images(ensembled_run)
+    with torch.no_grad():
+        got = loaded(torch.from_numpy(preprocess_from_json(paths, meta))).numpy()
+    expected = automl_vision.load(str(ensembled_run), model="best").predict_proba([str(p) for p in paths])
+    np.testing.assert_allclose(got, expected, atol=1e-4)
+
+
+def test_state_dict_rebuilds_from_its_json(ensembled_run, tmp_path, capsys):
+    import torch
+    from safetensors.torch import load_file
+
+    from automl_vision.models import build_model
+
+    out = tmp_path / "weights.safetensors"
+    assert main(["export", str(ensembled_run), "--format", "state-dict", "--model", "best", "--out", str(out)]) == 0
+    meta = json.loads((tmp_path / "weights.preprocessing.json").read_text())
+    arch = meta["architecture"]
+    net = build_model(arch)
+    net.load_state_dict(load_file(str(out)))
+    net.eval()
+    paths = real_images(ensembled_run)
+    x = torch.from_numpy(preprocess_from_json(paths, meta)).float() / 255.0
+    mean = torch.tensor(meta["input"]["mean"]).view(1, -1, 1, 1)
+    std = torch.tensor(meta["input"]["std"]).view(1, -1, 1, 1)
+    x = (x - mean) / std
+    t = meta["temperature"]
+    with torch.no_grad():
+        if meta["tta"] == "none":
+            probs = torch.softmax(net(x) / t, dim=1)
+        else:  # as the JSON says: average with the flipped image, then the temperature
+            p = 0.5 * (torch.softmax(net(x), 1) + torch.softmax(net(torch.flip(x, dims=[3])), 1))
+            probs = torch.softmax(torch.log(p) / t, dim=1)
+    expected = automl_vision.load(str(ensembled_run), model="best").predict_proba([str(p) for p in paths])
+    np.testing.assert_allclose(probs.numpy(), expected, atol=1e-4)
+
+
+def test_export_bad_inputs_and_a_failed_check_leave_nothing(ensembled_run, tmp_path, capsys):
+    assert main(["export", str(ensembled_run), "--format", "state-dict", "--model", "ensemble",
+                 "--out", str(tmp_path / "x.safetensors")]) == 2
+    assert "holds one network" in capsys.readouterr().err
+    assert main(["export", str(ensembled_run), "--format", "torchscript", "--out", str(tmp_path / "no" / "m.pt")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["export", str(tmp_path / "missing run"), "--format", "onnx"]) == 2
+    assert "no such run directory" in capsys.readouterr().err
+    # a tolerance no export can meet: the check fails, and no file is left behind
+    out = tmp_path / "strict"
+    out.mkdir()
+    assert main(["export", str(ensembled_run), "--format", "state-dict", "--model", "best",
+                 "--out", str(out / "m.safetensors"), "--tolerance", "-1"]) == 1
+    assert "verification failed" in capsys.readouterr().err
+    assert list(out.iterdir()) == []
