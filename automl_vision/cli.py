@@ -61,6 +61,19 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
+    except OSError as exc:
+        import errno
+
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        where = f" while writing {exc.filename}" if exc.filename else ""
+        print(
+            f"automl-vision {args.command}: error: the disk is full{where} ({exc.strerror}). Every file already "
+            "written is complete (files are replaced atomically) and finished trials are kept. Free some space, or "
+            "pass --out on a larger disk, then run the same command again to resume.",
+            file=sys.stderr,
+        )
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

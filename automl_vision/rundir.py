@@ -165,6 +165,51 @@ def load_weights(path: str | os.PathLike, sha256: str | None = None) -> dict[str
         ) from exc
 
 
+def repair_journal(path: str | os.PathLike) -> bool:
+    """Cut a half-written last record off an Optuna journal file; returns whether it did.
+
+    A process killed, or stopped by a full disk, in the middle of appending to the
+    journal leaves a last line without its newline. Optuna reads past it, but the next
+    record appended would be glued onto it and make the whole study unreadable. The cut
+    is made under Optuna's own journal lock, so no live writer is mid-append.
+    """
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return False
+    if size == 0:
+        return False
+    from optuna.storages.journal import JournalFileSymlinkLock
+
+    lock = JournalFileSymlinkLock(str(path))
+    lock.acquire()
+    try:
+        with open(path, "r+b") as fh:
+            size = fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, size - 1))
+            if fh.read(1) == b"\n":
+                return False
+            # find the end of the last complete record
+            pos, block = size, 1 << 16
+            keep = 0
+            while pos > 0:
+                start = max(0, pos - block)
+                fh.seek(start)
+                chunk = fh.read(pos - start)
+                i = chunk.rfind(b"\n")
+                if i >= 0:
+                    keep = start + i + 1
+                    break
+                pos = start
+            fh.truncate(keep)
+            fh.flush()
+            os.fsync(fh.fileno())
+        return True
+    finally:
+        lock.release()
+
+
 # ------------------------------------------------------------------ layout
 class RunDir:
     """Paths and readers of one run directory."""

@@ -85,8 +85,11 @@ def load_or_build(
             and manifest.get("fingerprint") == fingerprint
             and data_path.exists()
         ):
-            arr = np.load(data_path, mmap_mode="r")
-            if arr.shape == (len(samples), image_size, image_size, in_chans):
+            try:
+                arr = np.load(data_path, mmap_mode="r")
+            except (ValueError, OSError):  # damaged on disk since: decode again below
+                arr = None
+            if arr is not None and arr.shape == (len(samples), image_size, image_size, in_chans):
                 return arr, {int(k): v for k, v in manifest.get("failures", {}).items()}
         # (re)build: the manifest goes first so a killed build is never trusted
         (directory / "manifest.json").unlink(missing_ok=True)

@@ -9,6 +9,7 @@ everything it lists.
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import socket
@@ -31,6 +32,10 @@ from automl_vision.settings import SearchSettings
 from automl_vision.training.device import ExecPath
 from automl_vision.training.inference import channel_stats, nhwc_to_tensor
 from automl_vision.training.trainer import BudgetExceeded, NonFiniteLoss, TensorData, train
+
+
+# "no space left on device" and "disk quota exceeded": stop the search with a clear message
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 class Interrupted(Exception):
@@ -255,6 +260,16 @@ class Objective:
             record.update(state="FAIL", reason=reason.splitlines()[0], epochs=len(history))
             trial.set_user_attr("reason", record["reason"])
             raise
+        except OSError as exc:
+            if exc.errno not in DISK_FULL:
+                record.update(state="FAIL", reason=f"{type(exc).__name__}: {exc}", epochs=len(history),
+                              traceback=traceback.format_exc(limit=8))
+                trial.set_user_attr("reason", record["reason"])
+                raise
+            # the disk is full: every next trial would fail the same way, so the search stops
+            record.update(state="FAIL", reason=f"disk full: {exc}", epochs=len(history))
+            self.fatal = exc
+            raise
         except Exception as exc:
             record.update(state="FAIL", reason=f"{type(exc).__name__}: {exc}", epochs=len(history),
                           traceback=traceback.format_exc(limit=8))
@@ -265,7 +280,12 @@ class Objective:
             record["finished"] = time.time()
             if record["state"] == "PRUNED":
                 trial.set_user_attr("reason", record["reason"])
-            write_json(tdir / "status.json", record)
+            try:
+                write_json(tdir / "status.json", record)
+            except OSError as exc:
+                if exc.errno not in DISK_FULL:
+                    raise
+                self.fatal = exc  # nothing half-written is left (atomic write); the search stops
             self.last_record = record
 
     def _last_metrics(self, record: dict[str, Any], history: list[dict[str, Any]]) -> None:

@@ -32,6 +32,16 @@ from automl_vision.types import Dataset, UsageError
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
+
+def _not_an_interrupt(record) -> bool:
+    """Ctrl-C is not an error: Optuna's warning with the KeyboardInterrupt's traceback is
+    dropped (the trial's status says "interrupted" and the search prints a summary)."""
+    return not (record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt))
+
+
+for _handler in optuna.logging._get_library_root_logger().handlers:
+    _handler.addFilter(_not_an_interrupt)
+
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
 
 

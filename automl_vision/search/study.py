@@ -9,7 +9,7 @@ from pathlib import Path
 
 import optuna
 
-from automl_vision.rundir import RunDir
+from automl_vision.rundir import RunDir, repair_journal
 from automl_vision.settings import SearchSettings
 from automl_vision.types import UsageError
 
@@ -99,11 +99,13 @@ def make_storage(settings: SearchSettings) -> optuna.storages.BaseStorage:
 
         path = RunDir(settings.run_dir).journal
         path.parent.mkdir(parents=True, exist_ok=True)
+        repair_journal(path)  # a record cut short by a kill or a full disk would break the study
         return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
     if url.endswith(".journal") or url.startswith("journal:"):
         from optuna.storages.journal import JournalFileBackend
 
         path = url.split(":", 1)[1] if url.startswith("journal:") else url
+        repair_journal(path)
         return optuna.storages.JournalStorage(JournalFileBackend(path))
     if "://" not in url:
         raise UsageError(

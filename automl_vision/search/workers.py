@@ -426,6 +426,8 @@ def trial_loop(study: optuna.Study, objective, budget, n_trials: int | None, cal
 
                 study.optimize(one_trial, n_trials=1, catch=(Exception,), callbacks=callbacks, gc_after_trial=False)
                 ran += 1
+                if getattr(objective, "fatal", None) is not None:
+                    raise objective.fatal  # a full disk: stop, rather than fail every next trial the same way
             finally:
                 if held:
                     gate.release()
