@@ -125,6 +125,14 @@ def add_search_options(p: argparse.ArgumentParser) -> None:
     r.add_argument("--prefer", action="append", default=[], type=_preference, metavar="NAME=PLUGIN",
                    help="when two plugins register the same dataset source, model family or metric NAME, "
                         "use the one from PLUGIN (repeatable; see 'automl-vision plugins')")
+    f = p.add_argument_group("final model (see docs/prediction-and-export.md)")
+    f.add_argument("--refit", action="store_true",
+                   help="retrain the chosen configurations on train + validation with the epochs the search found "
+                        "(skipped, with a note, when the time budget has no room for it)")
+    f.add_argument("--tta", action="store_true",
+                   help="try flip test-time augmentation; kept only where it improves the objective on validation")
+    f.add_argument("--calibrate", action="store_true",
+                   help="fit a softmax temperature on validation, so predicted probabilities match observed accuracy")
     p.add_argument("--plain", action="store_true", help="plain log lines instead of the live display")
     p.add_argument("-v", "--verbose", action="store_true", help="more logging")
 
@@ -163,6 +171,7 @@ def settings_from_options(data: str, out: str | None = None, **o: Any):
     if isinstance(models, str):
         models = [m.strip() for m in models.split(",") if m.strip()]
     options: dict[str, Any] = {"sampler": o.get("sampler") or "tpe"}
+    options.update({k: True for k in ("refit", "tta", "calibrate") if o.get(k)})  # read by search/final.py
     preset = o.get("preset") or "balanced"
     if o.get("space"):
         from automl_vision.search import space_file
