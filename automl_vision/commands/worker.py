@@ -24,6 +24,10 @@ def add_parser(sub) -> None:
     p.add_argument("--study-name", metavar="NAME",
                    help="the study to join (default: the only study in the storage)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default=None,
+                   help="override the study's --precision on this worker (default: the study's)")
+    p.add_argument("--channels-last", choices=["auto", "on", "off"], default=None,
+                   help="override the study's --channels-last on this worker (default: the study's)")
     p.add_argument("--run-dir", metavar="PATH",
                    help="the search's run directory as this machine sees it (default: the path stored with the study)")
     p.add_argument("--data", metavar="DATA_DIR",
@@ -55,6 +59,6 @@ def run(args: argparse.Namespace) -> int:
     from automl_vision.search.workers import join_study
 
     join_study(storage, args.study_name, device=args.device, run_dir=args.run_dir, data=args.data,
-               threads=args.threads, name=args.name, n_trials=args.n_trials, time_budget=time_budget,
+               threads=args.threads, name=args.name, precision=args.precision, channels_last=args.channels_last, n_trials=args.n_trials, time_budget=time_budget,
                plain=True if args.plain else None)
     return 0

@@ -54,6 +54,12 @@ def heartbeat_config() -> Heartbeat:
 
 
 def is_rdb(storage: optuna.storages.BaseStorage) -> bool:
+    """Whether ``storage`` is a database (a study wraps it in Optuna's cache layer)."""
+    from optuna.storages import BaseStorage
+
+    backend = getattr(storage, "_backend", None)
+    if isinstance(backend, BaseStorage):
+        storage = backend
     return isinstance(storage, optuna.storages.RDBStorage)
 
 
@@ -86,6 +92,20 @@ def count_finished(trials: list[optuna.trial.FrozenTrial]) -> int:
     return n
 
 
+def driver_url(url: str) -> str:
+    """``postgresql://`` with the PostgreSQL driver that is installed.
+
+    SQLAlchemy 2.1 reads a bare ``postgresql://`` as psycopg 3; automl-vision's
+    ``[postgres]`` extra installs psycopg2, so the URL names it when psycopg 3 is absent.
+    """
+    import importlib.util
+
+    if url.startswith(("postgresql://", "postgres://")) and importlib.util.find_spec("psycopg") is None \
+            and importlib.util.find_spec("psycopg2") is not None:
+        return "postgresql+psycopg2://" + url.split("://", 1)[1]
+    return url
+
+
 def make_storage(settings: SearchSettings) -> optuna.storages.BaseStorage:
     """The study's storage: the URL given, or the embedded journal file in the run directory.
 
@@ -112,18 +132,26 @@ def make_storage(settings: SearchSettings) -> optuna.storages.BaseStorage:
             f"--storage {redact(url)!r}: expected a database URL (postgresql://user@host/db, sqlite:///file.db) "
             "or a journal file path ending in .journal"
         )
+    beat = heartbeat_config()
     try:
-        from optuna.storages import RDBStorage, RetryFailedTrialCallback
+        import warnings
 
-        beat = heartbeat_config()
-        return RDBStorage(
-            url,
+        from optuna.storages import RDBStorage
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             # a dead worker's RUNNING trial is failed after the grace period and re-queued once
-            heartbeat_interval=max(1, round(beat.interval)),
-            grace_period=max(2, round(beat.grace)),
-            failed_trial_callback=RetryFailedTrialCallback(max_retry=1),
-            engine_kwargs={"pool_pre_ping": True},
-        )
+            if hasattr(optuna.storages, "RetryHeartbeatStaleTrialCallback"):  # optuna >= 4.9
+                retry = {"heartbeat_stale_trial_callback": optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1)}
+            else:
+                retry = {"failed_trial_callback": optuna.storages.RetryFailedTrialCallback(max_retry=1)}
+            return RDBStorage(
+                driver_url(url),
+                heartbeat_interval=max(1, round(beat.interval)),
+                grace_period=max(2, round(beat.grace)),
+                engine_kwargs={"pool_pre_ping": True},
+                **retry,
+            )
     except ImportError as exc:
         raise UsageError(f"--storage {redact(url)}: a database driver is missing ({exc}); for PostgreSQL: pip install 'automl-vision[postgres]'") from exc
     except Exception as exc:

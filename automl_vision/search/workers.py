@@ -149,6 +149,9 @@ def run_parallel(settings, study: optuna.Study, log: Callable[[str], None]) -> b
         env["AUTOML_VISION_STORAGE"] = settings.storage
     else:
         env["AUTOML_VISION_STORAGE"] = str(RunDir(settings.run_dir).journal.resolve())
+    # CPU workers use the path the search measured, so trials are comparable and no worker
+    # measures again while the others train
+    exec_path = (RunDir(settings.run_dir).read_run() or {}).get("exec_path") or {}
     procs: list[tuple[WorkerPlan, subprocess.Popen]] = []
     log(f"starting {len(plans)} workers: " + ", ".join(f"{p.name} on {p.device} ({p.threads} CPU thread(s))" for p in plans))
     for plan in plans:
@@ -161,6 +164,8 @@ def run_parallel(settings, study: optuna.Study, log: Callable[[str], None]) -> b
             "--name", plan.name,
             "--plain",
         ]
+        if plan.device == "cpu" and exec_path.get("device") == "cpu":
+            cmd += ["--precision", exec_path["precision"], "--channels-last", "on" if exec_path["channels_last"] else "off"]
         worker_env = dict(env)
         # OpenMP/MKL size their pools at start-up: set them before torch is imported
         worker_env["OMP_NUM_THREADS"] = str(plan.threads)
@@ -469,7 +474,8 @@ def _load_prepared(settings, run_dir: RunDir, pm):
 
 def join_study(storage_url: str, study_name: str | None, device: str = "auto", run_dir: str | None = None,
                data: str | None = None, threads: int | None = None, name: str | None = None,
-               n_trials: int | None = None, time_budget: float | None = None, plain: bool | None = None) -> int:
+               n_trials: int | None = None, time_budget: float | None = None, plain: bool | None = None,
+               precision: str | None = None, channels_last: str | None = None) -> int:
     """``automl-vision worker``: join an existing study and run its trials until it is done.
 
     Everything but the storage and the study name comes from the study's user attributes
@@ -519,6 +525,8 @@ def join_study(storage_url: str, study_name: str | None, device: str = "auto", r
     settings.run_dir = run_dir or attrs.get("run_dir") or settings.run_dir
     settings.device = device
     settings.workers = 1
+    settings.precision = precision or settings.precision
+    settings.channels_last = channels_last or settings.channels_last
     if data:
         settings.data = data
     pm = get_plugin_manager(settings.plugins, prefer=getattr(settings, "prefer", None) or None)
