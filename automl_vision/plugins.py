@@ -232,7 +232,7 @@ class PluginManager:
         except pluggy.PluginValidationError as exc:
             self._error(info, f"invalid hook implementation: {exc}")
             return
-        info.hooks = sorted({name for name in dir(obj) if _is_hookimpl(getattr(obj, name, None))})
+        info.hooks = sorted({name for name in dir(obj) if _is_hookimpl(_safe_getattr(obj, name))})
         unknown = [h for h in info.hooks if h not in _HOOK_NAMES]
         for hook in unknown:
             close = [h for h in _HOOK_NAMES if _close(hook, h)]
@@ -366,6 +366,13 @@ def _close(a: str, b: str) -> bool:
     import difflib
 
     return difflib.SequenceMatcher(None, a, b).ratio() > 0.75
+
+
+def _safe_getattr(obj: Any, name: str) -> Any:
+    try:
+        return getattr(obj, name, None)
+    except Exception:  # a property of a plugin object may raise; it is not a hook then
+        return None
 
 
 def _is_hookimpl(obj: Any) -> bool:

@@ -119,6 +119,26 @@ def directions_for(objectives: list[str], pm: PluginManager) -> list[str]:
 from automl_vision.search.workers import recover_stale_trials  # noqa: E402
 
 
+def requeue_interrupted(study: optuna.Study, log) -> int:
+    """Queue again, once, the configuration of each trial stopped by Ctrl-C.
+
+    The trial stays FAIL with reason "interrupted"; its retry (``retry_of``) runs first
+    when the same command is run again, and the interrupted trial does not count towards
+    ``--n-trials`` (see ``study.count_finished``).
+    """
+    trials = study.get_trials(deepcopy=False)
+    retried = {t.user_attrs.get("retry_of") for t in trials}
+    n = 0
+    for t in trials:
+        if (t.state == optuna.trial.TrialState.FAIL and t.user_attrs.get("reason") == "interrupted"
+                and t.number not in retried and t.user_attrs.get("retry_of") is None):
+            study.enqueue_trial(t.params, user_attrs={"retry_of": t.number}, skip_if_exists=False)
+            n += 1
+    if n:
+        log("the interrupted trial's configuration is queued to run first when the search resumes")
+    return n
+
+
 def run_worker(study: optuna.Study, objective: Objective, budget: Budget, n_trials: int | None, pm: PluginManager,
                progress, direction: str) -> int:
     run_dir = objective.run_dir
@@ -226,6 +246,7 @@ def run_search(settings: SearchSettings, argv: list[str] | None = None, plain: b
                 run_worker(study, objective, budget, settings.n_trials, pm, progress, directions[0])
         except KeyboardInterrupt:
             interrupted = True
+            requeue_interrupted(study, log)
     df = lb.write(run_dir, study)
     lb.render(df, objectives[0], directions[0])
     if len(directions) > 1:  # multi-objective: pareto.json and the front in the terminal
