@@ -22,6 +22,7 @@ top of it:
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import socket
@@ -466,7 +467,9 @@ def _load_prepared(settings, run_dir: RunDir, pm):
             f"the data at {settings.data} lacks {len(missing)} image(s) of the search (e.g. {missing[0]}); "
             "mount the same data on this machine or pass its location with --data"
         )
-    samples = [by_key[k] for k in splits["keys"]]
+    # labels follow the report's classes: prepare leaves out class folders without a usable image
+    index_of = {c: i for i, c in enumerate(report["classes"])}
+    samples = [dataclasses.replace(by_key[k], label=index_of[dataset.classes[by_key[k].label]]) for k in splits["keys"]]
     pos = {k: i for i, k in enumerate(splits["keys"])}
     index = {name: np.asarray(sorted(pos[k] for k in keys), dtype=np.int64) for name, keys in splits["splits"].items()}
     return PreparedData(run_dir, list(report["classes"]), samples, int(report["in_chans"]), index, report)
