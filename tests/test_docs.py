@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import inspect
+import json
 import re
 import sys
 import types
@@ -97,11 +98,14 @@ def test_guide_plugin_examples_pass_the_test_kit(index, tmp_path):
 def test_minimal_plugin_example_works_in_a_real_search(digits_dir, tmp_path):
     out = tmp_path / "run"
     proc = run_cli("search", digits_dir, "--out", out, "--n-trials", "1", "--max-epochs", "1", "--image-size", "16",
-                   "--models", "cnn", "--plain", "--precision", "fp32", "--channels-last", "off", "--plugin", ROOT / "examples" / "minimal_plugin.py",
-                   "--metric", "error_rate")
+                   "--models", "cnn", "--plain", "--precision", "fp32", "--channels-last", "off", "--plugin", "examples/minimal_plugin.py",
+                   "--metric", "error_rate", cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "[minimal_plugin] trial 0 COMPLETE: error_rate=" in proc.stderr
     with open(out / "leaderboard.csv", newline="") as fh:
         (row,) = [r for r in csv.DictReader(fh) if r["state"] == "COMPLETE"]
     assert float(row["val_error_rate"]) == pytest.approx(1 - float(row["val_accuracy"]))
     assert float(row["value"]) == pytest.approx(float(row["val_error_rate"]))
+    # a plugin file given by a relative path is stored absolute, for predict/export/workers elsewhere
+    run = json.loads((out / "run.json").read_text())
+    assert run["settings"]["plugins"] == [str(ROOT / "examples" / "minimal_plugin.py")]

@@ -217,7 +217,8 @@ def settings_from_options(data: str, out: str | None = None, **o: Any):
         preset=preset,
         models=models,
         pruner=o.get("pruner") or _preset_pruner(preset),
-        plugins=list(o.get("plugin") or o.get("plugins") or []),
+        # a plugin file is stored by absolute path, so workers, predict and export find it from any directory
+        plugins=[str(Path(m).resolve()) if m.endswith(".py") else m for m in (o.get("plugin") or o.get("plugins") or [])],
         prefer=dict(o.get("prefer") or {}),
         workers=workers,
         options=options,
