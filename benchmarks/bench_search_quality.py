@@ -304,7 +304,7 @@ def summarise(runs: list[dict[str, Any]], target: float) -> dict[str, Any]:
         "test_best_single": C.spread([r["test_best_single"] for r in ok]),
         "trials": C.spread([r["trials"] for r in ok]),
         "time_to_target": C.spread(reached),
-        "reached_target": f"{len(reached)}/{len(ok)}",
+        "reached_target": f"{len(reached)}/{len(runs)}",
     }
 
 
@@ -412,6 +412,9 @@ def main(argv: list[str] | None = None) -> int:
                 "images": len(labels), "classes": classes, "target_val_accuracy": target,
                 "split_sizes": {k: len(v) for k, v in split.items()}, "source": args.data if name not in ("digits", "shapes") else name,
                 "runs": {a: [] for a in arms}, "summary": {},
+                # per dataset: a --merge run may measure another dataset with other settings
+                "budget_seconds": budget, "seeds": seeds, "search_options": search_opts,
+                "date_utc": payload["machine"]["date_utc"], "load_average_at_start": C.load_average(),
             }
             print(f"{name}: {len(labels)} images, {len(classes)} classes, split "
                   f"{ {k: len(v) for k, v in split.items()} }", flush=True)
@@ -435,6 +438,7 @@ def main(argv: list[str] | None = None) -> int:
                     res.update(seed=seed, load_average=C.load_average())
                     entry["runs"][arm].append(res)
                     entry["summary"][arm] = summarise(entry["runs"][arm], target)
+                    entry["load_average_at_end"] = C.load_average()
                     save()
                     print(f"  {name} seed {seed} {arm:11s}: val {res['best_val']:.4f} test {res['test']:.4f} "
                           f"trials {res['trials']} in {res['seconds']:.0f}s"
@@ -445,7 +449,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{len(seeds)} seed(s); budget {budget if budget else 'n/a'} s)")
             print(C.table(["arm", "best val acc", "test acc (deliverable)", "test acc (best single)", "trials",
                            "time to target s", "reached"],
-                          [[arm, fmt_range(s["best_val"]), fmt_range(s["test"]), fmt_range(s["test_best_single"]),
+                          [[arm + (f" ({s['failed']} failed)" if s["failed"] else ""), fmt_range(s["best_val"]), fmt_range(s["test"]), fmt_range(s["test_best_single"]),
                             fmt_range(s["trials"], 0), fmt_range(s["time_to_target"], 0), s["reached_target"]]
                            for arm, s in entry["summary"].items()]))
         save()

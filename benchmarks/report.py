@@ -44,11 +44,12 @@ def engine(res: dict[str, Any]) -> str:
         av, pl = r["summary"]["automl_vision"], r["summary"]["plain_loop"]
         rows.append([name, av["wall_images_per_second"]["median"], pl["wall_images_per_second"]["median"],
                      f"**{r['ratio_wall']['median']:.3f}** ({r['ratio_wall']['min']:.3f}-{r['ratio_wall']['max']:.3f})",
-                     r["ratio_train_phase"]["median"], "yes" if r["meets_target_0_95"] else "**no**",
+                     r["ratio_train_phase"]["median"],
+                     r["ratio_cpu_time"]["median"] if "ratio_cpu_time" in r else float("nan"), "yes" if r["meets_target_0_95"] else "**no**",
                      f"{av['val_accuracy']['median']:.3f} / {pl['val_accuracy']['median']:.3f}",
                      f"{av['peak_anon_mib']:.0f} / {pl['peak_anon_mib']:.0f}"])
     out.append(C.table(["model", "automl-vision img/s", "plain loop img/s", "ratio, median (range)",
-                        "ratio, training phase only", ">= 0.95", "val acc (av / plain)",
+                        "ratio, training phase only", "ratio, CPU time", ">= 0.95", "val acc (av / plain)",
                         "peak anon. MiB (av / plain)"], rows))
     out += ["", C.table(["model", "scan+decode+cache s", "cache -> tensors s", "epoch 1 s (train+val)",
                          "first epoch in all s", "later epoch s (median)"],
@@ -75,6 +76,15 @@ def search_quality(res: dict[str, Any]) -> str:
     head += f"; search options {opts}." if opts else "; automl-vision's default search space."
     out = [machine_line(res), "", head]
     for name, d in res["datasets"].items():
+        if "budget_seconds" in d:
+            b = d["budget_seconds"]
+            la = lambda v: "/".join(f"{x:.2f}" for x in v) if v else "?"  # noqa: E731
+            d_opts = {k: v for k, v in (d.get("search_options") or {}).items() if v is not None and k != "time_budget"}
+            out += ["", f"{name}: run {d.get('date_utc', '?')}, " + (f"budget {b:.0f} s per search" if b else "no time budget")
+                    + f", seed(s) {', '.join(map(str, d.get('seeds', [])))}"
+                    + (f", search options {d_opts}" if d_opts else ", default search space")
+                    + f"; load average {la(d.get('load_average_at_start'))} at the start, "
+                    f"{la(d.get('load_average_at_end'))} at the end."]
         out += ["", f"**{name}** ({d['images']} images, {len(d['classes'])} classes; split "
                     f"{d['split_sizes']['train']}/{d['split_sizes']['val']}/{d['split_sizes']['test']}; "
                     f"time to reach validation accuracy {d['target_val_accuracy']}):", ""]
@@ -84,7 +94,8 @@ def search_quality(res: dict[str, Any]) -> str:
             for r in d["runs"].get(arm, []):
                 for k, v in (r.get("states") or {}).items():
                     states[k] = states.get(k, 0) + v
-            rows.append([arm, rng(sm["best_val"]), rng(sm["test"]), rng(sm["test_best_single"]), rng(sm["trials"], 0),
+            label = arm + (f" ({sm['failed']} of {sm['seeds']} delivered nothing)" if sm.get("failed") else "")
+            rows.append([label, rng(sm["best_val"]), rng(sm["test"]), rng(sm["test_best_single"]), rng(sm["trials"], 0),
                          ", ".join(f"{v} {k.lower()}" for k, v in sorted(states.items())) or "-",
                          rng(sm["time_to_target"], 0), sm["reached_target"]])
         out.append(C.table(["arm", "best val acc", "test acc (deliverable)", "test acc (best single)", "trials",
