@@ -129,6 +129,18 @@ def data_pipeline(res: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def search_strategy(res: dict[str, Any]) -> str:
+    """``bench_search_strategy.py`` (issue 4): median over seeds per arm, with the anytime curve."""
+    s = res.get("settings", {})
+    fr = list(next(iter(res["summary"].values()))["anytime_val"]) if res.get("summary") else []
+    out = [machine_line(res), "", f"Data {s.get('data', '?')}, budget {s.get('budget', '?')} per search, seeds "
+           f"{', '.join(map(str, s.get('seeds', [])))}{'; options ' + ' '.join(s['extra']) if s.get('extra') else ''}.", ""]
+    out.append(C.table(["arm", "best val acc", "test acc", "trials", *[f"best val by {f} of the time" for f in fr]],
+                       [[arm, rng(sm["best_val"]), rng(sm["test_accuracy"]), sm["trials"],
+                         *[sm["anytime_val"][f] for f in fr]] for arm, sm in res["summary"].items()]))
+    return "\n".join(out)
+
+
 def other(name: str, res: dict[str, Any]) -> str:
     """Results of benchmarks written by others: their own Markdown when they ship it."""
     for key in ("markdown", "table_markdown", "tables_markdown", "report_markdown"):
@@ -138,19 +150,21 @@ def other(name: str, res: dict[str, Any]) -> str:
     return f"See `results/{name}.json` (keys: {keys})."
 
 
-RENDER = {"engine": engine, "engine_photos": engine, "search_quality": search_quality, "data_pipeline": data_pipeline}
+RENDER = {"search_strategy": search_strategy, "engine": engine, "engine_photos": engine, "search_quality": search_quality, "data_pipeline": data_pipeline}
 TITLES = {
     "engine": "1. Engine overhead (digits)",
     "engine_photos": "1b. Engine overhead (photos)",
     "search_quality": "2. Search quality per budget",
     "data_pipeline": "4. Data pipeline",
+    "search_strategy": "2b. Search strategy: warm-start portfolio vs TPE vs random (bench_search_strategy.py)",
+    "parallel": "3. Parallel scaling and storage overhead (bench_parallel.py)",
 }
 
 
 def render(results_dir: Path) -> str:
     parts = []
     files = sorted(results_dir.glob("*.json"))
-    order = ["engine", "engine_photos", "search_quality"]
+    order = ["engine", "engine_photos", "search_quality", "search_strategy", "parallel"]
     names = [n for n in order if (results_dir / f"{n}.json").exists()]
     names += [f.stem for f in files if f.stem not in names and f.stem != "data_pipeline"]
     if (results_dir / "data_pipeline.json").exists():
