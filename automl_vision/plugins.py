@@ -14,8 +14,8 @@ object of the wrong type or with a bad name, or that implements a hook that does
 exist is recorded as broken with a message naming the plugin, the hook and what was
 wrong; every other plugin keeps working, and so does whatever the broken plugin
 registered correctly. ``AUTOML_VISION_DISABLE_ENTRYPOINTS=1`` skips installed plugins
-(the test suite uses it to stay hermetic), and ``AUTOML_VISION_BLOCK=name,name`` blocks
-plugins by name.
+(the test suite uses it to stay hermetic), ``AUTOML_VISION_BLOCK=name,name`` blocks
+plugins by name, and ``AUTOML_VISION_TRACE_PLUGINS=1`` prints every event hook call.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import logging
 import os
 import re
 import sys
+import time
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -43,6 +44,7 @@ ENTRY_POINT_GROUP = "automl_vision"
 ENV_PLUGINS = "AUTOML_VISION_PLUGINS"
 ENV_DISABLE_ENTRYPOINTS = "AUTOML_VISION_DISABLE_ENTRYPOINTS"
 ENV_BLOCK = "AUTOML_VISION_BLOCK"
+ENV_TRACE = "AUTOML_VISION_TRACE_PLUGINS"
 
 BUILTIN_PLUGINS = (
     "automl_vision.builtin.image_folder",
@@ -320,10 +322,17 @@ class PluginManager:
     # ---------------------------------------------------------------- events
     def _notify(self, hook: str, **kwargs: Any) -> None:
         caller = getattr(self.pm.hook, hook)
+        trace = os.environ.get(ENV_TRACE, "").lower() in ("1", "true", "yes")
         for impl in caller.get_hookimpls():
+            started = time.perf_counter()
             try:
                 impl.function(**{k: kwargs[k] for k in impl.argnames})
+                if trace:
+                    print(f"[plugin trace] {impl.plugin_name}.{hook}({', '.join(impl.argnames)}) "
+                          f"ok in {time.perf_counter() - started:.3f}s", file=sys.stderr)
             except Exception as exc:  # integrations never stop a search
+                if trace:
+                    print(f"[plugin trace] {impl.plugin_name}.{hook} raised {type(exc).__name__}: {exc}", file=sys.stderr)
                 key = (impl.plugin_name, hook)
                 self._event_failures[key] = self._event_failures.get(key, 0) + 1
                 # the first failure is shown; repeats are only logged, to keep the display readable

@@ -192,6 +192,28 @@ def test_event_hook_that_raises_never_stops_the_others(caplog):
     assert shown == ["plugin bad: hook on_trial_end raised RuntimeError: down (the search goes on)"]
 
 
+def test_trace_variable_prints_every_event_call(monkeypatch, capsys):
+    class Tracker:
+        from automl_vision import hookimpl
+
+        @hookimpl
+        def on_search_start(self, run_dir):
+            pass
+
+        @hookimpl
+        def on_search_end(self, summary):
+            raise KeyError("best")
+
+    pm = PluginManager()
+    pm.add_plugin(Tracker(), name="tracker")
+    monkeypatch.setenv("AUTOML_VISION_TRACE_PLUGINS", "1")
+    pm.on_search_start("run", {})
+    pm.on_search_end("run", None, {})
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith("[plugin trace] tracker.on_search_start(run_dir) ok in ")
+    assert err[1] == "[plugin trace] tracker.on_search_end raised KeyError: 'best'"
+
+
 # ------------------------------------------------------------------ conflicts
 
 
