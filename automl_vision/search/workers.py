@@ -570,6 +570,7 @@ def join_study(storage_url: str, study_name: str | None, device: str = "auto", r
     study = open_study(settings, directions, max_epochs, create=False)
     budget = Budget(deadline=deadline, reserve=reserve)
     objective = Objective(settings, data_, pm, path, budget, progress, objectives, max_epochs)
+    pm.on_search_start(str(rd.path), dict(attrs["settings"]))  # the hook's contract: a joining worker starts too
     with progress:
         ran = run_worker(study, objective, budget, n_trials or settings.n_trials, pm, progress, directions[0])
     log(f"worker done: ran {ran} trial(s)")
