@@ -384,6 +384,15 @@ def test_search_with_a_flaky_family_a_failing_event_hook_and_a_picked_metric(dig
     report = json.loads((out / "final" / "report.json").read_text())
     assert report["metric"] == "agreement" and report["best_trial"] in (0, 2)
 
+    # a worker joining the study from elsewhere loads the same plugin files and picks, and sends the events
+    worker = run_cli("worker", "--storage", out / "study.journal", "--n-trials", "4", "--plain", "--precision", "fp32",
+                     "--channels-last", "off", cwd=tmp_path, env=cli_env(AUTOML_VISION_TEST_EVENTS=str(events)),
+                     timeout=300)
+    assert worker.returncode == 0, worker.stdout[-2000:] + worker.stderr[-2000:]
+    seen = [json.loads(line) for line in events.read_text().splitlines()][5:]
+    assert [e["hook"] for e in seen] == ["on_search_start", "on_trial_end"]
+    assert (seen[1]["number"], seen[1]["state"]) == (3, "COMPLETE") and "agreement" in seen[1]["metrics"]
+
     # predict rebuilds the model with the picked family, from the picks stored in run.json
     image = next(Path(digits_dir).glob("3/*.png"))
     pred = run_cli("predict", out, image, "--out", tmp_path / "pred.csv", timeout=180)
