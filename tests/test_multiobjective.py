@@ -6,6 +6,7 @@ import json
 
 import optuna
 
+from automl_vision.rundir import RunDir
 from automl_vision.search.costs import count_macs
 from conftest import run_cli
 
@@ -37,7 +38,7 @@ def test_multi_objective_run_writes_the_pareto_front(tmp_path, digits_dir):
         dominated = any(_dominates(o.values, t.values, pareto["directions"]) for o in complete if o is not t)
         assert (t.number in front_numbers) == (not dominated), t.number
     for row in pareto["front"]:
-        status = json.loads((out / "trials" / str(row["number"]) / "status.json").read_text())
+        status = json.loads((RunDir(out).trial_dir(row["number"]) / "status.json").read_text())
         assert row["values"]["params"] == status["params_count"]
         assert row["values"]["latency"] > 0
         assert row["values"]["accuracy"] == status["metrics"]["accuracy"]

@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import save_file
 
 from automl_vision import cli
-from automl_vision.rundir import load_weights
+from automl_vision.rundir import RunDir, load_weights
 from automl_vision.training.pretrained import freeze_stages, initialise, read_state_dict
 from automl_vision.training.trainer import TrialConfig
 from automl_vision.types import UsageError
@@ -75,11 +75,11 @@ def test_search_with_local_weights_folder(tmp_path, digits_dir):
     proc = run_cli("search", digits_dir, "--out", out, "--weights", weights, "--freeze-stages", "1", "--n-trials", "1",
                    "--max-epochs", "1", "--image-size", "16", "--no-portfolio", "--plain")
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    status = json.loads((out / "trials" / "0" / "status.json").read_text())
+    status = json.loads((RunDir(out).trial_dir(0) / "status.json").read_text())
     assert status["state"] == "COMPLETE", status
     assert status["model"] == "resnet10t"  # --weights alone searches the backbones it has files for
     assert status["init"]["file"].endswith("resnet10t.safetensors") and status["init"]["frozen_tensors"] > 0
-    trained = load_weights(out / "trials" / "0" / "weights.safetensors")
+    trained = load_weights(RunDir(out).trial_dir(0) / "weights.safetensors")
     # the stem was frozen: it is the file's, summed over colour channels for greyscale digits
     expected = state["conv1.0.weight"].sum(dim=1, keepdim=True)
     assert torch.allclose(trained["conv1.0.weight"], expected)
@@ -95,15 +95,16 @@ def test_fine_tune_from_an_earlier_run(tmp_path, tiny_run):
                    "--max-epochs", "1", "--plain")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     for n in (0, 1):
-        config = json.loads((out / "trials" / str(n) / "config.json").read_text())
+        config = json.loads((RunDir(out).trial_dir(n) / "config.json").read_text())
         assert config["family"] == source["family"]
         assert config["model_params"] == source["params"]  # the same architecture
         assert config["image_size"] == source["image_size"]
-    status = json.loads((out / "trials" / "0" / "status.json").read_text())
+    status = json.loads((RunDir(out).trial_dir(0) / "status.json").read_text())
+    assert status["state"] == "COMPLETE", status
     assert status["init"]["source"] == str((tiny_run / "best").resolve())
-    model = json.loads((out / "trials" / "0" / "model.json").read_text())
+    model = json.loads((RunDir(out).trial_dir(0) / "model.json").read_text())
     assert model["classes"] == ["blue disc", "red square"] and model["in_chans"] == 3
-    trained = load_weights(out / "trials" / "0" / "weights.safetensors")
+    trained = load_weights(RunDir(out).trial_dir(0) / "weights.safetensors")
     # frozen stem: the earlier (greyscale) model's first convolution, spread over three channels
     first = "features.0.weight"
     assert source_weights[first].shape[1] == 1 and trained[first].shape[1] == 3

@@ -78,3 +78,57 @@ def objective_value(name: str, model: nn.Module, spec: dict, path: ExecPath) -> 
     if name == "macs":
         return count_macs(model, spec["in_chans"], spec["image_size"])
     raise ValueError(f"unknown objective {name!r}; expected a metric or one of {', '.join(OBJECTIVES)}")
+
+
+# ------------------------------------------------------------------ a trial's cost before it starts
+MIN_EPOCHS = 2  # a trial that cannot run two epochs before the deadline tells the search nothing worth its time
+MAX_SKIPS = 5  # consecutive configurations too costly for the time left: the search stops sampling
+
+
+def trial_work(budget, model: nn.Module, in_chans: int, image_size: int, num_train: int) -> float:
+    """Work of one epoch, in multiply-accumulates (forward pass at batch 1 x training images);
+    0 (not measured) when the search has no deadline."""
+    if budget.deadline is None:
+        return 0.0
+    try:
+        return count_macs(model, in_chans, image_size) * max(1, num_train)
+    except Exception:  # a model the FLOP counter cannot trace gets no estimate (it is never skipped)
+        return 0.0
+
+
+def note_speed(budget, epoch_seconds: float, work: float) -> None:
+    """Remember seconds per unit of work from a trial's first epoch (training + evaluation)."""
+    if work > 0 and epoch_seconds > 0:
+        budget.__dict__.setdefault("speeds", []).append(epoch_seconds / work)
+
+
+def estimate_seconds(budget, work: float, epochs: int = MIN_EPOCHS) -> float | None:
+    """Seconds that ``epochs`` epochs of ``work`` should take, from the trials seen so far."""
+    speeds = budget.__dict__.get("speeds") or []
+    if work <= 0 or not speeds:
+        return None
+    return statistics.median(speeds) * work * epochs
+
+
+def check_affordable(budget, work: float) -> None:
+    """Before training: skip (prune at once) a trial that cannot finish ``MIN_EPOCHS``
+    epochs before the deadline; after ``MAX_SKIPS`` such in a row the search stops.
+
+    Raises:
+        optuna.TrialPruned: with the estimate, shown in the leaderboard.
+    """
+    import optuna
+
+    if budget.deadline is None:
+        return
+    needed = estimate_seconds(budget, work)
+    left = budget.left()
+    if needed is None or needed <= left:
+        budget.__dict__["skips"] = 0
+        return
+    budget.__dict__["skips"] = budget.__dict__.get("skips", 0) + 1
+    raise optuna.TrialPruned(f"not started: about {needed:.0f}s needed for {MIN_EPOCHS} epochs, {max(0.0, left):.0f}s left")
+
+
+def out_of_affordable_configs(budget) -> bool:
+    return budget.__dict__.get("skips", 0) >= MAX_SKIPS

@@ -84,6 +84,10 @@ class Budget:
     def can_start(self, min_epochs: int = 1) -> bool:
         if self.deadline is None:
             return True
+        from automl_vision.search.costs import out_of_affordable_configs
+
+        if out_of_affordable_configs(self):  # the last sampled configurations were all too costly
+            return False
         needed = (min(self.epoch_times) * min_epochs) if self.epoch_times else 0.0
         return self.left() > max(needed, 1.0)
 
@@ -150,6 +154,11 @@ class Objective:
             except Exception as exc:
                 raise RuntimeError(f"model family {cfg.family!r} failed to build {label}: {type(exc).__name__}: {exc}") from exc
             self._initialise(model, cfg, record)  # --pretrained / --weights / --init-from
+            # the budget: estimate the trial's cost first and skip it when it cannot finish in time
+            from automl_vision.search import costs
+
+            work = costs.trial_work(self.budget, model, self.data.in_chans, cfg.image_size, len(self.data.split_index["train"]))
+            costs.check_affordable(self.budget, work)
             n_params = count_params(model)
             record["params_count"] = n_params
             trial.set_user_attr("params_count", n_params)
@@ -172,6 +181,7 @@ class Objective:
             def plan(epochs_done: int, epoch_seconds: float) -> int:
                 if epochs_done == 1:
                     self.budget.epoch_times.append(epoch_seconds)
+                    costs.note_speed(self.budget, epoch_seconds, work)
                 left = self.budget.left()
                 if math.isinf(left):
                     return cfg.epochs

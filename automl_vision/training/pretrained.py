@@ -103,7 +103,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
     path = Path(path)
     try:
-        state = load_state_dict(str(path), map_location="cpu", weights_only=True)
+        state = load_state_dict(str(path), weights_only=True)
     except Exception as exc:  # the message says which file and why; no traceback for the user
         detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise UsageError(
@@ -366,9 +366,10 @@ def initialise(model: nn.Module, cfg, init: dict[str, Any], in_chans: int, num_c
         own = model.state_dict()
         for k, v in list(state.items()):
             if k in own and own[k].ndim == 4 and v.ndim == 4 and own[k].shape[1] != v.shape[1]:
-                from timm.layers import adapt_input_conv
+                from timm.models import adapt_input_conv
 
-                state[k] = adapt_input_conv(own[k].shape[1], v)  # greyscale <-> colour first convolution
+                # greyscale <-> colour first convolution, as timm adapts its pretrained stems
+                state[k] = adapt_input_conv(own[k].shape[1], v, base_chans=v.shape[1])
         missing, unexpected = model.load_state_dict(state, strict=False)
         missing = [k for k in missing if not _under(k.rsplit(".", 1)[0], head)]
         if missing or unexpected:
