@@ -415,3 +415,30 @@ def test_help_loads_no_plugin_and_no_torch(args):
     heavy = sorted(m for m in imported if m.split(".")[0] in ("torch", "timm", "optuna", "numpy", "sklearn")
                    or m.startswith(("automl_vision.plugins", "automl_vision.builtin")))
     assert heavy == []
+
+
+def test_models_naming_a_family_whose_plugin_is_missing_lists_the_loaded_families():
+    from automl_vision.search.space import families_and_models
+    from automl_vision.settings import SearchSettings
+
+    pm = PluginManager().load(entry_points=False)
+    settings = SearchSettings(data="x", run_dir="r", study_name="s", models=["mixer"])
+    with pytest.raises(UsageError, match=r"Model families loaded: cnn, timm \(a plugin's family needs its plugin"):
+        families_and_models(settings, pm)
+    pm.add_plugin(sys.modules.setdefault("automl_vision_test_mixer_family", _plugin_with_a_mixer_family()), name="mixer")
+    assert families_and_models(settings, pm) == (["mixer"], [])
+
+
+def _plugin_with_a_mixer_family():
+    import types
+
+    from automl_vision import hookimpl
+
+    module = types.ModuleType("automl_vision_test_mixer_family")
+
+    @hookimpl
+    def register_model_families(register):
+        register(ModelFamily("mixer", suggest=lambda t, c: {}, build=lambda p, **kw: nn.Identity()))
+
+    module.register_model_families = register_model_families
+    return module

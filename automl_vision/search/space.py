@@ -107,7 +107,12 @@ def families_and_models(settings: SearchSettings, pm: PluginManager) -> tuple[li
             raise UsageError(f"--models {','.join(timm_names)}: the timm family is not loaded")
         from automl_vision.builtin.timm_backbones import resolve_models
 
-        timm_names = resolve_models(timm_names)
+        try:
+            timm_names = resolve_models(timm_names)
+        except UsageError as exc:
+            # the name may be a plugin's family that is not installed: say which families exist
+            raise UsageError(f"{exc} Model families loaded: {', '.join(pm.model_families)} (a plugin's family needs "
+                             f"its plugin installed or given with --plugin; see 'automl-vision plugins').") from None
         if "timm" not in families:
             families.append("timm")
     return families, timm_names
