@@ -46,11 +46,14 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(exc, OSError) and exc.filename is None:
+            # a failed write names no file; say which one, e.g. for "disk full while writing ..."
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc
         raise
 
 

@@ -125,24 +125,27 @@ def test_ctrl_c_during_a_trial_keeps_finished_work_and_resumes(tmp_path, digits_
 
 
 # ---------------------------------------------------------------------------- SIGKILL
-def _moment_caching(out: Path) -> bool:
+def _new_trial_dirs(out: Path, old: set[str]) -> list[Path]:
+    return [d for d in out.glob("trials/*") if d.name not in old]
+
+
+def _moment_caching(out: Path, old: set[str]) -> bool:
     return any(out.glob("cache/*/images.npy.tmp")) and not any(out.glob("cache/*/manifest.json"))
 
 
-def _moment_training(out: Path) -> bool:
-    return any(not (h.parent / "status.json").exists() for h in out.glob("trials/*/history.json"))
+def _moment_training(out: Path, old: set[str]) -> bool:
+    return any((d / "history.json").exists() and not (d / "status.json").exists() for d in _new_trial_dirs(out, old))
 
 
-def _moment_checkpoint(out: Path) -> bool:
-    return any(out.glob("trials/*/.weights.safetensors.*.tmp")) or any(
-        not (w.parent / "status.json").exists() for w in out.glob("trials/*/weights.safetensors"))
+def _moment_checkpoint(out: Path, old: set[str]) -> bool:
+    return any(any(d.glob(".weights.safetensors.*.tmp")) or
+               ((d / "weights.safetensors").exists() and not (d / "status.json").exists())
+               for d in _new_trial_dirs(out, old))
 
 
-def _moment_final(out: Path) -> bool:
-    if (out / ".best.tmp").exists():
-        return True
-    done = [read_json(p) for p in out.glob("trials/*/status.json")]
-    return sum(1 for s in done if s and s.get("state") in ("COMPLETE", "PRUNED")) >= 3 and not (out / "final").exists()
+def _moment_final(out: Path, old: set[str]) -> bool:
+    # best/ is first written by the final evaluation (through .best.tmp), report.json last
+    return ((out / ".best.tmp").exists() or (out / "best").exists()) and not (out / "final" / "report.json").exists()
 
 
 def test_sigkill_at_each_moment_then_resume(tmp_path):
@@ -155,8 +158,9 @@ def test_sigkill_at_each_moment_then_resume(tmp_path):
     seen = []
     for i, (name, moment) in enumerate([("caching", _moment_caching), ("training", _moment_training),
                                         ("checkpoint", _moment_checkpoint), ("final", _moment_final)]):
+        old = {d.name for d in out.glob("trials/*")}  # trial dirs left by earlier runs do not count
         proc = _start(args, tmp_path / f"log{i}")
-        if _wait_for(proc, lambda: moment(out), poll=0.002):
+        if _wait_for(proc, lambda: moment(out, old), poll=0.002):
             os.killpg(proc.pid, signal.SIGKILL)
             assert proc.wait(timeout=60) == -signal.SIGKILL
             seen.append(name)

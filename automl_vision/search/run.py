@@ -24,7 +24,7 @@ from automl_vision.data.sources import load_dataset
 from automl_vision.plugins import PluginManager, get_plugin_manager
 from automl_vision.progress import make_progress
 from automl_vision.rundir import RunDir, read_json, write_json
-from automl_vision.search.objective import Budget, Objective, worker_id
+from automl_vision.search.objective import DISK_FULL, Budget, Objective, worker_id
 from automl_vision.search.study import open_study, redact
 from automl_vision.settings import PRESETS, SearchSettings, format_duration
 from automl_vision.training.device import ExecPath, apply_gpu_options, choose
@@ -35,8 +35,12 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 def _not_an_interrupt(record) -> bool:
     """Ctrl-C is not an error: Optuna's warning with the KeyboardInterrupt's traceback is
-    dropped (the trial's status says "interrupted" and the search prints a summary)."""
-    return not (record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt))
+    dropped (the trial's status says "interrupted" and the search prints a summary); so is
+    the traceback of a full disk."""
+    exc = record.exc_info[1] if record.exc_info else None
+    if isinstance(exc, OSError) and exc.errno in DISK_FULL:
+        return False  # a full disk stops the search with one clear message (cli.main)
+    return not isinstance(exc, KeyboardInterrupt)
 
 
 for _handler in optuna.logging._get_library_root_logger().handlers:
