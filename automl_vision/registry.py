@@ -111,7 +111,8 @@ class Registry(Generic[T]):
         close = difflib.get_close_matches(name, list(self._entries), n=3, cutoff=0.5)
         hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
         known = ", ".join(sorted(self._entries)) or "none"
-        return f"unknown {self.kind} {name!r}.{hint} Known: {known}."
+        return (f"unknown {self.kind} {name!r}.{hint} Known: {known}. If a plugin provides it, install the plugin "
+                f"or load it with --plugin; 'automl-vision plugins' shows what is loaded.")
 
     def names(self, pattern: str = "*") -> list[str]:
         """Usable names matching a shell-style wildcard, e.g. ``"f1_*"``."""

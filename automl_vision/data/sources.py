@@ -31,10 +31,7 @@ def resolve_source(location: str, pm: PluginManager) -> tuple[DatasetSource, str
         name, rest = m.group(1).lower(), m.group(2)
         if name in pm.datasets:
             return pm.datasets.get(name), rest
-        raise UsageError(
-            f"data {location!r}: " + pm.datasets.unknown_message(name)
-            + " Install the plugin that provides it, or pass a folder."
-        )
+        raise UsageError(f"data {location!r}: " + pm.datasets.unknown_message(name))
     for name in pm.datasets.all_names():
         for entry in pm.datasets.candidates(name):
             source = entry.obj
