@@ -155,6 +155,19 @@ def _status_kb() -> dict[str, int]:
     return out
 
 
+def _release_free_memory() -> None:
+    """Collect garbage and hand freed heap pages back to the OS, so that a run measured
+    after another one does not look smaller just because it reuses the first one's pages."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
 class MemoryWatch:
     """Peak resident memory while a block runs, sampled from ``/proc/self/status``.
 
@@ -183,6 +196,7 @@ class MemoryWatch:
             self._sample()
 
     def __enter__(self) -> "MemoryWatch":
+        _release_free_memory()
         self.start = _status_kb()
         self.peak = dict(self.start)
         self._thread = threading.Thread(target=self._loop, daemon=True)
