@@ -74,7 +74,8 @@ def search_quality(res: dict[str, Any]) -> str:
     head = f"Budget {budget:.0f} s per search" if budget else "No time budget (smoke setting)"
     head += f"; seeds {', '.join(map(str, s['seeds']))}; split {s['split']}"
     head += f"; search options {opts}." if opts else "; automl-vision's default search space."
-    out = [machine_line(res), "", head]
+    per_dataset = all("budget_seconds" in d for d in res["datasets"].values())
+    out = [machine_line(res), "", f"Split {s['split']}." if per_dataset else head]
     for name, d in res["datasets"].items():
         if "budget_seconds" in d:
             b = d["budget_seconds"]
