@@ -70,8 +70,8 @@ def anytime(run_dir: Path, start: float, end: float) -> dict[str, float | None]:
     return out
 
 
-def run_arm(data: Path, out: Path, arm: str, seed: int, budget: str, extra: list[str]) -> dict[str, Any]:
-    cmd = [sys.executable, "-m", "automl_vision.cli", "search", str(data), "--out", str(out), "--time-budget", budget,
+def run_arm(data: Path, out: Path, arm: str, seed: int, budget: list[str], extra: list[str]) -> dict[str, Any]:
+    cmd = [sys.executable, "-m", "automl_vision.cli", "search", str(data), "--out", str(out), *budget,
            "--seed", str(seed), "--plain", *ARMS[arm], *extra]
     t0 = time.time()
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=C.ROOT)
@@ -100,14 +100,15 @@ def main() -> None:
     ap.add_argument("--budget", default="3m", help="time budget per search (default: 3m)")
     ap.add_argument("--seeds", default="0,1,2", help="search seeds (default: 0,1,2)")
     ap.add_argument("--arms", default=",".join(ARMS), help=f"arms to run (default: {','.join(ARMS)})")
-    ap.add_argument("--quick", action="store_true", help="tiny smoke setting (seconds; figures mean nothing)")
+    ap.add_argument("--quick", action="store_true",
+                    help="tiny smoke setting: 5 trials of small CNNs at 16 px per arm (a minute or two; figures mean nothing)")
     ap.add_argument("--out", help="results JSON (default: benchmarks/results/search_strategy.json)")
     args = ap.parse_args()
     extra: list[str] = []
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-    budget = args.budget
-    if args.quick:
-        budget, seeds = "45s", [0]
+    budget = ["--time-budget", args.budget]
+    if args.quick:  # a fixed number of trials: on a busy machine a tiny time budget fits no trial
+        budget, seeds = ["--n-trials", "5"], [0]
         extra = ["--image-size", "16", "--models", "cnn", "--max-epochs", "2"]
     arms = [a for a in args.arms.split(",") if a]
     results: list[dict[str, Any]] = []

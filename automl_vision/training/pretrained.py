@@ -278,8 +278,11 @@ def configure(settings: SearchSettings, pm, log=print) -> None:
             from automl_vision.builtin.timm_backbones import default_models
 
             archs = timm_models or default_models(min(settings.image_sizes or [64]), settings.preset)
-            if "space" in o and "timm.arch" in o["space"]:
-                archs = list(o["space"]["timm.arch"])
+            if "timm.arch" in (o.get("space") or {}):
+                from automl_vision.builtin.timm_backbones import resolve_models
+
+                raw = o["space"]["timm.arch"]
+                archs = resolve_models([str(a) for a in (raw if isinstance(raw, list) else [raw])], what="space: timm.arch")
             init["hub"] = check_pretrained(archs)
             if "cnn" in families:
                 log("--pretrained: custom CNN trials train from scratch; timm backbones start from timm's weights")
