@@ -409,8 +409,10 @@ def print_summary(report: dict[str, Any], console=None) -> None:
         (f"best single: trial {report['best_trial']} ({report['best_model']}){best_extra}", report.get(split, {})),
         (f"ensemble ({ens_info['method']}: {members}){ens_extra}", ens_metrics),
     ]
-    for name, mets in rows:
-        table.add_row(name, *[f"{mets[c]:.4f}" if c in mets else "-" for c in cols])
+    from rich.markup import escape
+
+    for name, mets in rows:  # model labels and the [TTA, T] note are text, not rich markup
+        table.add_row(escape(name), *[f"{mets[c]:.4f}" if c in mets else "-" for c in cols])
     console.print(table)
     cal = report.get("calibration") or {}
     if cal.get("requested") and "best" in cal:
