@@ -117,3 +117,14 @@ def test_forced_execution_path_is_respected_and_bad_values_refused():
         choose("cpu", "fp16", "off")
     with pytest.raises(UsageError, match="--device"):
         choose("tpu", "auto", "auto")
+
+
+def test_python_api_search_stays_callable_after_its_submodules_are_imported(digits_dir, tmp_path):
+    import automl_vision
+    import automl_vision.search.run  # noqa: F401  (would shadow a plain function named search)
+
+    report = automl_vision.search(str(digits_dir), out=str(tmp_path / "api"), n_trials=1, max_epochs=1,
+                                  image_size=16, models="cnn")
+    assert callable(automl_vision.search)
+    assert report["best_trial"] == 0
+    assert (tmp_path / "api" / "final" / "report.json").exists()
