@@ -410,6 +410,11 @@ class RunData:
                     break
         if not params:
             params = {k[6:]: v for k, v in out["row"].items() if k.startswith("param_")}
+        if not params and out["config"]:
+            # no study: the trial's config.json holds what was sampled
+            cfg = out["config"]
+            params = {**(cfg.get("model_params") or {}),
+                      **{k: v for k, v in cfg.items() if not isinstance(v, (dict, list)) and k != "worker"}}
         out["params"] = params
         return out
 

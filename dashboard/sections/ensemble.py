@@ -63,28 +63,27 @@ def body() -> None:
     if final.get("note"):
         st.warning(final["note"])
 
-    left, right = st.columns([2, 3])
-    with left:
-        st.subheader("Members")
-        st.caption(f"Selection method: {ens.get('method', '?')} (chosen on validation probabilities)")
-        if members.empty:
-            st.info("The ensemble has no member.")
-        else:
-            members = members.rename(columns={"trial": "trial", "weight": "weight", "model": "model"})
-            st.dataframe(members, hide_index=True, width="stretch",
-                         column_config={"weight": st.column_config.ProgressColumn(format="%.2f", min_value=0, max_value=1)})
-            fig = px.bar(members, x="weight", y=members["trial"].map(lambda n: f"#{n}"), orientation="h", height=80 + 40 * len(members),
-                         text=members["weight"].map(lambda w: f"{w:.2f}"), labels={"y": "trial"})
-            fig.update_layout(margin=dict(l=10, r=10, t=10, b=10), xaxis_range=[0, 1])
-            st.plotly_chart(fig, width="stretch", key="weights")
-    with right:
-        st.subheader("Ensemble versus best single model")
-        table = comparison(final)
-        st.dataframe(table.style.format("{:.4f}", na_rep="-").apply(
-            lambda r: ["font-weight: bold" if r.name == metric else "" for _ in r], axis=1),
-            width="stretch", height=38 + 35 * len(table))
-        st.caption(f"Objective: {metric} ({final.get('direction', run.direction)}). The test split was used once, "
-                   "after the model was chosen on validation.")
+    st.subheader("Members")
+    st.caption(f"Selection method: {ens.get('method', '?')} (chosen on validation probabilities)")
+    if members.empty:
+        st.info("The ensemble has no member.")
+    else:
+        left, right = st.columns([3, 2])
+        left.dataframe(members, hide_index=True, width="stretch",
+                       column_config={"weight": st.column_config.ProgressColumn(format="%.2f", min_value=0, max_value=1)})
+        labels = members["trial"].map(lambda n: f"trial {n}")
+        fig = px.bar(members, x="weight", y=labels, orientation="h", height=90 + 36 * len(members),
+                     text=members["weight"].map(lambda w: f"{w:.2f}"), labels={"y": ""})
+        fig.update_layout(margin=dict(l=10, r=10, t=10, b=10), xaxis_range=[0, 1], yaxis_type="category")
+        right.plotly_chart(fig, width="stretch", key="weights", config={"displayModeBar": False})
+
+    st.subheader("Ensemble versus best single model")
+    table = comparison(final)
+    st.dataframe(table.style.format("{:.4f}", na_rep="-").apply(
+        lambda r: ["font-weight: bold" if r.name == metric else "" for _ in r], axis=1),
+        width="stretch", height=38 + 35 * len(table))
+    st.caption(f"Objective: {metric} ({final.get('direction', run.direction)}), in bold. The test split was used "
+               "once, after the model was chosen on validation.")
 
     st.subheader("Per-class metrics")
     splits = ["validation", "test"] if final.get("has_test") else ["validation"]

@@ -35,8 +35,11 @@ def history_figure(run: RunData) -> go.Figure:
     done = df[df["state"] == "COMPLETE"]
     if not done.empty:
         best = done["value"].cummax() if run.direction == "maximize" else done["value"].cummin()
-        fig.add_trace(go.Scatter(x=done["number"], y=best, mode="lines", name="best so far", line=dict(color="#c62828"),
+        fig.add_trace(go.Scatter(x=done["number"], y=best, mode="lines+markers", name="best so far",
+                                 line=dict(color="#c62828"), marker=dict(size=4),
                                  line_shape="hv"))
+    if len(df) <= 20:
+        fig.update_xaxes(dtick=1)  # whole trial numbers, not 0.5 steps
     fig.update_layout(xaxis_title="trial", yaxis_title=f"validation {run.metric}", height=420,
                       margin=dict(l=10, r=10, t=30, b=10), legend=dict(orientation="h"))
     return fig
@@ -58,6 +61,7 @@ def learning_curves(run: RunData, numbers: list[int], column: str) -> go.Figure:
             marker=dict(symbol=["circle"] * (len(part) - 1) + (["x"] if pruned else ["circle"]),
                         size=[6] * (len(part) - 1) + ([13] if pruned else [6])),
         ))
+    fig.update_xaxes(dtick=1 if hist["epoch"].max() <= 20 else None)
     fig.update_layout(xaxis_title="epoch", yaxis_title=column, height=420, margin=dict(l=10, r=10, t=30, b=10))
     return fig
 

@@ -29,8 +29,6 @@ def leaderboard_table(run: RunData, df: pd.DataFrame) -> pd.DataFrame:
         "family": df["family"].fillna(""),
         metric: pd.to_numeric(df["value"], errors="coerce"),
     })
-    for c in sorted(c for c in df.columns if c.startswith("val_") and c != f"val_{metric}"):
-        out[c[4:]] = pd.to_numeric(df[c], errors="coerce")
     for i, name in enumerate(run.objectives[1:], start=1):
         if f"objective_{i}" in df:
             out[name] = pd.to_numeric(df[f"objective_{i}"], errors="coerce")
@@ -45,6 +43,9 @@ def leaderboard_table(run: RunData, df: pd.DataFrame) -> pd.DataFrame:
     lr_cols = [c for c in df.columns if c.startswith("param_lr.")]
     if lr_cols:
         out["lr"] = df[lr_cols].bfill(axis=1).iloc[:, 0]
+    # the other validation metrics come after the columns people sort and filter on
+    for c in sorted(c for c in df.columns if c.startswith("val_") and c != f"val_{metric}"):
+        out[c[4:]] = pd.to_numeric(df[c], errors="coerce")
     out["note"] = df.get("reason", pd.Series([""] * len(df), index=df.index)).fillna("")
     return out.reset_index(drop=True)
 
@@ -125,7 +126,7 @@ def trial_detail(run: RunData, numbers: list[int]) -> None:
     c5.metric("Parameters", f"{float(pc) / 1e6:.2f} M" if pc is not None and pd.notna(pc) else "-")
     reason = rec.get("reason") or row.get("reason")
     if reason:
-        (st.error if state == "FAIL" else st.info)(f"{state.lower()}: {reason}")
+        (st.error if state == "FAIL" else st.info)(f"Why it stopped: {reason}")
     if rec.get("traceback"):
         with st.expander("Traceback of the failed trial"):
             st.code(rec["traceback"], language="text")
@@ -141,9 +142,14 @@ def trial_detail(run: RunData, numbers: list[int]) -> None:
             chosen = st.multiselect("Curves", val_cols + [c for c in ("train_loss", "lr") if c in hist],
                                     default=[c for c in (default, "train_loss") if c], key=f"curves_{number}")
             fig = go.Figure()
-            for c in chosen:
+            palette = ["#1565c0", "#c62828", "#2e7d32", "#6a1b9a", "#ef6c00", "#00838f", "#5d4037", "#ad1457"]
+            for i, c in enumerate(chosen):
+                train = c in ("train_loss", "lr")
+                # training curves dashed on their own axis, so they never read as a validation curve
                 fig.add_trace(go.Scatter(x=hist["epoch"], y=hist[c], mode="lines+markers", name=c,
-                                         yaxis="y2" if c in ("train_loss", "lr") else "y"))
+                                         line=dict(color=palette[i % len(palette)], dash="dash" if train else "solid"),
+                                         yaxis="y2" if train else "y"))
+            fig.update_xaxes(dtick=1)
             fig.update_layout(height=340, margin=dict(l=10, r=10, t=30, b=10), xaxis_title="epoch",
                               yaxis_title="validation", yaxis2=dict(title="train", overlaying="y", side="right"),
                               legend=dict(orientation="h"))

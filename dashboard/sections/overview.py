@@ -100,7 +100,7 @@ def body() -> None:
             fig = px.bar(df, x="trials", y="state", orientation="h", color="state", color_discrete_map=STATE_COLOURS,
                          height=60 + 40 * len(df), text="trials")
             fig.update_layout(showlegend=False, margin=dict(l=10, r=10, t=10, b=10))
-            st.plotly_chart(fig, width="stretch")
+            st.plotly_chart(fig, width="stretch", config={"displayModeBar": False})
         else:
             st.write("No trial yet.")
         settings = run.run.get("settings") or {}

@@ -1,0 +1,282 @@
+"""Each dashboard page, run by Streamlit's AppTest on a run directory made by a real search.
+
+The pages are driven as a user would: switching pages, picking filters and trials; every
+test also checks that no exception reached the page.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("streamlit")
+from streamlit.testing.v1 import AppTest  # noqa: E402
+
+from dashboard import APP  # noqa: E402
+from dashboard.data import ENV_RUNS, ENV_STORAGE, ENV_STUDY, RunData  # noqa: E402
+
+TIMEOUT = 180  # the machine running the tests may be busy; this is a limit, not a measurement
+
+
+def open_page(monkeypatch, runs, page: str | None = None) -> AppTest:
+    monkeypatch.setenv(ENV_RUNS, os.pathsep.join(str(r) for r in runs))
+    monkeypatch.delenv(ENV_STORAGE, raising=False)
+    monkeypatch.delenv(ENV_STUDY, raising=False)
+    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT).run()
+    if page:
+        at.switch_page(f"sections/{page}.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def texts(at: AppTest) -> str:
+    parts = [e.value for kind in ("title", "header", "subheader", "markdown", "caption", "info", "warning", "error",
+                                  "success") for e in getattr(at, kind)]
+    return "\n".join(str(p) for p in parts)
+
+
+def trial_dirs(run: Path) -> list[int]:
+    return sorted(int(p.name) for p in (run / "trials").iterdir() if (p / "status.json").exists())
+
+
+@pytest.fixture(scope="module")
+def other_run(tiny_run, tmp_path_factory) -> Path:
+    """A second run directory to compare with: a copy whose best trial scored differently."""
+    dst = tmp_path_factory.mktemp("runs") / "copy"
+    shutil.copytree(tiny_run, dst, ignore=shutil.ignore_patterns("cache"))
+    return dst
+
+
+def test_overview_shows_dataset_budget_best_and_states(monkeypatch, tiny_run):
+    at = open_page(monkeypatch, [tiny_run])
+    report = json.loads((tiny_run / "data_report.json").read_text())
+    assert at.title[0].value == f"Run {tiny_run.name}"
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Trials"] == str(len(trial_dirs(tiny_run)))
+    final = json.loads((tiny_run / "final" / "report.json").read_text())
+    assert metrics["Best validation accuracy"] == f"{final['best_val']['accuracy']:.4f}"
+    counts = at.dataframe[0].value
+    assert list(counts.columns) == ["train", "val", "test"]
+    assert int(counts.loc["total"].sum()) == report["num_images"]
+    assert "Skipped files (0)" in [e.label for e in at.expander]
+    assert "Deliverable" in texts(at)
+
+
+def test_leaderboard_lists_every_trial_filters_and_opens_a_trial(monkeypatch, tiny_run):
+    at = open_page(monkeypatch, [tiny_run], "leaderboard")
+    table = at.dataframe[0].value
+    assert sorted(table["trial"]) == trial_dirs(tiny_run)
+    states = {json.loads((tiny_run / "trials" / f"{n:05d}" / "status.json").read_text())["state"] for n in trial_dirs(tiny_run)}
+
+    state = sorted(states)[0]
+    at.multiselect(key="lb_state").set_value([state]).run()
+    filtered = at.dataframe[0].value
+    assert set(filtered["state"]) == {state.lower()}
+    at.multiselect(key="lb_state").set_value([]).run()
+
+    at.selectbox(key="lb_sort").set_value("trial").run()
+    at.toggle(key="lb_ascending").set_value(True).run()
+    assert list(at.dataframe[0].value["trial"]) == trial_dirs(tiny_run)
+
+    last = trial_dirs(tiny_run)[-1]
+    at.selectbox(key="trial_pick").set_value(last).run()
+    assert not at.exception
+    status = json.loads((tiny_run / "trials" / f"{last:05d}" / "status.json").read_text())
+    assert at.header[0].value == f"Trial {last}: {status['model']}"
+    assert {m.label: m.value for m in at.metric}["Epochs run"] == str(status["epochs"])
+    params = next(df.value for df in at.dataframe if "value" in df.value.columns)
+    assert "optimizer" in params.index
+
+
+def test_search_insight_history_curves_and_graceful_importances(monkeypatch, tiny_run):
+    at = open_page(monkeypatch, [tiny_run], "insight")
+    charts = {c.proto.id for c in at.get("plotly_chart")}
+    assert len(charts) >= 2  # history and learning curves at least
+    run = RunData(tiny_run)
+    n_complete = int((run.leaderboard["state"] == "COMPLETE").sum())
+    if n_complete < 2:
+        assert f"at least 2 complete trials; this run has {n_complete}" in texts(at)
+    else:
+        assert "importances" in json.dumps([c.proto.spec for c in at.get("plotly_chart")]).lower() or len(charts) >= 3
+    assert "Pareto front is shown for multi-objective runs" in texts(at)
+    # learning curves: pick one trial only, the chart follows
+    first = trial_dirs(tiny_run)[0]
+    at.multiselect(key="lc_trials").set_value([first]).run()
+    assert not at.exception
+    curve = next(c for c in at.get("plotly_chart") if f"#{first} (" in c.proto.spec)
+    assert curve is not None
+
+
+def test_ensemble_page_members_weights_and_per_class(monkeypatch, tiny_run):
+    at = open_page(monkeypatch, [tiny_run], "ensemble")
+    ens = json.loads((tiny_run / "ensemble.json").read_text())
+    members = at.dataframe[0].value
+    assert list(members["trial"]) == [m["trial"] for m in ens["members"]]
+    assert members["weight"].sum() == pytest.approx(1.0)
+    comparison = at.dataframe[1].value
+    final = json.loads((tiny_run / "final" / "report.json").read_text())
+    assert comparison.loc["accuracy", "ensemble · test"] == pytest.approx(final["ensemble"]["test"]["accuracy"])
+    assert comparison.loc["accuracy", "best single · validation"] == pytest.approx(final["best_val"]["accuracy"])
+    per_class = [df.value for df in at.dataframe[2:]]
+    assert len(per_class) == 2  # validation and test
+    classes = json.loads((tiny_run / "data_report.json").read_text())["classes"]
+    for table in per_class:
+        assert list(table.index) == classes
+        assert {"best single f1", "ensemble f1", "support"} <= set(table.columns)
+    val_support = per_class[0]["support"].sum()
+    assert val_support == len(np.load(tiny_run / "final" / "val_labels.npy"))
+
+
+def test_errors_page_confusion_gallery_and_grad_cam(monkeypatch, tiny_run):
+    at = open_page(monkeypatch, [tiny_run], "errors")
+    probs = np.load(tiny_run / "final" / "test_probs_best.npy")
+    labels = np.load(tiny_run / "final" / "test_labels.npy")
+    per_class = at.dataframe[0].value
+    assert int(per_class["support"].sum()) == len(labels)
+    n_wrong = int((probs.argmax(1) != labels).sum())
+    captions = [c for img in at.image for c in img.captions]
+    gallery = [c for c in captions if " → predicted " in c]
+    assert len(gallery) == min(12, n_wrong)
+    assert any(c.startswith("Grad-CAM for class") for c in captions), captions
+    assert "Red marks the pixels" in texts(at)
+    # explain another class: the page recomputes without error
+    classes = json.loads((tiny_run / "data_report.json").read_text())["classes"]
+    at.selectbox(key="cam_target").set_value(classes[-1]).run()
+    assert not at.exception
+    captions = [c for img in at.image for c in img.captions]
+    assert f"Grad-CAM for class {classes[-1]}" in captions
+
+
+def test_compare_runs_side_by_side(monkeypatch, tiny_run, other_run):
+    at = open_page(monkeypatch, [tiny_run, other_run], "compare")
+    table = at.dataframe[0].value
+    assert list(table.columns) == [tiny_run.name, other_run.name]
+    assert table.loc["trials", tiny_run.name] == str(len(trial_dirs(tiny_run)))
+    one = open_page(monkeypatch, [tiny_run], "compare")
+    assert "Comparing needs two or more runs" in texts(one)
+
+
+# ------------------------------------------------------------------ empty and odd states
+PAGES = ["overview", "leaderboard", "insight", "ensemble", "errors", "compare"]
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_missing_directory_and_not_yet_a_run(monkeypatch, tmp_path, page):
+    at = open_page(monkeypatch, [tmp_path / "nope"], page)
+    if page != "compare":
+        assert "does not exist" in texts(at)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    at = open_page(monkeypatch, [empty], page)
+    if page != "compare":
+        assert "not a run directory yet" in texts(at)
+
+
+@pytest.fixture()
+def started_run(tiny_run, tmp_path) -> Path:
+    """A run as it looks just after the data was prepared: no trial finished, no final report."""
+    run = tmp_path / "started"
+    run.mkdir()
+    for name in ("run.json", "data_report.json", "splits.json"):
+        shutil.copy(tiny_run / name, run / name)
+    info = json.loads((run / "run.json").read_text())
+    info.pop("finished", None)
+    (run / "run.json").write_text(json.dumps(info))
+    return run
+
+
+@pytest.mark.parametrize("page,message", [
+    ("overview", "No trial has finished yet"),
+    ("leaderboard", "No trial yet"),
+    ("insight", "No trial yet"),
+    ("ensemble", "no final evaluation yet"),
+    ("errors", "no final evaluation yet"),
+])
+def test_no_finished_trial_yet(monkeypatch, started_run, page, message):
+    at = open_page(monkeypatch, [started_run], page)
+    assert message in texts(at)
+
+
+@pytest.fixture()
+def older_run(tiny_run, tmp_path) -> Path:
+    """A run directory as an older version might leave it: no layout version, no journal, no val labels."""
+    run = tmp_path / "older"
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("cache", "study.journal", "val_labels.npy"))
+    info = json.loads((run / "run.json").read_text())
+    info.pop("layout_version", None)
+    (run / "run.json").write_text(json.dumps(info))
+    return run
+
+
+@pytest.mark.parametrize("page", PAGES[:5])
+def test_older_run_directory_shows_what_it_can(monkeypatch, older_run, page):
+    at = open_page(monkeypatch, [older_run], page)
+    shown = texts(at)
+    assert "written by an older automl-vision" in shown
+    assert not at.error, [e.value for e in at.error]
+    if page == "insight":
+        assert "study journal" in shown
+    if page == "ensemble":
+        assert "per-class validation metrics need final/val_labels.npy" in shown
+    if page == "errors":
+        # no cache to read images from, and the data folder is elsewhere: a message per image, no crash
+        assert at.get("plotly_chart")
+
+
+def test_damaged_file_is_a_message_not_a_traceback(monkeypatch, tiny_run, tmp_path):
+    run = tmp_path / "damaged"
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("cache"))
+    (run / "final" / "report.json").write_text('{"metric": "accuracy", "best_tr')
+    at = open_page(monkeypatch, [run], "ensemble")
+    assert at.error and "could not be shown" in at.error[0].value
+
+
+def test_study_only_from_storage(monkeypatch, tiny_run):
+    """--storage URL --study-name NAME: the study alone (here the run's journal file) fills the leaderboard."""
+    name = json.loads((tiny_run / "run.json").read_text())["study_name"]
+    monkeypatch.setenv(ENV_RUNS, "")
+    monkeypatch.setenv(ENV_STORAGE, str(tiny_run / "study.journal"))
+    monkeypatch.setenv(ENV_STUDY, name)
+    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT).run()
+    at.switch_page("sections/leaderboard.py").run()
+    assert not at.exception
+    assert sorted(at.dataframe[0].value["trial"]) == trial_dirs(tiny_run)
+
+
+def test_a_running_search_refreshes_and_new_trials_appear(monkeypatch, started_run, tiny_run):
+    at = open_page(monkeypatch, [started_run], "leaderboard")
+    assert at.toggle(key="auto_refresh").value is True  # the run has no 'finished': a search is writing to it
+    assert "No trial yet" in texts(at)
+    # a trial finishes: its files appear atomically, as the search writes them
+    first = trial_dirs(tiny_run)[0]
+    shutil.copytree(tiny_run / "trials" / f"{first:05d}", started_run / "trials" / f"{first:05d}")
+    at.run()
+    assert not at.exception
+    assert list(at.dataframe[0].value["trial"]) == [first]
+    done = open_page(monkeypatch, [tiny_run])
+    assert done.toggle(key="auto_refresh").value is False
+
+
+# ------------------------------------------------------------------ the command
+def test_dashboard_command_refuses_bad_input_clearly(tmp_path):
+    import socket
+
+    from conftest import run_cli
+
+    proc = run_cli("dashboard", tmp_path / "missing")
+    assert proc.returncode == 2 and "no such run directory" in proc.stderr and "Traceback" not in proc.stderr
+    proc = run_cli("dashboard")
+    assert proc.returncode == 2 and "give a run directory" in proc.stderr
+    proc = run_cli("dashboard", "--storage", "sqlite:///x.db")
+    assert proc.returncode == 2 and "--study-name" in proc.stderr
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        proc = run_cli("dashboard", tmp_path, "--port", str(port))
+    assert proc.returncode == 2 and f"cannot listen on 127.0.0.1:{port}" in proc.stderr and "--port" in proc.stderr
