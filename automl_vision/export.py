@@ -195,8 +195,8 @@ def default_out(rd: RunDir, fmt: str, kind: str) -> Path:
 
 
 def sidecar(out: Path) -> Path:
-    """``model.onnx`` -> ``model.preprocessing.json``."""
-    return out.with_name(out.stem + ".preprocessing.json")
+    """``model.onnx`` -> ``model.onnx.preprocessing.json`` (two formats of one model never share a file)."""
+    return out.with_name(out.name + ".preprocessing.json")
 
 
 def export(run_dir: str | os.PathLike, fmt: str, out: str | os.PathLike | None = None, model: str = "auto",

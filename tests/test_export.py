@@ -54,7 +54,7 @@ def test_onnx_ensemble_is_one_graph_that_onnxruntime_serves_with_the_json_alone(
     assert main(["export", str(ensembled_run), "--format", "onnx", "--model", "ensemble", "--out", str(out)]) == 0
     stdout = capsys.readouterr().out
     assert "verified with onnxruntime" in stdout
-    meta = json.loads((tmp_path / "ensemble.preprocessing.json").read_text())
+    meta = json.loads((tmp_path / "ensemble.onnx.preprocessing.json").read_text())
     members = json.loads((ensembled_run / "ensemble.json").read_text())["members"]
     assert meta["model"] == "ensemble" and len(meta["members"]) == len(members) >= 2
     assert meta["classes"] == [str(i) for i in range(10)] and meta["image_size"] == 16 and meta["in_chans"] == 1
@@ -80,7 +80,7 @@ def test_torchscript_best_model_loads_with_torch_jit_and_matches(ensembled_run, 
 
     assert main(["export", str(ensembled_run), "--format", "torchscript", "--model", "best", "--out", str(tmp_path)]) == 0
     out = tmp_path / "best.pt"
-    meta = json.loads((tmp_path / "best.preprocessing.json").read_text())
+    meta = json.loads((tmp_path / "best.pt.preprocessing.json").read_text())
     assert meta["file"] == "best.pt" and meta["verified"]["runtime"].startswith("torch.jit.load")
     loaded = torch.jit.load(str(out))
     paths = real_images(ensembled_run)
@@ -98,7 +98,7 @@ def test_state_dict_rebuilds_from_its_json(ensembled_run, tmp_path, capsys):
 
     out = tmp_path / "weights.safetensors"
     assert main(["export", str(ensembled_run), "--format", "state-dict", "--model", "best", "--out", str(out)]) == 0
-    meta = json.loads((tmp_path / "weights.preprocessing.json").read_text())
+    meta = json.loads((tmp_path / "weights.safetensors.preprocessing.json").read_text())
     arch = meta["architecture"]
     net = build_model(arch)
     net.load_state_dict(load_file(str(out)))

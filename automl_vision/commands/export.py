@@ -13,7 +13,7 @@ def add_parser(sub) -> None:
         description=HELP + ". ONNX and TorchScript exports take uint8 images (N, C, S, S) and return class "
         "probabilities, with normalisation, test-time augmentation, the ensemble vote and the temperature inside; "
         "the ensemble is exported as one graph. The preprocessing (size, colour mode, mean, std, classes) is "
-        "written beside the export as NAME.preprocessing.json. The export is loaded back (onnxruntime, "
+        "written beside the export as FILE.preprocessing.json (e.g. model.onnx.preprocessing.json). The export is loaded back (onnxruntime, "
         "torch.jit.load, safetensors) and compared with PyTorch on real images of the run before it is kept.",
     )
     p.add_argument("run_dir", metavar="RUN_DIR", help="the run directory of a search (its --out)")
