@@ -22,7 +22,7 @@ import pytest
 from PIL import Image
 
 from automl_vision.data import cache
-from automl_vision.rundir import RunDir, atomic_write_bytes, load_weights, read_json, read_npy, save_weights, write_json, write_npy
+from automl_vision.rundir import atomic_write_bytes, load_weights, read_json, read_npy, save_weights, write_json, write_npy
 from automl_vision.types import Sample
 from conftest import ROOT, cli_env, run_cli, write_colour_shapes
 
@@ -178,6 +178,7 @@ def test_sigkill_at_each_moment_then_resume(tmp_path):
     study = _study(out)
     assert sum(t.state.name in ("COMPLETE", "PRUNED") for t in study.trials) >= 3
     assert read_json(out / "final" / "report.json")["best_trial"] in now
+    print("kill moments caught:", seen)
     assert seen, "no moment was caught: the test did not kill anything"
 
 
