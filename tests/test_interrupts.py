@@ -124,6 +124,27 @@ def test_ctrl_c_during_a_trial_keeps_finished_work_and_resumes(tmp_path, digits_
     assert (out / "final" / "report.json").exists()
 
 
+def test_ctrl_c_while_caching_exits_cleanly_and_the_cache_is_rebuilt(tmp_path):
+    data = write_colour_shapes(tmp_path / "shapes", per_class=150, size=160, fmt="png")
+    out = tmp_path / "run"
+    proc = _start(_search_args(data, out, n_trials=1, epochs=1), tmp_path / "log")
+    caught = _wait_for(proc, lambda: any(out.glob("cache/*/images.npy.tmp")) and not any(out.glob("cache/*/manifest.json")),
+                       poll=0.002)
+    if not caught:
+        pytest.skip("the cache was built before the test could interrupt it (machine too fast for this data)")
+    os.killpg(proc.pid, signal.SIGINT)
+    assert proc.wait(timeout=120) == 130
+    log = (tmp_path / "log").read_text()
+    assert "Traceback" not in log and "interrupted (Ctrl-C)" in log
+    assert not any(out.glob("cache/*/manifest.json"))  # the half-built cache is not marked complete
+    from automl_vision.builtin.image_folder import load_image_folder
+    from automl_vision.data.prepare import prepare
+    from automl_vision.rundir import RunDir
+
+    again = prepare(load_image_folder(str(data)), RunDir(out), image_size=16)  # rebuilds it
+    assert np.asarray(again.images(16)).reshape(len(again.samples), -1).max(axis=1).min() > 0  # no black rows
+
+
 # ---------------------------------------------------------------------------- SIGKILL
 def _new_trial_dirs(out: Path, old: set[str]) -> list[Path]:
     return [d for d in out.glob("trials/*") if d.name not in old]
