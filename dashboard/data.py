@@ -112,8 +112,10 @@ def open_storage(url: str):
         return _journal(Path(path))
     if "://" not in url:
         raise NotAvailable(f"storage {redact(url)!r} is not a database URL (postgresql://…, sqlite:///…) or a .journal file")
+    from automl_vision.search.study import driver_url
+
     # skip_table_creation: the dashboard only reads and must never create tables in someone's database
-    return optuna.storages.RDBStorage(url, skip_table_creation=True)
+    return optuna.storages.RDBStorage(driver_url(url), skip_table_creation=True)
 
 
 def _journal(path: Path):

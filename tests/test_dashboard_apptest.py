@@ -280,3 +280,88 @@ def test_dashboard_command_refuses_bad_input_clearly(tmp_path):
         port = busy.getsockname()[1]
         proc = run_cli("dashboard", tmp_path, "--port", str(port))
     assert proc.returncode == 2 and f"cannot listen on 127.0.0.1:{port}" in proc.stderr and "--port" in proc.stderr
+
+
+# ------------------------------------------------------------------ a study in a real PostgreSQL database
+@pytest.fixture(scope="module")
+def postgres():
+    import pgserver
+
+    try:
+        server = pgserver.start()
+    except pgserver.Unavailable as exc:
+        pytest.skip(f"no PostgreSQL server can be started here: {exc}")
+    yield server
+    server.stop()
+
+
+def test_study_in_postgres_alone_and_with_its_run_directory(monkeypatch, tiny_run, tmp_path, postgres):
+    import optuna
+
+    from automl_vision.rundir import read_json
+
+    name = read_json(tiny_run / "run.json")["study_name"]
+    url = postgres.create_database("dashboard_study")
+    # the run's study, as a distributed search would have kept it: in the database
+    journal = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(tiny_run / "study.journal")))
+    from automl_vision.search.study import driver_url
+
+    optuna.copy_study(from_study_name=name, from_storage=journal, to_storage=driver_url(url), to_study_name=name)
+    run = tmp_path / "pg-run"
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("cache", "study.journal"))
+
+    # --storage URL --study-name NAME, no run directory
+    monkeypatch.setenv(ENV_RUNS, "")
+    monkeypatch.setenv(ENV_STORAGE, url)
+    monkeypatch.setenv(ENV_STUDY, name)
+    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT).run()
+    at.switch_page("sections/leaderboard.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert sorted(at.dataframe[0].value["trial"]) == trial_dirs(tiny_run)
+
+    # RUN_DIR --storage URL: the run's files and the study's trials together, search insight from the database
+    monkeypatch.setenv(ENV_RUNS, str(run))
+    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT).run()
+    at.switch_page("sections/insight.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert "cannot be read" not in texts(at)
+    at.switch_page("sections/leaderboard.py").run()
+    params = next(df.value for df in at.dataframe if "value" in df.value.columns)
+    assert "optimizer" in params.index
+
+
+def test_wrong_database_is_a_message_and_is_left_untouched(monkeypatch, tmp_path, postgres):
+    import psycopg2
+
+    url = postgres.create_database("not_a_study")
+    monkeypatch.setenv(ENV_RUNS, "")
+    monkeypatch.setenv(ENV_STORAGE, url)
+    monkeypatch.setenv(ENV_STUDY, "digits")
+    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT).run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert "not a run directory yet" in texts(at) and "postgresql://" in texts(at)
+    conn = psycopg2.connect(host="127.0.0.1", port=postgres.port, user=postgres.user, dbname="not_a_study")
+    with conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public'")
+        assert cur.fetchone()[0] == 0  # the dashboard only reads: no Optuna tables were created
+    conn.close()
+
+
+def test_the_dashboard_never_imports_the_trainer(tiny_run):
+    """Every page, run in a fresh interpreter: the trainer's modules are never loaded."""
+    import subprocess
+    import sys
+
+    script = f"""
+import os, sys
+os.environ[{ENV_RUNS!r}] = {str(tiny_run)!r}
+from streamlit.testing.v1 import AppTest
+at = AppTest.from_file({str(APP)!r}, default_timeout={TIMEOUT}).run()
+for page in {PAGES!r}:
+    at.switch_page("sections/" + page + ".py").run()
+    assert not at.exception, (page, [e.value for e in at.exception])
+print(sorted(m for m in sys.modules if m.startswith("automl_vision.training") or m == "automl_vision.search.objective"))
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().splitlines()[-1] == "[]"

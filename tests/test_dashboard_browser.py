@@ -158,15 +158,16 @@ def test_leaderboard_lists_trials_and_a_click_opens_the_detail(tiny_run, server,
 def test_every_page_renders_without_an_error(tiny_run, server, browser, tmp_path):
     from selenium.webdriver.common.by import By
 
-    for path, title in (("overview", f"Run {tiny_run.name}"), ("insight", "Search insight"), ("ensemble", "Ensemble results"),
+    for path, title in (("", f"Run {tiny_run.name}"), ("insight", "Search insight"), ("ensemble", "Ensemble results"),
                         ("errors", "Errors and explanations"), ("compare", "Compare runs")):
         browser.get(f"{server}/{path}")
-        _wait(browser, lambda d: any(h.text == title for h in d.find_elements(By.TAG_NAME, "h1")), f"the {path} page")
+        _wait(browser, lambda d: any(h.text == title for h in d.find_elements(By.TAG_NAME, "h1")), f"the {path or 'overview'} page")
         # let the page finish running (the status widget disappears) before looking for errors
         _wait(browser, lambda d: not d.find_elements(By.CSS_SELECTOR, '[data-testid="stStatusWidget"]'), f"{path} to finish")
         assert not browser.find_elements(By.CSS_SELECTOR, '[data-testid="stException"]'), path
         assert not browser.find_elements(By.CSS_SELECTOR, '[data-testid="stAlertContentError"]'), path
-        browser.save_screenshot(str(tmp_path / f"dashboard-{path}.png"))
+        assert "Page not found" not in browser.find_element(By.TAG_NAME, "body").text, path
+        browser.save_screenshot(str(tmp_path / f"dashboard-{path or 'overview'}.png"))
     # the errors page shows the Grad-CAM overlay as an image
     browser.get(f"{server}/errors")
     _wait(browser, lambda d: "Grad-CAM for class" in d.find_element(By.TAG_NAME, "body").text, "the Grad-CAM overlay")

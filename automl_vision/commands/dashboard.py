@@ -74,7 +74,6 @@ def _is_loopback(host: str) -> bool:
 
 def run(args: argparse.Namespace) -> int:
     import os
-    import subprocess
     import sys
     from pathlib import Path
 
@@ -135,13 +134,9 @@ def run(args: argparse.Namespace) -> int:
     if not _is_loopback(args.host):
         print(f"warning: listening on {args.host}: anyone who can reach this address sees the run, its images and "
               "file paths, and can run Grad-CAM on this machine; the dashboard has no login.", file=sys.stderr, flush=True)
-    proc = subprocess.Popen(cmd, env=env)
-    try:
-        return proc.wait()
-    except KeyboardInterrupt:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        return 130
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # become the Streamlit server: Ctrl-C and a service manager's SIGTERM reach it directly,
+    # and no server is left behind when this process is stopped
+    os.execve(sys.executable, cmd, env)
+    return 0  # pragma: no cover (execve does not return)

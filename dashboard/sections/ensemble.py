@@ -57,9 +57,9 @@ def body() -> None:
     members = pd.DataFrame(ens.get("members") or [])
     metric = final.get("metric", run.metric)
     deliverable = final.get("deliverable")
-    (st.success if deliverable == "ensemble" else st.info)(
-        f"Deliverable: **{'the ensemble' if deliverable == 'ensemble' else 'the best single model'}** "
-        f"(trial #{final.get('best_trial')}, {final.get('best_model')}) — {final.get('why', '')}.")
+    what = (f"the ensemble of {len(members)} models" if deliverable == "ensemble" else
+            f"the best single model, trial #{final.get('best_trial')} ({final.get('best_model')})")
+    (st.success if deliverable == "ensemble" else st.info)(f"Deliverable: **{what}** — {final.get('why', '')}.")
     if final.get("note"):
         st.warning(final["note"])
 

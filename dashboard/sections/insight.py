@@ -14,7 +14,7 @@ from dashboard.data import RunData, signature
 
 @st.cache_data(max_entries=8, show_spinner="computing parameter importances…")
 def _importances(choice: str, sig: tuple, _run: RunData) -> go.Figure:
-    # fANOVA fits a random forest: cached per run state so it is not refitted on every rerun
+    # cached per run state: the evaluator is not re-run on every rerun of the page
     from optuna.visualization import plot_param_importances
 
     target = (lambda t: t.values[0]) if len(_run.directions) > 1 else None
@@ -92,8 +92,10 @@ def body() -> None:
         else:
             try:
                 st.plotly_chart(_importances(str(run.path), signature(run.path), run), width="stretch", key="importances")
-                st.caption("fANOVA importance of each hyperparameter for the objective, over the complete trials "
-                           "(parameters that exist only in some models, e.g. a CNN's width, are left out).")
+                st.caption("How much each hyperparameter matters for the objective over the complete trials, by "
+                           "Optuna's default importance evaluator (PED-ANOVA in Optuna 5, fANOVA before); parameters "
+                           "that exist only in some models, e.g. a CNN's width, are left out. Few trials give rough "
+                           "estimates.")
             except Exception as exc:  # e.g. no parameter shared by every complete trial
                 st.info(f"Parameter importances cannot be computed for this run yet: {exc}")
     with tabs[2]:

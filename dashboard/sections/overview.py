@@ -50,8 +50,9 @@ def body() -> None:
 
     if run.final and not run.final.get("error"):
         f = run.final
-        st.success(f"Deliverable: **{f.get('deliverable')}** (best trial #{f.get('best_trial')}, {f.get('best_model')}) — "
-                   f"{f.get('why', '')}.")
+        what = ("the ensemble" if f.get("deliverable") == "ensemble" else
+                f"the best single model, trial #{f.get('best_trial')} ({f.get('best_model')})")
+        st.success(f"Deliverable: **{what}** — {f.get('why', '')}.")
     elif run.final and run.final.get("error"):
         st.warning(run.final["error"])
     elif not states.get("COMPLETE"):
@@ -74,7 +75,7 @@ def body() -> None:
                 f"{report.get('in_chans', '?')} channel(s) · split: {report.get('split_source', '?')} · "
                 f"source `{report.get('root', run.run.get('data', {}).get('root', '?'))}`")
             counts = run.split_counts()
-            st.dataframe(counts, width="stretch", height=min(400, 38 + 35 * len(counts)))
+            st.dataframe(counts, width="stretch", height=min(460, 40 + 35 * len(counts)))
             per_class = counts.drop(index="total", errors="ignore")
             if len(per_class) > 1:
                 long = per_class.reset_index(names="class").melt(id_vars="class", var_name="split", value_name="images")
