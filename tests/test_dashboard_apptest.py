@@ -365,3 +365,38 @@ print(sorted(m for m in sys.modules if m.startswith("automl_vision.training") or
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip().splitlines()[-1] == "[]"
+
+
+@pytest.fixture()
+def two_objective_run(tiny_run, tmp_path) -> Path:
+    """The tiny run's trials as a two-objective study (validation accuracy up, parameter count down)."""
+    import optuna
+
+    from automl_vision.rundir import read_json, write_json
+
+    run = tmp_path / "pareto"
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("cache", "study.journal"))
+    info = read_json(run / "run.json")
+    old = optuna.load_study(study_name=info["study_name"], storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(tiny_run / "study.journal"))))
+    study = optuna.create_study(study_name=info["study_name"], directions=["maximize", "minimize"],
+                                storage=optuna.storages.JournalStorage(
+                                    optuna.storages.journal.JournalFileBackend(str(run / "study.journal"))))
+    for t in old.get_trials():
+        done = t.state == optuna.trial.TrialState.COMPLETE
+        study.add_trial(optuna.trial.create_trial(
+            state=t.state, params=t.params, distributions=t.distributions, user_attrs=t.user_attrs,
+            values=[t.value, float(t.user_attrs.get("params_count", 0))] if done else None))
+    info.update(objectives=["accuracy", "params"], directions=["maximize", "minimize"])
+    write_json(run / "run.json", info)
+    return run
+
+
+def test_two_objective_run_shows_its_pareto_front(monkeypatch, two_objective_run):
+    at = open_page(monkeypatch, [two_objective_run], "insight")
+    specs = [c.proto.spec for c in at.get("plotly_chart")]
+    assert any("Pareto-front" in s or "Pareto Front" in s or "pareto" in s.lower() for s in specs)
+    assert "the Pareto front is shown for multi-objective runs" not in texts(at)
+    at.switch_page("sections/leaderboard.py").run()
+    assert not at.exception
+    assert "params" in at.dataframe[0].value.columns
