@@ -240,3 +240,20 @@ def test_search_flags_reach_the_final_step(flagged_search):
             (rd.trial_dir(m["trial"]) / "weights.safetensors").read_bytes()
     assert json.loads((flagged_search / "best" / "model.json").read_text())["source"].startswith("refit/")
     assert all(member["dir"].startswith("refit/") for member in ensemble["members"])
+
+
+def test_predictor_reproduces_a_calibrated_tta_refit_deliverable(flagged_search):
+    """Temperature, TTA and refit weights are all applied by the predictor as in the report."""
+    import automl_vision
+
+    rd = RunDir(flagged_search)
+    report = rd.read_final()
+    root = Path(rd.read_data_report()["root"])
+    files = [str(root / k) for k in report["test_keys"]]
+    for model, stored in (("best", "test_probs_best.npy"), ("ensemble", "test_probs_ensemble.npy")):
+        predictor = automl_vision.load(str(flagged_search), model=model)
+        expected = np.load(flagged_search / "final" / stored)
+        np.testing.assert_allclose(predictor.predict_proba(files), expected, atol=1e-5)
+    best = automl_vision.load(str(flagged_search), model="best")
+    assert best.module.temperature == pytest.approx(report["calibration"]["best"]["temperature"])
+    assert best.module.tta == report["tta"]["best"]["used"]

@@ -138,3 +138,29 @@ def test_export_bad_inputs_and_a_failed_check_leave_nothing(ensembled_run, tmp_p
                  "--out", str(out / "m.safetensors"), "--tolerance", "-1"]) == 1
     assert "verification failed" in capsys.readouterr().err
     assert list(out.iterdir()) == []
+
+
+def test_an_ensemble_of_two_input_sizes_is_one_onnx_graph_with_two_inputs(ensembled_run, tmp_path):
+    """Members trained at different resolutions: one uint8 input per size, same probabilities."""
+    import torch
+
+    from automl_vision.export import _export_onnx, _input_names, _run_onnx
+    from automl_vision.models import build_model
+    from automl_vision.predict import ProbabilityModel
+
+    spec = json.loads((ensembled_run / "best" / "model.json").read_text())
+    specs = [spec, {**spec, "image_size": 24, "mean": [0.3], "std": [0.25]}]
+    torch.manual_seed(0)
+    nets = [build_model(s).eval() for s in specs]
+    module = ProbabilityModel(nets, specs, [0.7, 0.3], temperature=1.5, tta=True)
+    assert module.sizes == [16, 24] and _input_names(module) == ["image_16px", "image_24px"]
+    paths = real_images(ensembled_run, n=5)
+    meta16, meta24 = {"image_size": 16, "in_chans": 1}, {"image_size": 24, "in_chans": 1}
+    inputs = [torch.from_numpy(preprocess_from_json(paths, meta16)), torch.from_numpy(preprocess_from_json(paths, meta24))]
+    with torch.no_grad():
+        expected = module(*inputs).numpy()
+    out = tmp_path / "two.onnx"
+    _export_onnx(module, inputs, out)
+    got = _run_onnx(out, _input_names(module), inputs)
+    np.testing.assert_allclose(got, expected, atol=1e-4)
+    np.testing.assert_allclose(got.sum(1), 1.0, atol=1e-5)
