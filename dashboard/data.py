@@ -491,11 +491,15 @@ class RunData:
         return probs or None
 
     # -------------------------------------------------------------- images
+    def _splits(self) -> dict[str, Any]:
+        # read once per RunData (a new one is made when the run changes): splits.json can be large
+        if not hasattr(self, "_splits_cache"):
+            self._splits_cache = (self.rd.read_splits() if self.rd else None) or {}
+            self._key_index = {k: i for i, k in enumerate(self._splits_cache.get("keys") or [])}
+        return self._splits_cache
+
     def split_keys(self, split: str) -> list[str]:
-        splits = self.rd.read_splits() if self.rd else None
-        if not splits:
-            return []
-        return list((splits.get("splits") or {}).get(split) or [])
+        return list((self._splits().get("splits") or {}).get(split) or [])
 
     def image(self, key: str, image_size: int | None = None, in_chans: int | None = None) -> np.ndarray:
         """One image as the models saw it, ``uint8 (H, W, C)``.
@@ -508,32 +512,21 @@ class RunData:
             raise NotAvailable("no run directory: images are read from its cache")
         in_chans = in_chans or int(self.data_report.get("in_chans") or self.run.get("data", {}).get("in_chans") or 3)
         image_size = image_size or int(self.data_report.get("image_size") or 0) or None
-        splits = self.rd.read_splits() or {}
-        keys = splits.get("keys") or []
+        self._splits()
         cached = self._cache(image_size, in_chans) if image_size else None
-        if cached is not None and key in self._key_index(tuple(keys)):
-            return np.asarray(cached[self._key_index(tuple(keys))[key]])
+        index = self._key_index.get(key)
+        if cached is not None and index is not None and index < len(cached):
+            return np.asarray(cached[index])
         return self._decode(key, image_size, in_chans)
 
     def _cache(self, image_size: int, in_chans: int) -> np.ndarray | None:
         directory = self.rd.cache_dir(image_size, in_chans)
-        manifest = read_json(directory / "manifest.json")
-        if manifest is None:
-            return None
+        if read_json(directory / "manifest.json") is None:
+            return None  # no cache, or one still being built
         try:
             return np.load(directory / "images.npy", mmap_mode="r", allow_pickle=False)
         except (OSError, ValueError):
             return None
-
-    _key_cache: dict[tuple, dict[str, int]] = {}
-
-    @classmethod
-    def _key_index(cls, keys: tuple) -> dict[str, int]:
-        h = hash(keys)
-        if h not in cls._key_cache:
-            cls._key_cache.clear()
-            cls._key_cache[h] = {k: i for i, k in enumerate(keys)}
-        return cls._key_cache[h]
 
     def data_root(self) -> Path | None:
         root = self.data_report.get("root") or self.run.get("data", {}).get("root")

@@ -17,7 +17,11 @@ def _importances(choice: str, sig: tuple, _run: RunData) -> go.Figure:
     # cached per run state: the evaluator is not re-run on every rerun of the page
     from optuna.visualization import plot_param_importances
 
-    target = (lambda t: t.values[0]) if len(_run.directions) > 1 else None
+    target = None
+    if len(_run.directions) > 1:
+        # with a custom target Optuna's evaluator assumes lower is better: flip a maximised objective
+        sign = -1.0 if _run.directions[0] == "maximize" else 1.0
+        target = lambda t: sign * t.values[0]  # noqa: E731
     return plot_param_importances(_run.study, target=target, target_name=_run.metric)
 
 
