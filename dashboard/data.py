@@ -471,8 +471,16 @@ class RunData:
         return probs.astype(np.float64), labels.astype(np.int64)
 
     def ensemble_val_probs(self) -> dict[str, np.ndarray] | None:
-        """Validation probabilities of the best single model and the ensemble, from the trials' files."""
+        """Validation probabilities of the best single model and the ensemble.
+
+        As delivered (``final/val_probs_*.npy``, after test-time augmentation when it was
+        kept); for older runs, rebuilt from the members' ``val_probs.npy`` and weights.
+        """
         final = self.final_or_raise()
+        if self.rd is not None:
+            stored = {w: read_npy(self.rd.final_dir / f"val_probs_{w}.npy") for w in ("best", "ensemble")}
+            if all(p is not None for p in stored.values()):
+                return {w: p.astype(np.float64) for w, p in stored.items()}
         members = (final.get("ensemble") or {}).get("members") or []
         best = final.get("best_trial")
         probs = {}

@@ -377,8 +377,11 @@ def finalize(run_dir: RunDir, data: PreparedData, pm: PluginManager, path: ExecP
             "no test split: the scores below are validation scores, which are optimistic because the "
             "validation split was used to select the model"
         )
-    # the dashboard's per-class validation metrics of the best model and the ensemble need the labels
+    # the dashboard's per-class validation metrics of the best model and the ensemble need the labels,
+    # and the probabilities as delivered (after test-time augmentation and temperature, when used)
     write_npy(run_dir.final_dir / "val_labels.npy", y_val)
+    write_npy(run_dir.final_dir / "val_probs_best.npy", np.asarray(best_val_p, dtype=np.float32))
+    write_npy(run_dir.final_dir / "val_probs_ensemble.npy", np.asarray(ens_val_p, dtype=np.float32))
     write_json(run_dir.path / "ensemble.json", {**ensemble_info, "selected": use_ensemble, "metric": metric})
     report["seconds"] = time.time() - t0
     write_json(run_dir.final_dir / "report.json", report)
