@@ -130,6 +130,11 @@ def test_ensemble_page_members_weights_and_per_class(monkeypatch, tiny_run):
         assert {"best single f1", "ensemble f1", "support"} <= set(table.columns)
     val_support = per_class[0]["support"].sum()
     assert val_support == len(np.load(tiny_run / "final" / "val_labels.npy"))
+    # per-class recall weighted by support is the accuracy the report gives, for both models
+    for table, who in ((per_class[0], "ensemble"), (per_class[1], "best single")):
+        acc = float((table[f"{who} recall"] * table["support"]).sum() / table["support"].sum())
+        expected = final["ensemble"]["val"] if who == "ensemble" else final["best_test"]
+        assert acc == pytest.approx(expected["accuracy"], abs=1e-9)
 
 
 def test_errors_page_confusion_gallery_and_grad_cam(monkeypatch, tiny_run):
