@@ -116,7 +116,10 @@ def _export_onnx(module: ProbabilityModel, example: list[torch.Tensor], path: Pa
                     torch.onnx.export(module, tuple(example), str(path), input_names=names,
                                       output_names=["probabilities"], dynamo=False, opset_version=17,
                                       dynamic_axes={**{n: {0: "batch"} for n in names}, "probabilities": {0: "batch"}})
-            return {"exporter": "torch.onnx (torch.export-based)" if dynamo else "torch.onnx (TorchScript-based)"}
+            info = {"exporter": "torch.onnx (torch.export-based)" if dynamo else "torch.onnx (TorchScript-based)"}
+            if errors:
+                info["fallback_reason"] = errors[0]
+            return info
         except Exception as exc:  # noqa: BLE001 - the next exporter is tried, and both errors reported
             errors.append(f"{'dynamo' if dynamo else 'torchscript'} exporter: {type(exc).__name__}: {exc}".splitlines()[0])
             path.unlink(missing_ok=True)

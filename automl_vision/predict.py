@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from automl_vision.data.images import ImageDecodeError, decode
-from automl_vision.rundir import RunDir, read_json
+from automl_vision.rundir import RunDir
 from automl_vision.types import UsageError
 
 MODEL_CHOICES = "auto, best, ensemble or trial:N"

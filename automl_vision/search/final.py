@@ -189,10 +189,6 @@ def refit_trial(run_dir: RunDir, number: int, data: PreparedData, pm: PluginMana
 
 
 # ------------------------------------------------------------------ finalize
-def _metric_or_nan(metrics: dict[str, float], name: str) -> float:
-    return float(metrics.get(name, float("nan")))
-
-
 def finalize(run_dir: RunDir, data: PreparedData, pm: PluginManager, path: ExecPath, metric: str,
              method: str = "greedy", max_members: int = 5, log=print, tta: bool | None = None,
              calibrate: bool | None = None, refit: bool | None = None, respect_budget: bool = True) -> dict[str, Any]:
