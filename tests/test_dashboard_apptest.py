@@ -161,6 +161,8 @@ def test_compare_runs_side_by_side(monkeypatch, tiny_run, other_run):
     at = open_page(monkeypatch, [tiny_run, other_run], "compare")
     table = at.dataframe[0].value
     assert list(table.columns) == [tiny_run.name, other_run.name]
+    # nothing stray on the page (an expression statement would be written by Streamlit's magic)
+    assert not [e.value for e in at.markdown if "None" in e.value]
     assert table.loc["trials", tiny_run.name] == str(len(trial_dirs(tiny_run)))
     one = open_page(monkeypatch, [tiny_run], "compare")
     assert "Comparing needs two or more runs" in texts(one)

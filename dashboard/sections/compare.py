@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pandas as pd
+import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
 
@@ -21,7 +22,10 @@ def body() -> None:
     runs, problems = [], []
     for c in picked:
         r = ui.load_run(c)
-        (problems.append(f"{c}: {r.problem()}") if r.problem() else runs.append(r))
+        if r.problem():
+            problems.append(f"{c}: {r.problem()}")
+        else:
+            runs.append(r)
     for p in problems:
         st.warning(p)
     if len(runs) < 2:
@@ -34,7 +38,8 @@ def body() -> None:
 
     st.subheader("Best validation score so far, by trial")
     fig = go.Figure()
-    for r in runs:
+    longest = 1
+    for i, r in enumerate(runs):
         df = r.leaderboard
         df = df[df["state"] == "COMPLETE"].copy()
         if df.empty:
@@ -42,8 +47,12 @@ def body() -> None:
         df["value"] = pd.to_numeric(df["value"], errors="coerce")
         df = df.dropna(subset=["value"]).sort_values("number")
         best = df["value"].cummax() if r.direction == "maximize" else df["value"].cummin()
+        longest = max(longest, len(df))
         fig.add_trace(go.Scatter(x=list(range(1, len(df) + 1)), y=best, mode="lines+markers", line_shape="hv",
-                                 name=f"{r.label} ({r.metric})"))
+                                 name=f"{r.label} ({r.metric})",
+                                 line=dict(color=px.colors.qualitative.D3[i % len(px.colors.qualitative.D3)])))
+    if longest <= 20:
+        fig.update_xaxes(dtick=1)
     fig.update_layout(xaxis_title="complete trials", yaxis_title="best validation score", height=380,
                       margin=dict(l=10, r=10, t=30, b=10), legend=dict(orientation="h"))
     st.plotly_chart(fig, width="stretch", key="cmp_history")
@@ -59,8 +68,6 @@ def body() -> None:
                 if m in mets:
                     rows.append({"run": r.label, "model": who, "metric": f"{m} ({split})", "value": mets[m]})
     if rows:
-        import plotly.express as px
-
         st.subheader("Final evaluation")
         fig = px.bar(pd.DataFrame(rows), x="metric", y="value", color="run", pattern_shape="model", barmode="group",
                      height=380)
