@@ -94,7 +94,7 @@ def check_run_dir(out: Path) -> dict[int, dict]:
 # ---------------------------------------------------------------------------- Ctrl-C
 def test_ctrl_c_during_a_trial_keeps_finished_work_and_resumes(tmp_path, digits_dir):
     out = tmp_path / "run"
-    args = _search_args(digits_dir, out, n_trials=3, epochs=6)
+    args = _search_args(digits_dir, out, n_trials=3, epochs=4)
     proc = _start(args, tmp_path / "log1")
     reached = _wait_for(proc, lambda: (out / "trials/00000/status.json").exists()
                         and (out / "trials/00001/history.json").exists())
