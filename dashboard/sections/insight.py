@@ -3,6 +3,8 @@ learning curves (pruned trials visible as such) and the Pareto front of multi-ob
 
 from __future__ import annotations
 
+import warnings
+
 import pandas as pd
 import plotly.express as px
 import plotly.graph_objects as go
@@ -22,7 +24,10 @@ def _importances(choice: str, sig: tuple, _run: RunData) -> go.Figure:
         # with a custom target Optuna's evaluator assumes lower is better: flip a maximised objective
         sign = -1.0 if _run.directions[0] == "maximize" else 1.0
         target = lambda t: sign * t.values[0]  # noqa: E731
-    return plot_param_importances(_run.study, target=target, target_name=_run.metric)
+    with warnings.catch_warnings():
+        # the evaluator warns that a custom target is minimised; the sign above already accounts for it
+        warnings.filterwarnings("ignore", message=".*importances of params to achieve low `target`.*")
+        return plot_param_importances(_run.study, target=target, target_name=_run.metric)
 
 
 def history_figure(run: RunData) -> go.Figure:
