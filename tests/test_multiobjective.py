@@ -56,3 +56,10 @@ def test_unknown_objective_is_a_usage_error(tmp_path, digits_dir):
     proc = run_cli("search", digits_dir, "--out", tmp_path / "r", "--objectives", "accuracy,speed", "--n-trials", "1")
     assert proc.returncode == 2
     assert "speed" in proc.stderr and "latency, params, macs" in proc.stderr
+
+
+def test_nsga2_needs_several_objectives(tmp_path, capsys, digits_dir):
+    from automl_vision import cli
+
+    assert cli.main(["search", str(digits_dir), "--out", str(tmp_path / "r"), "--sampler", "nsga2", "--n-trials", "1"]) == 2
+    assert "--sampler nsga2 is for multi-objective searches" in capsys.readouterr().err

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import optuna
+import pandas as pd
 import pytest
 
 from automl_vision import cli
@@ -195,6 +196,8 @@ def test_same_seed_same_trial_sequence_and_portfolio_first(tmp_path, digits_dir)
         assert {k: trial.params[k] for k in params} == params
     rest = a[len(fitting):]
     assert rest and all("portfolio" not in t.user_attrs for t in rest)
+    board = pd.read_csv(tmp_path / "a" / "leaderboard.csv").sort_values("number")
+    assert list(board["portfolio"][: len(fitting)]) == [n for n, _ in fitting]  # visible in the leaderboard
     assert "warm start:" in first.stdout
 
 

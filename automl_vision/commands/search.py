@@ -185,6 +185,10 @@ def settings_from_options(data: str, out: str | None = None, **o: Any):
         if o.get(key):
             options[key] = str(o[key]) if key in ("weights", "init_from") else o[key]
     metric = o.get("objectives") or o.get("metric") or "accuracy"
+    if options["sampler"] == "nsga2" and "," not in metric:
+        from automl_vision.types import UsageError
+
+        raise UsageError("--sampler nsga2 is for multi-objective searches: add --objectives, e.g. accuracy,latency")
     device = o.get("device") or "auto"
     workers = 1
     if o.get("devices") or (o.get("workers") or 1) > 1:

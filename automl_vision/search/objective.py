@@ -146,8 +146,12 @@ class Objective:
             record.update(model=label, family=cfg.family, image_size=cfg.image_size, aug=cfg.aug_preset)
             write_json(tdir / "config.json", {**cfg.as_dict(), "worker": self.worker})
             trial.set_user_attr("model", label)
+            if trial.user_attrs.get("portfolio"):  # a warm-start entry: the leaderboard says which
+                record["portfolio"] = trial.user_attrs["portfolio"]
             trial.set_user_attr("worker", self.worker)
             data = self.tensors(cfg.image_size)
+            # the initial weights depend on the seed and the trial only (not on what ran before)
+            torch.manual_seed(cfg.seed)
             try:
                 model = family.build(cfg.model_params, in_chans=self.data.in_chans, image_size=cfg.image_size,
                                      num_classes=len(self.data.classes))
