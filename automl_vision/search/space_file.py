@@ -117,8 +117,9 @@ def load(source: str | Path | dict[str, Any]) -> dict[str, Any]:
 
 
 def _is_range(value: Any) -> bool:
-    return isinstance(value, dict) and bool(value) and set(value) <= set(RANGE_KEYS) | {"hgih", "lo", "hi", "min", "max"} \
-        and any(k in value for k in ("low", "high"))
+    """A mapping with ``low`` or ``high`` is a range (its other keys are checked later);
+    any other mapping is a group of parameters (``lr: {adamw: ...}``)."""
+    return isinstance(value, dict) and any(k in value for k in ("low", "high"))
 
 
 def _flatten(node: dict[str, Any], prefix: str, out: dict[str, Any], where: str) -> None:
