@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -40,16 +41,25 @@ def write_digits(out: Path, per_class: int | None) -> Path:
     return _write(out, per_class)
 
 
-def run_search(data: Path, out: Path, workers: int, n_trials: int, epochs: int, image_size: int, seed: int) -> dict[str, Any]:
-    """One real search as a user runs it; figures from the study's timestamps."""
+def run_search(data: Path, out: Path, workers: int, n_trials: int, epochs: int, image_size: int, seed: int,
+               threads: int | None = None) -> dict[str, Any]:
+    """One real search as a user runs it; figures from the study's timestamps.
+
+    ``threads`` limits a one-worker search to that many CPU threads (the issue's baseline:
+    one worker on one "device", i.e. its share of the cores).
+    """
+
     import optuna
     from optuna.storages.journal import JournalFileBackend
 
     cmd = [sys.executable, "-m", "automl_vision.cli", "search", str(data), "--out", str(out), "--study-name", "bench",
            "--n-trials", str(n_trials), "--max-epochs", str(epochs), "--image-size", str(image_size),
            "--models", "cnn", "--pruner", "none", "--seed", str(seed), "--plain", "--workers", str(workers)]
+    env = dict(os.environ)
+    if threads:
+        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=C.ROOT)
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=C.ROOT, env=env)
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         return {"workers": workers, "error": (proc.stdout + proc.stderr)[-2000:]}
@@ -65,6 +75,7 @@ def run_search(data: Path, out: Path, workers: int, n_trials: int, epochs: int, 
         objective_seconds.append(float(status["seconds"]))
     return {
         "workers": workers,
+        "arm": f"{workers} worker(s)" + (f", {threads} thread(s)" if threads else ""),
         "trials": len(trials),
         "complete": sum(t.state.name == "COMPLETE" for t in trials),
         "span_seconds": span,
@@ -120,12 +131,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epochs", type=int, help="epochs per trial (default: 3; --quick: 1)")
     ap.add_argument("--image-size", type=int, help="pixels (default: 32; --quick: 16)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--repeats", type=int, default=None, help="alternating 1-worker/2-worker runs (default: 2; --quick: 1)")
     ap.add_argument("--no-postgres", action="store_true", help="skip the PostgreSQL storage measurement")
     ap.add_argument("--out", help="results JSON (default: benchmarks/results/parallel.json; --quick: results/quick/parallel.json)")
     args = ap.parse_args(argv)
     n_trials = args.trials or (4 if args.quick else 12)
     epochs = args.epochs or (1 if args.quick else 3)
     size = args.image_size or (16 if args.quick else 32)
+    args.repeats = args.repeats or (1 if args.quick else 2)
 
     import warnings
 
@@ -141,10 +154,16 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-parallel-") as tmp:
         work = Path(tmp)
         data = write_digits(work / "digits", 30 if args.quick else None)
-        for workers in (1, 2):
-            res = run_search(data, work / f"run-{workers}", workers, n_trials, epochs, size, args.seed)
-            runs.append(res)
-            print(f"{workers} worker(s): {json.dumps({k: v for k, v in res.items() if not isinstance(v, dict)})}", flush=True)
+        # arms alternate (1, 2, 1, 2, ...) so that a change in the machine's load hits both
+        for rep in range(args.repeats):
+            half = max(1, (os.cpu_count() or 2) // 2)
+            for workers, threads in ((1, half), (1, None), (2, None)):
+                res = run_search(data, work / f"run-{workers}-{threads}-{rep}", workers, n_trials, epochs, size, args.seed,
+                                 threads)
+                res["repeat"] = rep
+                runs.append(res)
+                print(f"{workers} worker(s): {json.dumps({k: v for k, v in res.items() if not isinstance(v, dict)})}",
+                      flush=True)
         replay_trials = 10 if args.quick else 40
         journal = optuna.storages.JournalStorage(JournalFileBackend(str(work / "replay.journal")))
         storage_rows.append({"storage": "journal file", **replay_storage_calls(journal, replay_trials, epochs)})
@@ -166,17 +185,23 @@ def main(argv: list[str] | None = None) -> int:
                 finally:
                     server.stop()
 
-    one = next((r for r in runs if r.get("workers") == 1 and "error" not in r), None)
-    two = next((r for r in runs if r.get("workers") == 2 and "error" not in r), None)
+    def arm(name: str) -> dict[str, Any] | None:
+        ok = [r for r in runs if r.get("arm") == name and "error" not in r]
+        return {"trials_per_hour": C.median([r["trials_per_hour"] for r in ok])} if ok else None
+
+    half = max(1, (os.cpu_count() or 2) // 2)
+    # the issue's comparison: two workers vs one worker on one worker's share of the cores
+    one, two, one_all = arm(f"1 worker(s), {half} thread(s)"), arm("2 worker(s)"), arm("1 worker(s)")
     speedup = two["trials_per_hour"] / one["trials_per_hour"] if one and two else float("nan")
+    speedup_all = two["trials_per_hour"] / one_all["trials_per_hour"] if one_all and two else float("nan")
     mean_trial = C.median([r["trial_seconds"]["median"] for r in runs if "error" not in r]) if runs else float("nan")
     for row in storage_rows:
         if "median" in row:
             row["share_of_trial"] = row["median"] / mean_trial if mean_trial == mean_trial and mean_trial > 0 else float("nan")
 
     scaling = C.table(
-        ["workers", "trials", "span s", "trials/hour", "median trial s", "outside objective s", "speed-up"],
-        [[r["workers"], r.get("trials"), r.get("span_seconds"), r.get("trials_per_hour"),
+        ["arm", "repeat", "trials", "span s", "trials/hour", "median trial s", "outside objective s", "vs 1 worker, half the cores"],
+        [[r.get("arm", r["workers"]), r.get("repeat"), r.get("trials"), r.get("span_seconds"), r.get("trials_per_hour"),
           r.get("trial_seconds", {}).get("median"), r.get("outside_objective_seconds", {}).get("median"),
           (r["trials_per_hour"] / one["trials_per_hour"]) if one and "error" not in r else None] for r in runs],
     )
@@ -185,7 +210,9 @@ def main(argv: list[str] | None = None) -> int:
         [[r["storage"], r.get("median"), (f"{100 * r['share_of_trial']:.2f}%" if "share_of_trial" in r else r.get("error"))]
          for r in storage_rows],
     )
-    markdown = (f"{n_trials} trials of the custom CNN, {epochs} epoch(s) at {size} px, no pruning; "
+    markdown = (f"{n_trials} trials of the custom CNN, {epochs} epoch(s) at {size} px, no pruning, {args.repeats} "
+                f"alternating repeat(s); 2 workers vs 1 worker with half the cores: {speedup:.2f}x trials/hour, "
+                f"vs 1 worker with all cores: {speedup_all:.2f}x (medians); "
                 f"{machine['cores']} core(s), load average at start {machine['load_average_at_start']}.\n\n"
                 f"{scaling}\n\n{storage_table}")
     print()
@@ -196,10 +223,12 @@ def main(argv: list[str] | None = None) -> int:
     path = C.write_results("parallel", {
         "quick": args.quick,
         "machine": machine,
-        "settings": {"trials": n_trials, "epochs": epochs, "image_size": size, "seed": args.seed, "models": "cnn",
+        "settings": {"trials": n_trials, "epochs": epochs, "image_size": size, "seed": args.seed, "repeats": args.repeats,
+                     "models": "cnn",
                      "pruner": "none", "storage": "journal file (default)"},
         "runs": runs,
         "speedup_2_vs_1": speedup,
+        "speedup_2_vs_1_all_cores": speedup_all,
         "storage": storage_rows,
         "load_average_at_end": C.load_average(),
         "markdown": markdown,
