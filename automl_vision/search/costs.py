@@ -96,21 +96,78 @@ def trial_work(budget, model: nn.Module, in_chans: int, image_size: int, num_tra
         return 0.0
 
 
-def note_speed(budget, epoch_seconds: float, work: float) -> None:
-    """Remember seconds per unit of work from a trial's first epoch (training + evaluation)."""
+PROBE_BATCH = 8  # images timed per probe pass: a fraction of one training step
+
+
+def probe_epoch_seconds(budget, model: nn.Module, batch_size: int, in_chans: int, image_size: int, num_train: int,
+                        path: ExecPath) -> float | None:
+    """Seconds one training epoch should take, from timing a forward and backward pass of
+    a few images on the training device (after one untimed pass), scaled to the training
+    set. Small batches cost more per image than the trial's, so this errs on the side of
+    caution. The model's weights and BatchNorm statistics are left as they were. ``None``
+    when the search has no deadline."""
+    if budget.deadline is None:
+        return None
+    device = path.torch_device
+    fmt = torch.channels_last if path.channels_last else torch.contiguous_format
+    bs = max(2, min(PROBE_BATCH, batch_size, num_train))
+    saved = [(b, b.detach().clone()) for b in model.buffers()]
+    rng = torch.get_rng_state()
+    try:
+        model.to(device=device, memory_format=fmt).train()
+        x = torch.rand(bs, in_chans, image_size, image_size, device=device).contiguous(memory_format=fmt)
+        times: list[float] = []
+        start = time.perf_counter()
+        # one untimed pass, then the fastest of a few (a busy machine delays some passes)
+        while len(times) < 2 or (len(times) < 6 and time.perf_counter() - start < 1.0):
+            t0 = time.perf_counter()
+            with path.autocast():
+                out = model(x)
+            out.float().logsumexp(dim=-1).mean().backward()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            times.append(time.perf_counter() - t0)
+        times = times[1:]
+    except Exception:  # an estimate is optional; the trial itself reports real errors
+        return None
+    finally:
+        model.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            for b, copy in saved:
+                b.copy_(copy)
+        torch.set_rng_state(rng)
+    # the optimizer step, augmentation and evaluation are not timed: the small probe batch
+    # overestimates the per-image cost by more than they add
+    return min(times) * num_train / bs
+
+
+def note_speed(budget, epoch_seconds: float, work: float, probe_seconds: float | None = None) -> None:
+    """Remember, from a trial's first epoch (training + evaluation), the seconds per unit of
+    work and how far the probe's estimate was from the real epoch."""
     if work > 0 and epoch_seconds > 0:
         budget.__dict__.setdefault("speeds", []).append(epoch_seconds / work)
+    if probe_seconds and epoch_seconds > 0:
+        budget.__dict__.setdefault("probe_ratios", []).append(epoch_seconds / probe_seconds)
 
 
-def estimate_seconds(budget, work: float, epochs: int = MIN_EPOCHS) -> float | None:
-    """Seconds that ``epochs`` epochs of ``work`` should take, from the trials seen so far."""
+# before any trial has run, a probe of 8 images overestimates an epoch about twofold on CPU
+UNCALIBRATED_PROBE_FACTOR = 0.5
+
+
+def estimate_seconds(budget, work: float, probe_seconds: float | None = None, epochs: int = MIN_EPOCHS) -> float | None:
+    """Seconds that ``epochs`` epochs should take: the probe of this model, calibrated by
+    the earlier trials' real first epochs; else the work (MACs) at the measured speed."""
+    if probe_seconds:
+        ratios = budget.__dict__.get("probe_ratios") or []
+        factor = statistics.median(ratios) if ratios else UNCALIBRATED_PROBE_FACTOR
+        return probe_seconds * factor * epochs
     speeds = budget.__dict__.get("speeds") or []
     if work <= 0 or not speeds:
         return None
     return statistics.median(speeds) * work * epochs
 
 
-def check_affordable(budget, work: float) -> None:
+def check_affordable(budget, work: float, probe_seconds: float | None = None) -> None:
     """Before training: skip (prune at once) a trial that cannot finish ``MIN_EPOCHS``
     epochs before the deadline; after ``MAX_SKIPS`` such in a row the search stops.
 
@@ -121,7 +178,7 @@ def check_affordable(budget, work: float) -> None:
 
     if budget.deadline is None:
         return
-    needed = estimate_seconds(budget, work)
+    needed = estimate_seconds(budget, work, probe_seconds)
     left = budget.left()
     if needed is None or needed <= left:
         budget.__dict__["skips"] = 0

@@ -162,7 +162,9 @@ class Objective:
             from automl_vision.search import costs
 
             work = costs.trial_work(self.budget, model, self.data.in_chans, cfg.image_size, len(self.data.split_index["train"]))
-            costs.check_affordable(self.budget, work)
+            probe = costs.probe_epoch_seconds(self.budget, model, cfg.batch_size, self.data.in_chans,
+                                              cfg.image_size, len(self.data.split_index["train"]), self.path)
+            costs.check_affordable(self.budget, work, probe)
             n_params = count_params(model)
             record["params_count"] = n_params
             trial.set_user_attr("params_count", n_params)
@@ -185,7 +187,7 @@ class Objective:
             def plan(epochs_done: int, epoch_seconds: float) -> int:
                 if epochs_done == 1:
                     self.budget.epoch_times.append(epoch_seconds)
-                    costs.note_speed(self.budget, epoch_seconds, work)
+                    costs.note_speed(self.budget, epoch_seconds, work, probe)
                 left = self.budget.left()
                 if math.isinf(left):
                     return cfg.epochs
