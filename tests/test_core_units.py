@@ -128,3 +128,22 @@ def test_python_api_search_stays_callable_after_its_submodules_are_imported(digi
     assert callable(automl_vision.search)
     assert report["best_trial"] == 0
     assert (tmp_path / "api" / "final" / "report.json").exists()
+
+
+def test_cnn_stride2_stem_is_searched_only_for_larger_images_and_quarters_the_first_stage():
+    import optuna
+
+    from automl_vision.builtin.custom_cnn import build, suggest
+    from automl_vision.types import SearchContext
+
+    small = suggest(optuna.trial.FixedTrial({"cnn.block": "plain", "cnn.stages": 3, "cnn.blocks": 1, "cnn.width": 16,
+                                              "cnn.kernel": 3, "cnn.norm": "batch", "cnn.act": "relu",
+                                              "cnn.dropout": 0.0, "cnn.pool": "avg"}), SearchContext(2, 3, 32))
+    assert "cnn.stem_stride" not in small
+    params = dict(small, **{"cnn.stem_stride": 2})
+    fixed = optuna.trial.FixedTrial(params)
+    assert suggest(fixed, SearchContext(2, 3, 64))["cnn.stem_stride"] == 2
+    model = build(params, in_chans=3, image_size=64, num_classes=2)
+    feats = model.features[:3](torch.zeros(1, 3, 64, 64))  # the stem
+    assert feats.shape[-1] == 32
+    assert model(torch.zeros(2, 3, 64, 64)).shape == (2, 2)

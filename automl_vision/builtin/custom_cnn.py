@@ -53,10 +53,10 @@ class ConvBlock(nn.Module):
 
 class CustomCNN(nn.Module):
     def __init__(self, in_chans: int, num_classes: int, stages: int, blocks: int, width: int, kernel: int,
-                 block: str, norm: str, groups: int, act: str, dropout: float, pool: str):
+                 block: str, norm: str, groups: int, act: str, dropout: float, pool: str, stem_stride: int = 1):
         super().__init__()
         layers: list[nn.Module] = [
-            nn.Conv2d(in_chans, width, 3, 1, 1, bias=False),
+            nn.Conv2d(in_chans, width, 3, stem_stride, 1, bias=False),
             _norm(norm, width, groups),
             ACTIVATIONS[act](),
         ]
@@ -69,7 +69,7 @@ class CustomCNN(nn.Module):
                 stride = 2 if (b == 0 and s > 0) else 1
                 layers.append(ConvBlock(cin, cout, stride, kernel, norm, groups, act, block == "residual"))
                 cin = cout
-            self.feature_info.append({"module": f"features.{len(layers) - 1}", "num_chs": cout, "reduction": 2**s})
+            self.feature_info.append({"module": f"features.{len(layers) - 1}", "num_chs": cout, "reduction": stem_stride * 2**s})
         self.features = nn.Sequential(*layers)
         self.pool = pool
         feat = cin * (2 if pool == "avgmax" else 1)
@@ -84,8 +84,14 @@ class CustomCNN(nn.Module):
         return self.head(x)
 
 
-def max_stages(image_size: int) -> int:
-    return max(1, min(5, int(math.log2(max(image_size, 4) / 2))))
+def max_stages(image_size: int, stem_stride: int = 1) -> int:
+    return max(1, min(5, int(math.log2(max(image_size // stem_stride, 4) / 2))))
+
+
+# from this input size on, a stride-2 stem is searched: the first stage at full
+# resolution costs as much as all later stages together, and on a CPU that decides
+# how many epochs fit in the budget
+STEM_STRIDE_MIN_SIZE = 48
 
 
 def suggest(trial, ctx: SearchContext) -> dict[str, Any]:
@@ -103,6 +109,8 @@ def suggest(trial, ctx: SearchContext) -> dict[str, Any]:
     }
     if p["cnn.norm"] == "group":
         p["cnn.groups"] = trial.suggest_categorical("cnn.groups", [4, 8, 16])
+    if ctx.image_size >= STEM_STRIDE_MIN_SIZE:
+        p["cnn.stem_stride"] = trial.suggest_categorical("cnn.stem_stride", [1, 2])
     return p
 
 
@@ -110,7 +118,7 @@ def build(params: dict[str, Any], in_chans: int, image_size: int, num_classes: i
     return CustomCNN(
         in_chans=in_chans,
         num_classes=num_classes,
-        stages=min(int(params["cnn.stages"]), max_stages(image_size)),
+        stages=min(int(params["cnn.stages"]), max_stages(image_size, int(params.get("cnn.stem_stride", 1)))),
         blocks=int(params["cnn.blocks"]),
         width=int(params["cnn.width"]),
         kernel=int(params["cnn.kernel"]),
@@ -120,12 +128,14 @@ def build(params: dict[str, Any], in_chans: int, image_size: int, num_classes: i
         act=params["cnn.act"],
         dropout=float(params["cnn.dropout"]),
         pool=params["cnn.pool"],
+        stem_stride=int(params.get("cnn.stem_stride", 1)),
     )
 
 
 def describe(params: dict[str, Any]) -> str:
     kind = "res" if params.get("cnn.block") == "residual" else "plain"
-    return f"cnn-{kind} s{params.get('cnn.stages')}x{params.get('cnn.blocks')} w{params.get('cnn.width')}"
+    stem = "/2" if int(params.get("cnn.stem_stride", 1)) == 2 else ""
+    return f"cnn-{kind} s{params.get('cnn.stages')}x{params.get('cnn.blocks')} w{params.get('cnn.width')}{stem}"
 
 
 FAMILY = ModelFamily(
