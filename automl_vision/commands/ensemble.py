@@ -4,17 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from automl_vision.commands.search import _positive_int
+
 HELP = "rebuild the ensemble and the final test evaluation of a finished (or still running) search"
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def add_parser(sub) -> None:
