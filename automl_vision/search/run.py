@@ -176,10 +176,10 @@ def run_search(settings: SearchSettings, argv: list[str] | None = None, plain: b
     directions = directions_for(objectives, pm)
     dataset = load_dataset(settings.data, pm)
     path = choose(settings.device, settings.precision, settings.channels_last)
+    apply_gpu_options(path, settings.options)
     if not settings.image_sizes:
         settings.image_sizes = auto_image_sizes(dataset, path.device)
     max_epochs = settings.max_epochs or PRESETS[settings.preset]["max_epochs"]
-    apply_gpu_options(path, settings.options)
     run_dir = RunDir(settings.run_dir)
     run_dir.path.mkdir(parents=True, exist_ok=True)
     # worker processes print their own lines: no live panel over them
@@ -224,12 +224,12 @@ def run_search(settings: SearchSettings, argv: list[str] | None = None, plain: b
     study.set_user_attr("automl_vision_version", __version__)
     study.set_user_attr("plugins", pm.fingerprint())
     study.set_user_attr("run_dir", str(run_dir.path.resolve()))
-    recover_stale_trials(study, log)
-    pm.on_search_start(str(run_dir.path), stored)
-
     # workers joining from other machines stop with this session's time budget
     session_reserve = min(60.0, max(3.0, 0.04 * settings.time_budget)) if settings.time_budget else 0.0
     study.set_user_attr("session", {"deadline": deadline, "reserve": session_reserve, "n_trials": settings.n_trials})
+    recover_stale_trials(study, log)
+    pm.on_search_start(str(run_dir.path), stored)
+
     # keep a small reserve for the final evaluation and ensemble
     reserve = min(60.0, max(3.0, 0.04 * settings.time_budget)) if settings.time_budget else 0.0
     budget = Budget(deadline=deadline, reserve=reserve)
