@@ -19,6 +19,7 @@ install: $(BIN)/automl-vision
 demo: install
 	$(BIN)/python examples/make_digits.py examples/data/digits
 	$(BIN)/automl-vision search examples/data/digits --time-budget $(BUDGET) --out runs/digits-demo
+	@echo "See it in the dashboard: $(BIN)/automl-vision dashboard runs/digits-demo"
 
 # Installs the test dependencies (Python packages, and PostgreSQL and Chromium from
 # Debian's packages when missing) and runs the whole default test suite.
