@@ -96,7 +96,7 @@ def trial_work(budget, model: nn.Module, in_chans: int, image_size: int, num_tra
         return 0.0
 
 
-PROBE_BATCH = 8  # images timed per probe pass: a fraction of one training step
+PROBE_BATCH = 32  # images timed per probe pass: small batches overstate the per-image cost, most on a busy CPU
 
 
 def probe_epoch_seconds(budget, model: nn.Module, batch_size: int, in_chans: int, image_size: int, num_train: int,
@@ -150,8 +150,12 @@ def note_speed(budget, epoch_seconds: float, work: float, probe_seconds: float |
         budget.__dict__.setdefault("probe_ratios", []).append(epoch_seconds / probe_seconds)
 
 
-# before any trial has run, a probe of 8 images overestimates an epoch about twofold on CPU
+# before any trial has run, a probe pass overestimates an epoch on CPU (one pass pays the
+# per-step overheads that a real epoch spreads over its batches)
 UNCALIBRATED_PROBE_FACTOR = 0.5
+# an uncalibrated estimate only skips a trial that is clearly too expensive: on a busy
+# machine a single probe pass can be several times slower than the trial's steps
+UNCALIBRATED_MARGIN = 2.0
 
 
 def estimate_seconds(budget, work: float, probe_seconds: float | None = None, epochs: int = MIN_EPOCHS) -> float | None:
@@ -180,6 +184,9 @@ def check_affordable(budget, work: float, probe_seconds: float | None = None) ->
         return
     needed = estimate_seconds(budget, work, probe_seconds)
     left = budget.left()
+    calibrated = bool(budget.__dict__.get("probe_ratios")) or not probe_seconds
+    if needed is not None and not calibrated:
+        needed = needed / UNCALIBRATED_MARGIN
     if needed is None or needed <= left:
         budget.__dict__["skips"] = 0
         return
