@@ -177,9 +177,11 @@ def render(results_dir: Path) -> str:
         except (OSError, ValueError) as exc:
             parts.append(f"### {name}\n\n(unreadable: {exc})")
             continue
-        title = TITLES.get(name, name.replace("_", " ").capitalize())
+        title = TITLES.get(name) or (f"{TITLES['search_strategy']}: `results/{name}.json`" if name.startswith("search_strategy")
+                                     else name.replace("_", " ").capitalize())
         try:
-            body = RENDER[name](res) if name in RENDER else other(name, res)
+            fn = RENDER.get(name) or (search_strategy if name.startswith("search_strategy") else None)
+            body = fn(res) if fn else other(name, res)
         except (KeyError, TypeError, ValueError) as exc:
             body = f"(could not render `results/{name}.json`: {type(exc).__name__}: {exc})"
         flag = " (smoke setting: figures mean nothing)" if res.get("quick") else ""
