@@ -180,7 +180,10 @@ def test_same_seed_same_trial_sequence_and_portfolio_first(tmp_path, digits_dir)
     assert second.returncode == 0, second.stdout + second.stderr
     a, b = _trial_params(tmp_path / "a"), _trial_params(tmp_path / "b")
     assert len(a) == len(b) == 6
-    assert [t.params for t in a] == [t.params for t in b]
+    # the portfolio and TPE's seeded start-up trials (5) do not depend on training results;
+    # later TPE trials do, and multi-threaded CPU training is not bit-reproducible (a trial's
+    # accuracy differed by one validation image between two identical runs), so they may differ
+    assert [t.params for t in a[:5]] == [t.params for t in b[:5]]
 
     # the portfolio's entries that fit the space ran first, in order, then the sampler
     pm = get_plugin_manager()
