@@ -6,6 +6,7 @@ the dashboard see the same pixels.
 
 from __future__ import annotations
 
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,19 @@ ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 class ImageDecodeError(Exception):
     """The file is not an image we can use; the message is the reason for the report."""
+
+
+def _bomb(pixels: int | None = None, exc: Exception | None = None) -> ImageDecodeError:
+    """One wording for a refused bomb, whichever check (ours, Pillow's warning or error) saw it.
+
+    Pillow's warning can be swallowed by Python's once-per-location warning registry, so the
+    same file may be caught by a different check on a second pass; the report must not change.
+    """
+    if pixels is None and exc is not None:
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        pixels = int(found.group(1)) if found else None
+    size = f"{pixels} pixels" if pixels is not None else "too many pixels"
+    return ImageDecodeError(f"decompression bomb refused ({size} > {MAX_PIXELS})")
 
 
 def probe(path: Path) -> tuple[str, tuple[int, int], str]:
@@ -96,7 +110,7 @@ def inspect(path: Path) -> ImageInfo:
                     orientation = 1
                 info = ImageInfo(img.mode, img.size, img.format or "?", int(getattr(img, "n_frames", 1) or 1), orientation)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageDecodeError(f"decompression bomb refused ({exc})") from exc
+        raise _bomb(exc=exc) from exc
     except Image.UnidentifiedImageError as exc:
         raise ImageDecodeError("not an image (unrecognised format)") from exc
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
@@ -105,7 +119,7 @@ def inspect(path: Path) -> ImageInfo:
     if w < 1 or h < 1:
         raise ImageDecodeError(f"empty image ({w}x{h})")
     if w * h > MAX_PIXELS:
-        raise ImageDecodeError(f"decompression bomb refused ({w}x{h} pixels > {MAX_PIXELS})")
+        raise _bomb(w * h)
     return info
 
 
@@ -146,7 +160,7 @@ def decode(source: Path | np.ndarray | Image.Image, image_size: int, in_chans: i
                 return _finish(source, image_size, in_chans)
             with Image.open(source) as img:
                 if img.size[0] * img.size[1] > MAX_PIXELS:
-                    raise ImageDecodeError(f"decompression bomb refused ({img.size[0]}x{img.size[1]} pixels)")
+                    raise _bomb(img.size[0] * img.size[1])
                 if img.format == "JPEG":
                     # decode at a reduced scale, still at least twice the target size
                     img.draft(img.mode if img.mode in ("L", "RGB") else None, (image_size * 2, image_size * 2))
@@ -155,7 +169,7 @@ def decode(source: Path | np.ndarray | Image.Image, image_size: int, in_chans: i
     except ImageDecodeError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageDecodeError(f"decompression bomb refused ({exc})") from exc
+        raise _bomb(exc=exc) from exc
     except Image.UnidentifiedImageError as exc:
         raise ImageDecodeError("not an image (unrecognised format)") from exc
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
