@@ -14,11 +14,33 @@ from automl_vision.types import UsageError
 
 PRESETS = {
     # preset: epochs of an unpruned trial, the pruner, the augmentation presets searched;
-    # the model zoo of each preset is the "presets" field of builtin/zoo.json
-    "fast": {"max_epochs": 8, "pruner": "sha", "aug_presets": ["none", "light", "medium"]},
-    "balanced": {"max_epochs": 20, "pruner": "hyperband", "aug_presets": ["none", "light", "medium", "heavy", "custom"]},
-    "best": {"max_epochs": 40, "pruner": "hyperband", "aug_presets": ["none", "light", "medium", "heavy", "custom"]},
+    # the model zoo of each preset is the "presets" field of builtin/zoo.json.
+    # With a time budget (and no --max-epochs) a trial whose epochs are cheap runs longer:
+    # after its first epoch its schedule is stretched to fill "trial_share" of the budget,
+    # up to "epoch_cap" epochs (never fewer than "max_epochs"). Measured on cats-vs-dogs
+    # photos at 64 px: the plain CNN reaches 0.67 (both held-out splits) after 20 epochs,
+    # 0.76 after 40, 0.78 after 80 and 0.81 after 150, so a fixed 20 wastes a short budget.
+    "fast": {"max_epochs": 8, "pruner": "sha", "aug_presets": ["none", "light", "medium"],
+             "trial_share": 0.2, "epoch_cap": 60},
+    "balanced": {"max_epochs": 20, "pruner": "hyperband", "aug_presets": ["none", "light", "medium", "heavy", "custom"],
+                 "trial_share": 0.3, "epoch_cap": 200},
+    "best": {"max_epochs": 40, "pruner": "hyperband", "aug_presets": ["none", "light", "medium", "heavy", "custom"],
+             "trial_share": 0.3, "epoch_cap": 300},
 }
+
+
+def trial_seconds(settings: "SearchSettings") -> float | None:
+    """Seconds one trial may fill by stretching its epochs; None: epochs stay as set.
+
+    Only with a time budget and without an explicit ``max_epochs``. With ``n_trials`` too,
+    each trial may use its equal share of the budget when that is larger.
+    """
+    if settings.max_epochs or not settings.time_budget:
+        return None
+    share = PRESETS[settings.preset]["trial_share"]
+    if settings.n_trials:
+        share = max(share, 0.85 / settings.n_trials)
+    return share * float(settings.time_budget)
 
 
 @dataclass

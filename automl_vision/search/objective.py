@@ -28,10 +28,10 @@ from automl_vision.models import count_params, save_model
 from automl_vision.plugins import PluginManager
 from automl_vision.rundir import RunDir, write_json, write_npy
 from automl_vision.search import space
-from automl_vision.settings import SearchSettings
+from automl_vision.settings import PRESETS, SearchSettings, trial_seconds
 from automl_vision.training.device import ExecPath
 from automl_vision.training.inference import channel_stats, nhwc_to_tensor
-from automl_vision.training.trainer import BudgetExceeded, NonFiniteLoss, TensorData, train
+from automl_vision.training.trainer import STRETCH_BY_EPOCH, BudgetExceeded, NonFiniteLoss, TensorData, train
 
 
 # "no space left on device" and "disk quota exceeded": stop the search with a clear message
@@ -68,6 +68,14 @@ def free_device_memory(path: ExecPath) -> None:
 
 def worker_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def schedule_step(epoch: int, epochs: int) -> int:
+    """The step a trial reports its score at: the percent of its schedule it has run
+    (see study.SCHEDULE_STEPS); epochs that round to the same percent report once."""
+    from automl_vision.search.study import SCHEDULE_STEPS
+
+    return min(SCHEDULE_STEPS, SCHEDULE_STEPS * epoch // max(1, epochs))
 
 
 @dataclass
@@ -107,6 +115,8 @@ class Objective:
         self.families, self.timm_models = space.families_and_models(settings, pm)
         self._tensors: dict[int, TensorData] = {}
         self.worker = worker_id()
+        self.trial_seconds = trial_seconds(settings)
+        self.epoch_cap = int(PRESETS[settings.preset]["epoch_cap"])
 
     # data at one resolution, kept for the life of the worker
     def tensors(self, image_size: int) -> TensorData:
@@ -170,6 +180,8 @@ class Objective:
             trial.set_user_attr("params_count", n_params)
             self.progress.trial_start(trial.number, label, cfg.epochs)
 
+            reported = [-1]  # the last step reported to the pruner
+
             def on_epoch(epoch: int, probs: np.ndarray, rec: dict[str, Any]) -> None:
                 metrics = compute_metrics(data.y_val.numpy(), probs, self.pm)
                 if objective_metric not in metrics:
@@ -179,8 +191,10 @@ class Objective:
                 write_json(tdir / "history.json", history)
                 value = metrics[objective_metric]
                 self.progress.epoch(trial.number, epoch, cfg.epochs, objective_metric, value, rec["train_seconds"])
-                if len(self.objectives) == 1:
-                    trial.report(value, epoch)
+                step = schedule_step(epoch, cfg.epochs)
+                if len(self.objectives) == 1 and step > reported[0]:
+                    reported[0] = step
+                    trial.report(value, step)
                     if trial.should_prune():
                         raise optuna.TrialPruned(f"pruned after epoch {epoch} ({objective_metric} {value:.4f})")
 
@@ -188,10 +202,17 @@ class Objective:
                 if epochs_done == 1:
                     self.budget.epoch_times.append(epoch_seconds)
                     costs.note_speed(self.budget, epoch_seconds, work, probe)
+                if epochs_done == STRETCH_BY_EPOCH:
+                    stretched = self.stretched_epochs(cfg.epochs, epoch_seconds)
+                    if stretched > cfg.epochs:
+                        cfg.epochs = stretched
+                        write_json(tdir / "config.json", {**cfg.as_dict(), "worker": self.worker,
+                                                          "epochs_from_budget": True})
                 left = self.budget.left()
-                if math.isinf(left):
-                    return cfg.epochs
-                return epochs_done + int(max(0.0, left) // max(epoch_seconds, 1e-3))
+                if not math.isinf(left):  # cut to what fits before the deadline
+                    fits = epochs_done + int(max(0.0, left) // max(epoch_seconds, 1e-3))
+                    cfg.epochs = max(epochs_done, min(cfg.epochs, fits))
+                return cfg.epochs
 
             def abort() -> str | None:
                 if self.budget.deadline is not None and time.time() > self.budget.deadline - self.budget.reserve * 0.5:
@@ -253,7 +274,7 @@ class Objective:
             for name, value in metrics.items():
                 trial.set_user_attr(f"val_{name}", value)
             record.update(state="COMPLETE", value=values[0], values=values, metrics=metrics, epochs=result.epochs_run,
-                          reason=result.stopped_early or "")
+                          reason=result.stopped_early or result.grown or "")
             return values[0] if len(values) == 1 else tuple(values)
         except optuna.TrialPruned as exc:
             record.update(state="PRUNED", reason=str(exc) or "pruned", epochs=len(history))
@@ -303,6 +324,14 @@ class Objective:
                     raise
                 self.fatal = exc  # nothing half-written is left (atomic write); the search stops
             self.last_record = record
+
+    def stretched_epochs(self, epochs: int, epoch_seconds: float) -> int:
+        """Epochs for a trial whose first epoch took ``epoch_seconds``: enough to fill its
+        share of the time budget (settings.trial_seconds), between ``epochs`` and the
+        preset's cap. A cheap model trained longer beats a costly one cut short."""
+        if not self.trial_seconds or epoch_seconds <= 0:
+            return epochs
+        return max(epochs, min(self.epoch_cap, int(self.trial_seconds // epoch_seconds)))
 
     def _last_metrics(self, record: dict[str, Any], history: list[dict[str, Any]]) -> None:
         if history:

@@ -85,6 +85,8 @@ def warm_start(study: optuna.Study, settings: SearchSettings, pm: PluginManager,
     names: list[str] = []
     enqueued: list[dict[str, Any]] = []
     for entry in load_portfolio(settings.options.get("portfolio_file")):
+        if settings.n_trials and len(names) >= settings.n_trials:
+            break  # never more than the trials asked for: they would wait ahead of a re-queued trial
         params = fit_entry(entry["params"], space)
         if params is None or params in enqueued:
             continue

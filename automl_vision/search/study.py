@@ -165,12 +165,43 @@ def first_rung(max_epochs: int) -> int:
     return 2 if max_epochs >= 10 else 1
 
 
+# Trials report their validation score at the share of their own schedule they have
+# run, in percent (objective.schedule_step), not at their epoch: with a time budget a
+# cheap model's schedule is stretched to more epochs than a costly one's, and at equal
+# epochs a longer schedule is still at a higher learning rate, so comparing epochs
+# would prune the cheap models that end up best. The pruners' resources are percent.
+SCHEDULE_STEPS = 100
+
+
+class AfterStartup(optuna.pruners.BasePruner):
+    """Lets ``pruner`` decide only once ``n_startup`` trials have completed.
+
+    Successive halving promotes the top third of a rung, but while a rung holds fewer
+    than three trials it keeps only the best one: the second trial of a search is pruned
+    unless it leads the first at its first rung, where a few epochs of noise decide. In
+    a short budget the first trials are most of the search (the warm-start portfolio),
+    so they run to the end and become the pruner's yardstick.
+    """
+
+    def __init__(self, pruner: optuna.pruners.BasePruner, n_startup: int = 3):
+        self.pruner = pruner
+        self.n_startup = n_startup
+
+    def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
+        # always asked: successive halving records each trial's score at its rungs as it
+        # goes, and the startup trials must be there for later ones to be compared with
+        decision = self.pruner.prune(study, trial)
+        done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        return decision and len(done) >= self.n_startup
+
+
 def make_pruner(name: str, max_epochs: int) -> optuna.pruners.BasePruner:
-    rung = first_rung(max_epochs)
+    rung = max(1, SCHEDULE_STEPS * first_rung(max_epochs) // max(1, max_epochs))
     if name == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=rung, max_resource=max_epochs, reduction_factor=3)
+        return AfterStartup(optuna.pruners.HyperbandPruner(min_resource=rung, max_resource=SCHEDULE_STEPS,
+                                                           reduction_factor=3))
     if name == "sha":
-        return optuna.pruners.SuccessiveHalvingPruner(min_resource=rung, reduction_factor=3)
+        return AfterStartup(optuna.pruners.SuccessiveHalvingPruner(min_resource=rung, reduction_factor=3))
     if name == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=rung)
     if name == "none":

@@ -23,6 +23,11 @@ from automl_vision.training.device import ExecPath, data_fits_on_device
 from automl_vision.training.inference import predict_probs
 
 
+# the last epoch after which ``plan`` may stretch the schedule (the first epoch's time
+# includes one-off kernel set-up, so the second one is the better measure of speed)
+STRETCH_BY_EPOCH = 2
+
+
 class NonFiniteLoss(Exception):
     """The training loss became NaN or infinite."""
 
@@ -79,6 +84,7 @@ class TrainResult:
     val_probs: np.ndarray
     epochs_run: int
     stopped_early: str | None = None
+    grown: str | None = None  # why the trial ran more epochs than configured
 
 
 class BudgetExceeded(Exception):
@@ -164,7 +170,9 @@ def train(
     ``plan(epochs_done, seconds_per_epoch)`` is asked after every epoch and returns how
     many epochs the trial may run in all (the time budget); when that is fewer than
     planned, the learning-rate schedule is compressed to end on time, so a trial near
-    the end of the budget still finishes its schedule instead of being cut off.
+    the end of the budget still finishes its schedule instead of being cut off. After
+    the first ``STRETCH_BY_EPOCH`` epochs it may also return more: the schedule is then
+    stretched to that many epochs (a cheap model given its share of the budget).
     ``abort()`` is checked every few steps and returns a reason to stop at once
     (raises :class:`BudgetExceeded`). Raises :class:`NonFiniteLoss` when the loss is NaN
     or infinite.
@@ -191,7 +199,7 @@ def train(
     batch_size = max(2, min(cfg.batch_size, n))
     fetch = None if on_device else _PinnedBatches(x_train, batch_size, device)
     steps_per_epoch = max(1, n // batch_size)  # drop the last partial batch (BatchNorm, mixup need >1)
-    epochs = cfg.epochs
+    epochs = planned_epochs = cfg.epochs
     steps_plan = {"total": steps_per_epoch * epochs}
 
     optimizer = make_optimizer(model, cfg)
@@ -212,6 +220,7 @@ def train(
     history: list[dict[str, Any]] = []
     val_probs = np.zeros((0, data.num_classes))
     stopped = None
+    grown = None
     step = 0
     epoch = 0
     while epoch < epochs:
@@ -277,13 +286,20 @@ def train(
             "images_per_second": steps_per_epoch * batch_size / max(seconds, 1e-9),
         }
         history.append(record)
-        if on_epoch is not None:
-            on_epoch(epoch, val_probs, record)
+        # the plan first: the pruner sees each score at its share of the (re)planned schedule
         if plan is not None and epoch < epochs:
-            allowed = max(epoch, min(epochs, plan(epoch, seconds + record["eval_seconds"])))
+            wanted = plan(epoch, seconds + record["eval_seconds"])
+            if epoch <= STRETCH_BY_EPOCH and wanted > epochs:
+                # the schedule may grow only early on, near the end of its warmup
+                grown = f"epochs set from {epochs} to {wanted} by the time budget"
+                epochs = planned_epochs = wanted
+                steps_plan["total"] = steps_per_epoch * epochs
+            allowed = max(epoch, min(epochs, wanted))
             if allowed < epochs:
-                stopped = f"epochs cut from {epochs} to {allowed} to fit the time budget"
+                stopped = f"epochs cut from {planned_epochs} to {allowed} to fit the time budget"
                 epochs = allowed
                 steps_plan["total"] = steps_per_epoch * epochs
+        if on_epoch is not None:
+            on_epoch(epoch, val_probs, record)
     final = ema.module if ema is not None else model
-    return TrainResult(final, history, val_probs, epoch, stopped)
+    return TrainResult(final, history, val_probs, epoch, stopped, grown)

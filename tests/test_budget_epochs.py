@@ -1,0 +1,93 @@
+"""Under a time budget, cheap trials are stretched to fill their share; the pruner compares
+trials at the same share of their own schedules and waits for a yardstick."""
+
+from __future__ import annotations
+
+import optuna
+import torch
+
+from automl_vision.search.objective import schedule_step
+from automl_vision.search.study import AfterStartup, make_pruner
+from automl_vision.settings import SearchSettings, trial_seconds
+from automl_vision.training.device import choose
+from automl_vision.training.trainer import STRETCH_BY_EPOCH, TensorData, TrialConfig, train
+
+PARAMS = {"cnn.block": "plain", "cnn.stages": 1, "cnn.blocks": 1, "cnn.width": 8, "cnn.kernel": 3,
+          "cnn.norm": "batch", "cnn.act": "relu", "cnn.dropout": 0.0, "cnn.pool": "avg"}
+
+
+def _train(plan, epochs=4):
+    from automl_vision.builtin.custom_cnn import build
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 255, (32, 3, 12, 12), generator=g, dtype=torch.uint8)
+    y = torch.arange(32) % 2
+    data = TensorData(x, y, x, y, mean=[0.5] * 3, std=[0.25] * 3, num_classes=2)
+    cfg = TrialConfig(family="cnn", model_params=PARAMS, image_size=12, batch_size=16, lr=1e-2, epochs=epochs)
+    lrs, asked = [], []
+
+    def ask(done, secs):
+        asked.append(done)
+        return plan(done)
+
+    result = train(build(PARAMS, 3, 12, 2), cfg, data, choose("cpu", "fp32", "off"),
+                   on_epoch=lambda e, p, rec: lrs.append(rec["lr"]), plan=ask)
+    return result, lrs, cfg
+
+
+def test_a_trial_is_stretched_early_and_its_schedule_anneals_at_the_new_end():
+    result, lrs, cfg = _train(lambda done: 9)
+    assert result.epochs_run == 9
+    assert result.grown == "epochs set from 4 to 9 by the time budget"
+    assert result.stopped_early is None
+    assert lrs[-1] < 0.01 * cfg.lr  # the cosine reached its end at epoch 9, not at 4
+    assert max(lrs) > 0.5 * cfg.lr
+
+
+def test_a_trial_is_not_stretched_once_its_schedule_is_under_way():
+    # growth offered only after epoch STRETCH_BY_EPOCH + 1: the trial keeps its 4 epochs
+    result, _lrs, _cfg = _train(lambda done: 9 if done > STRETCH_BY_EPOCH else 4)
+    assert result.epochs_run == 4
+    assert result.grown is None
+
+
+def test_trial_share_of_the_budget():
+    s = SearchSettings(data="d", run_dir="r", study_name="s", time_budget=600.0)
+    assert trial_seconds(s) == 0.3 * 600  # balanced: 30% of the budget
+    s.n_trials = 2
+    assert trial_seconds(s) == 0.85 / 2 * 600  # two trials asked for: each may fill its half
+    s.max_epochs = 10
+    assert trial_seconds(s) is None  # an explicit --max-epochs is kept
+    assert trial_seconds(SearchSettings(data="d", run_dir="r", study_name="s", n_trials=5)) is None
+
+
+def test_schedule_step_is_the_percent_of_the_trials_own_schedule():
+    assert [schedule_step(e, 20) for e in (1, 2, 10, 20)] == [5, 10, 50, 100]
+    assert [schedule_step(e, 60) for e in (6, 18, 54, 60)] == [10, 30, 90, 100]
+    steps = [schedule_step(e, 150) for e in range(1, 151)]
+    assert steps == sorted(steps) and steps[-1] == 100
+
+
+def _study_with(values_at_rung: list[float]) -> optuna.Study:
+    study = optuna.create_study(direction="maximize", pruner=make_pruner("sha", 20))
+    for v in values_at_rung:
+        t = study.ask()
+        t.report(v, 10)
+        t.should_prune()  # successive halving records the trial at its rung here
+        t.report(v, 100)
+        study.tell(t, v)
+    return study
+
+
+def test_sha_waits_for_three_completed_trials_before_pruning():
+    assert isinstance(make_pruner("hyperband", 20), AfterStartup)
+    # one completed trial at 0.9: a second trial at 0.5 at the first rung (10%) is kept
+    study = _study_with([0.9])
+    t = study.ask()
+    t.report(0.5, 10)
+    assert not t.should_prune()
+    # three completed trials: the same score at the same rung is pruned
+    study = _study_with([0.9, 0.85, 0.8])
+    t = study.ask()
+    t.report(0.5, 10)
+    assert t.should_prune()
