@@ -33,6 +33,10 @@ def build(run_dir: RunDir, study=None) -> pd.DataFrame:
                 row.pop("value", None)
             if t.user_attrs.get("reason") and not row.get("reason"):
                 row["reason"] = t.user_attrs["reason"]
+            if t.state.name == "WAITING":  # enqueued (portfolio, re-queued) and not started when the search ended
+                row.setdefault("reason", "queued, not started yet: a resumed search runs it first")
+                if t.user_attrs.get("portfolio"):
+                    row.setdefault("model", f"portfolio: {t.user_attrs['portfolio']}")
             row.setdefault("model", t.user_attrs.get("model", ""))
             if t.datetime_start and t.datetime_complete and "seconds" not in row:
                 row["seconds"] = (t.datetime_complete - t.datetime_start).total_seconds()

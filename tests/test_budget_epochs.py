@@ -91,3 +91,16 @@ def test_sha_waits_for_three_completed_trials_before_pruning():
     t = study.ask()
     t.report(0.5, 10)
     assert t.should_prune()
+
+
+def test_a_queued_trial_the_budget_left_unstarted_says_so_in_the_leaderboard(tmp_path):
+    from automl_vision import leaderboard
+    from automl_vision.rundir import RunDir
+
+    study = optuna.create_study(direction="maximize")
+    study.enqueue_trial({"family": "cnn"}, user_attrs={"portfolio": "cnn-plain-4stage-light"})
+    df = leaderboard.build(RunDir(tmp_path / "run"), study)
+    row = df.iloc[0]
+    assert row["state"] == "WAITING"
+    assert row["model"] == "portfolio: cnn-plain-4stage-light"
+    assert "not started yet" in row["reason"]
