@@ -147,3 +147,30 @@ def test_cnn_stride2_stem_is_searched_only_for_larger_images_and_quarters_the_fi
     feats = model.features[:3](torch.zeros(1, 3, 64, 64))  # the stem
     assert feats.shape[-1] == 32
     assert model(torch.zeros(2, 3, 64, 64)).shape == (2, 2)
+
+
+def test_a_trial_with_mixup_cutmix_and_erasing_trains_the_same_whatever_ran_before():
+    """timm's mixup and erasing draw from NumPy's and Python's global generators: the
+    trainer seeds them per trial, so the same configuration gives the same model."""
+    import random
+
+    from automl_vision.builtin.custom_cnn import build
+
+    x, y = _blobs(n=64)
+    data = TensorData(x, y, x, y, mean=[0.5] * 3, std=[0.25] * 3, num_classes=3)
+    params = {"cnn.block": "plain", "cnn.stages": 1, "cnn.blocks": 1, "cnn.width": 8, "cnn.kernel": 3,
+              "cnn.norm": "batch", "cnn.act": "relu", "cnn.dropout": 0.0, "cnn.pool": "avg"}
+    cfg = TrialConfig(family="cnn", model_params=params, image_size=12, batch_size=16, lr=1e-2, epochs=2,
+                      aug_preset="heavy", aug=PRESETS["heavy"], seed=7)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # one thread: the float sums are done in the same order
+    try:
+        probs = []
+        for other in (1, 2):  # something else used the global generators in between
+            np.random.seed(other)
+            random.seed(other)
+            torch.manual_seed(cfg.seed)
+            probs.append(train(build(params, 3, 12, 3), cfg, data, choose("cpu", "fp32", "off")).val_probs)
+    finally:
+        torch.set_num_threads(threads)
+    np.testing.assert_allclose(probs[0], probs[1], rtol=0, atol=1e-6)

@@ -10,6 +10,7 @@ a plain PyTorch loop would not.
 from __future__ import annotations
 
 import math
+import random
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
@@ -180,6 +181,10 @@ def train(
     device = path.torch_device
     gen = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)
+    # timm's mixup/cutmix draw from NumPy's global generator and its random erasing from
+    # Python's: seeded too, so a trial's augmentation does not depend on what ran before
+    np.random.seed(cfg.seed % 2**32)
+    random.seed(cfg.seed)
     memory_format = torch.channels_last if path.channels_last else torch.contiguous_format
     model = model.to(device=device, memory_format=memory_format)
     mean = torch.tensor(data.mean, device=device).view(1, -1, 1, 1)
