@@ -36,9 +36,12 @@ def _search_args(data: Path, out: Path, n_trials: int = 3, epochs: int = 4) -> l
 
 def _start(args: list[str], log: Path) -> subprocess.Popen:
     fh = open(log, "w")
-    # its own session, like a program started from a terminal: Ctrl-C goes to its whole group
+    # its own session, like a program started from a terminal: Ctrl-C goes to its whole group.
+    # A terminal's program gets SIGINT's default action even when pytest itself was started in
+    # the background (`cmd &` in a script ignores SIGINT, and exec keeps an ignored signal).
     return subprocess.Popen([sys.executable, "-m", "automl_vision.cli", *args], stdout=fh, stderr=subprocess.STDOUT,
-                            env=cli_env(), start_new_session=True)
+                            env=cli_env(), start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _wait_for(proc: subprocess.Popen, condition, timeout: float = 300, poll: float = 0.005) -> bool:
