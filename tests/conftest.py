@@ -95,3 +95,17 @@ def tiny_run(tmp_path_factory, digits_dir) -> Path:
     proc = run_cli("search", digits_dir, "--out", out, *TINY)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return out
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A real PostgreSQL server on 127.0.0.1 in a temporary directory (tests/pgserver.py),
+    shared by the tests that need one; they are skipped when none can be started here."""
+    import pgserver
+
+    try:
+        server = pgserver.start()
+    except pgserver.Unavailable as exc:
+        pytest.skip(f"no PostgreSQL server can be started here: {exc}")
+    yield server
+    server.stop()

@@ -290,18 +290,6 @@ def test_dashboard_command_refuses_bad_input_clearly(tmp_path):
 
 
 # ------------------------------------------------------------------ a study in a real PostgreSQL database
-@pytest.fixture(scope="module")
-def postgres():
-    import pgserver
-
-    try:
-        server = pgserver.start()
-    except pgserver.Unavailable as exc:
-        pytest.skip(f"no PostgreSQL server can be started here: {exc}")
-    yield server
-    server.stop()
-
-
 def test_study_in_postgres_alone_and_with_its_run_directory(monkeypatch, tiny_run, tmp_path, postgres):
     import optuna
 

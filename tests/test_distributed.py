@@ -22,7 +22,6 @@ import optuna
 import pandas as pd
 import pytest
 
-import pgserver
 from automl_vision.rundir import RunDir
 from conftest import ROOT, cli_env, run_cli
 
@@ -151,16 +150,6 @@ def test_a_killed_worker_trial_is_failed_retried_and_nothing_finished_is_lost(tm
 
 
 # ------------------------------------------------------------------ several machines: PostgreSQL
-@pytest.fixture(scope="module")
-def postgres():
-    try:
-        server = pgserver.start()
-    except pgserver.Unavailable as exc:
-        pytest.skip(f"no PostgreSQL server can be started here: {exc}")
-    yield server
-    server.stop()
-
-
 def test_postgres_two_workers_a_killed_one_and_a_worker_joining_later(tmp_path, digits_dir, postgres):
     url = postgres.create_database("automl_distributed")
     run = tmp_path / "shared-run"
