@@ -28,6 +28,7 @@ from automl_vision.models import count_params, save_model
 from automl_vision.plugins import PluginManager
 from automl_vision.rundir import RunDir, write_json, write_npy
 from automl_vision.search import space
+from automl_vision.search.study import SCHEDULE_STEPS
 from automl_vision.settings import PRESETS, SearchSettings, trial_seconds
 from automl_vision.training.device import ExecPath
 from automl_vision.training.inference import channel_stats, nhwc_to_tensor
@@ -73,8 +74,6 @@ def worker_id() -> str:
 def schedule_step(epoch: int, epochs: int) -> int:
     """The step a trial reports its score at: the percent of its schedule it has run
     (see study.SCHEDULE_STEPS); epochs that round to the same percent report once."""
-    from automl_vision.search.study import SCHEDULE_STEPS
-
     return min(SCHEDULE_STEPS, SCHEDULE_STEPS * epoch // max(1, epochs))
 
 
@@ -326,9 +325,10 @@ class Objective:
             self.last_record = record
 
     def stretched_epochs(self, epochs: int, epoch_seconds: float) -> int:
-        """Epochs for a trial whose first epoch took ``epoch_seconds``: enough to fill its
-        share of the time budget (settings.trial_seconds), between ``epochs`` and the
-        preset's cap. A cheap model trained longer beats a costly one cut short."""
+        """Epochs for a trial whose epochs take ``epoch_seconds`` (measured on its second
+        epoch, after one-off set-up): enough to fill its share of the time budget
+        (settings.trial_seconds), between ``epochs`` and the preset's cap. A cheap model
+        trained longer beats a costly one cut short."""
         if not self.trial_seconds or epoch_seconds <= 0:
             return epochs
         return max(epochs, min(self.epoch_cap, int(self.trial_seconds // epoch_seconds)))
