@@ -59,12 +59,31 @@ def test_greedy_respects_max_members_and_minimised_metrics():
     assert log_loss(y, ens.combine(probs, weights)) <= best_single + 1e-12
 
 
+def test_greedy_climbs_log_loss_not_the_step_of_one_image():
+    """A confidently wrong model that happens to flip one borderline image is added by climbing
+    accuracy (one image more is right on validation) but not by the default, which climbs
+    log-loss: averaging it in makes every other prediction worse."""
+    k, n = 2, 100
+    y = np.zeros(n, dtype=int)
+    good = _onehot(y, k, 0.9)
+    good[0] = [0.45, 0.55]  # wrong, but only just
+    noisy = _onehot(y, k, 0.9)
+    noisy[0] = [0.99, 0.01]
+    noisy[1:30] = _onehot(np.ones(29, dtype=int), k, 0.95)  # 29 confident mistakes, outvoted by ``good``
+    probs = {0: good, 1: noisy}
+    by_accuracy = ens.select("greedy-metric", probs, y, accuracy, "maximize")
+    assert set(by_accuracy) == {0, 1}
+    assert accuracy(y, ens.combine(probs, by_accuracy)) > accuracy(y, good)
+    assert ens.select("greedy", probs, y, accuracy, "maximize") == {0: 1.0}
+    assert ens.log_loss(y, good) == pytest.approx(log_loss(y, good))
+
+
 def test_topk_averages_the_k_best_equally():
     y, probs = complementary_models()
     weights = ens.topk_selection(probs, y, accuracy, "maximize", k=2)
     assert len(weights) == 2 and set(weights.values()) == {0.5}
     assert 3 not in weights
-    with pytest.raises(ValueError, match="greedy, topk"):
+    with pytest.raises(ValueError, match="greedy, greedy-metric, topk"):
         ens.select("median", probs, y, accuracy, "maximize")
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from automl_vision.commands.search import _positive_int
+from automl_vision.ensemble import METHODS
 
 HELP = "rebuild the ensemble and the final test evaluation of a finished (or still running) search"
 
@@ -17,9 +18,10 @@ def add_parser(sub) -> None:
         "final/report.json. Trials are never changed.",
     )
     p.add_argument("run_dir", metavar="RUN_DIR", help="the run directory of a search (its --out)")
-    p.add_argument("--method", choices=["greedy", "topk"], default="greedy",
-                   help="greedy: ensemble selection with replacement (Caruana et al. 2004); topk: plain average of "
-                        "the k best trials (default: greedy)")
+    p.add_argument("--method", choices=list(METHODS), default="greedy",
+                   help="greedy: ensemble selection with replacement (Caruana et al. 2004) climbing validation "
+                        "log-loss; greedy-metric: the same climbing the objective itself (overfits small validation "
+                        "splits); topk: plain average of the k best trials (default: greedy)")
     p.add_argument("--max-members", type=_positive_int, default=5, metavar="N",
                    help="at most N distinct trials in the ensemble (k for topk; default: 5)")
     p.add_argument("--metric", help="metric to optimise on validation (default: the search's objective)")
