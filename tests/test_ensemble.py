@@ -87,6 +87,12 @@ def test_topk_averages_the_k_best_equally():
         ens.select("median", probs, y, accuracy, "maximize")
 
 
+def test_ensemble_command_offers_every_selection_method():
+    from automl_vision.commands import ensemble as command
+
+    assert command.METHODS == ens.METHODS
+
+
 # ------------------------------------------------------------------ calibration
 def overconfident(n: int = 2000, k: int = 4, seed: int = 1):
     """Right 70 % of the time but always 97 % sure."""

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 
 from automl_vision.commands.search import _positive_int
-from automl_vision.ensemble import METHODS
+
+# automl_vision.ensemble.METHODS, spelled out: ``--help`` must not import NumPy (tests/test_ensemble.py checks they agree)
+METHODS = ("greedy", "greedy-metric", "topk")
 
 HELP = "rebuild the ensemble and the final test evaluation of a finished (or still running) search"
 
