@@ -21,6 +21,8 @@ from typing import Callable
 
 import numpy as np
 
+from automl_vision import calibration
+
 METHODS = ("greedy", "greedy-metric", "topk")
 
 
@@ -29,10 +31,8 @@ def _score_fn(metric_fn: Callable, direction: str, y: np.ndarray) -> Callable[[n
     return lambda probs: sign * float(metric_fn(y, probs))
 
 
-def log_loss(y: np.ndarray, probs: np.ndarray) -> float:
-    """Mean negative log-likelihood of the true class (probabilities renormalised, clipped at 1e-7)."""
-    p = probs / probs.sum(axis=1, keepdims=True)
-    return float(-np.mean(np.log(np.clip(p[np.arange(len(y)), y], 1e-7, 1.0))))
+def _log_loss(y: np.ndarray, probs: np.ndarray) -> float:
+    return calibration.nll(probs, y)
 
 
 def greedy_selection(probs: dict[int, np.ndarray], y: np.ndarray, metric_fn: Callable, direction: str,
@@ -80,7 +80,7 @@ def combine(probs: dict[int, np.ndarray], weights: dict[int, float]) -> np.ndarr
 def select(method: str, probs: dict[int, np.ndarray], y: np.ndarray, metric_fn: Callable, direction: str,
            max_members: int = 5) -> dict[int, float]:
     if method == "greedy":
-        return greedy_selection(probs, y, metric_fn, direction, max_members=max_members, climb=log_loss)
+        return greedy_selection(probs, y, metric_fn, direction, max_members=max_members, climb=_log_loss)
     if method == "greedy-metric":
         return greedy_selection(probs, y, metric_fn, direction, max_members=max_members)
     if method == "topk":
