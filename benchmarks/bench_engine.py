@@ -169,18 +169,12 @@ def engine_run(model: torch.nn.Module, data, path, epochs: int, batch_size: int,
 
 def tensors(prepared, image_size: int):
     """The cached splits as the search's trials get them (``Objective.tensors``)."""
-    from automl_vision.training.inference import channel_stats, nhwc_to_tensor
     from automl_vision.training.trainer import TensorData
 
-    arr = prepared.images(image_size)
     tr, va = prepared.split_index["train"], prepared.split_index["val"]
-    x_train = np.asarray(arr[tr])
-    mean, std = channel_stats(x_train)
-    return TensorData(
-        x_train=nhwc_to_tensor(x_train), y_train=torch.from_numpy(prepared.labels[tr]),
-        x_val=nhwc_to_tensor(np.asarray(arr[va])), y_val=torch.from_numpy(prepared.labels[va]),
-        mean=mean, std=std, num_classes=len(prepared.classes),
-    )
+    x_train, x_val = prepared.training_arrays(tr, va, image_size)
+    labels = prepared.labels
+    return TensorData.from_arrays(x_train, labels[tr], x_val, labels[va], len(prepared.classes))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -104,6 +104,22 @@ def search_quality(res: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def memory_rows(big: dict[str, Any]) -> list[list[Any]]:
+    """Rows of the data pipeline's memory table (section 3 of ``bench_data_pipeline``)."""
+    keys = ("peak_anon_mib_above_start", "peak_file_mib_above_start")
+    rows = [[f"build a {big['cache_mib']} MiB cache ({big['files']} images at {big['image_size']} px; budget "
+             f"{big['budget_mib']:.0f} MiB)", *(big["build_memory"].get(k) for k in keys)],
+            ["stream one epoch from the memory map", *(big["stream_epoch_memory"].get(k) for k in keys)]]
+    if "trial_subset_memory" in big:  # results from before trials streamed a split over their limit have not
+        rows += [[f"a trial over its memory limit writes its training split ({big['trial_train_split_mib']} MiB) "
+                  f"to its own file", *(big["trial_subset_memory"].get(k) for k in keys)],
+                 [f"... and trains an epoch from it ({big['trial_epoch_images_per_second']:.0f} img/s)",
+                  *(big["trial_epoch_memory"].get(k) for k in keys)]]
+    rows.append([f"a trial under its limit holds its training split ({big['trial_train_split_mib']} MiB)",
+                 *(big["trial_load_memory"].get(k) for k in keys)])
+    return rows
+
+
 def data_pipeline(res: dict[str, Any]) -> str:
     s = res["settings"]
     out = [machine_line(res), "",
@@ -116,13 +132,7 @@ def data_pipeline(res: dict[str, Any]) -> str:
                         [[k, v["median"], v["speedup_vs_decoding"]] for k, v in res["later_epochs"].items()])]
     big = res.get("beyond_budget") or {}
     if "build_memory" in big:
-        keys = ("peak_anon_mib_above_start", "peak_file_mib_above_start")
-        out += ["", C.table(["step", "peak anonymous MiB", "peak file-backed MiB"], [
-            [f"build a {big['cache_mib']} MiB cache ({big['files']} images at {big['image_size']} px; budget "
-             f"{big['budget_mib']:.0f} MiB)", *(big["build_memory"].get(k) for k in keys)],
-            ["stream one epoch from the memory map", *(big["stream_epoch_memory"].get(k) for k in keys)],
-            [f"a trial loads its training split ({big['trial_train_split_mib']} MiB)",
-             *(big["trial_load_memory"].get(k) for k in keys)]])]
+        out += ["", C.table(["step", "peak anonymous MiB", "peak file-backed MiB"], memory_rows(big))]
     if res.get("real_data"):
         r = res["real_data"]
         out += ["", f"Real data {r['data']}: {r['files']} files prepared in {r['prepare_seconds']:.1f} s "

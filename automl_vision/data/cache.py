@@ -5,6 +5,10 @@ array ``(N, H, W, C)`` opened as a memory map) and ``manifest.json``. The manife
 is written last and lists every source with its size and modification time; a cache
 whose manifest is missing (a killed build) or whose sources changed is rebuilt. A file
 lock keeps two workers from building the same cache at once.
+
+A split too large for memory (see :func:`memory_limit`) is gathered once into its own
+contiguous file next to the cache (``subset-<digest>.npy``) and memory-mapped, so a trial
+reads its batches through the page cache instead of holding the split in its own memory.
 """
 
 from __future__ import annotations
@@ -21,9 +25,11 @@ import numpy as np
 
 from automl_vision.data.images import ImageDecodeError, decode
 from automl_vision.rundir import read_json, write_json
-from automl_vision.types import Sample
+from automl_vision.types import Sample, UsageError
 
 CACHE_FORMAT = 1
+MEMORY_ENV = "AUTOML_VISION_DATA_MEMORY_MIB"
+_SUBSET_CHUNK = 1024  # images copied at a time into a subset file
 
 
 def source_fingerprint(samples: Sequence[Sample]) -> str:
@@ -93,6 +99,8 @@ def load_or_build(
                 return arr, {int(k): v for k, v in manifest.get("failures", {}).items()}
         # (re)build: the manifest goes first so a killed build is never trusted
         (directory / "manifest.json").unlink(missing_ok=True)
+        for stale in directory.glob("subset-*.npy"):  # gathered from the old images
+            stale.unlink(missing_ok=True)
         tmp = directory / "images.npy.tmp"
         arr = np.lib.format.open_memmap(
             tmp, mode="w+", dtype=np.uint8, shape=(len(samples), image_size, image_size, in_chans)
@@ -128,3 +136,61 @@ def load_or_build(
             },
         )
         return np.load(data_path, mmap_mode="r"), failures
+
+
+def _available_memory() -> int | None:
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def memory_limit() -> tuple[int | None, str]:
+    """How many bytes of images a process may hold in its own memory, and where that came from.
+
+    ``AUTOML_VISION_DATA_MEMORY_MIB`` sets it; otherwise half of the memory available now
+    (the model, its activations and the other split need the rest). ``None``: no limit known.
+    """
+    raw = os.environ.get(MEMORY_ENV, "").strip()
+    if raw:
+        try:
+            mib = float(raw)
+        except ValueError:
+            raise UsageError(f"{MEMORY_ENV}={raw!r}: expected a number of MiB (e.g. 4096), or unset it") from None
+        return max(0, int(mib * 2**20)), f"{MEMORY_ENV}={raw}"
+    avail = _available_memory()
+    if avail is None:
+        return None, "available memory unknown"
+    return avail // 2, f"half the available memory ({avail / 2**30:.1f} GiB)"
+
+
+def gather(arr: np.ndarray, idx: np.ndarray, directory: Path, limit: int | None) -> np.ndarray:
+    """``arr[idx]``: a copy in memory when it takes at most ``limit`` bytes, else memory-mapped.
+
+    The memory-mapped copy is a contiguous file in ``directory`` named after the indices,
+    written once (under the cache's lock, through a temporary file) and reused by every
+    trial and worker; it is opened copy-on-write, so writing to it never reaches the file.
+    """
+    idx = np.asarray(idx, dtype=np.int64)
+    nbytes = len(idx) * int(np.prod(arr.shape[1:], dtype=np.int64)) * arr.itemsize
+    if limit is None or nbytes <= limit:
+        return np.asarray(arr[idx])
+    directory = Path(directory)
+    path = directory / f"subset-{hashlib.sha1(idx.tobytes()).hexdigest()[:16]}.npy"
+    with _locked(directory):
+        if not path.exists():
+            tmp = path.with_suffix(".npy.tmp")
+            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=arr.dtype, shape=(len(idx), *arr.shape[1:]))
+            for start in range(0, len(idx), _SUBSET_CHUNK):
+                out[start : start + _SUBSET_CHUNK] = arr[idx[start : start + _SUBSET_CHUNK]]
+            out.flush()
+            del out
+            os.replace(tmp, path)
+    return np.load(path, mmap_mode="c")

@@ -149,7 +149,6 @@ def refit_trial(run_dir: RunDir, number: int, data: PreparedData, pm: PluginMana
     seed, normalisation and every hyperparameter are the trial's. An existing refit of
     the same trial is reused.
     """
-    from automl_vision.training.inference import nhwc_to_tensor
     from automl_vision.training.trainer import TensorData, train
 
     tdir = run_dir.trial_dir(number)
@@ -165,18 +164,11 @@ def refit_trial(run_dir: RunDir, number: int, data: PreparedData, pm: PluginMana
         raise RuntimeError(f"trial {number} has no config.json or model.json to refit from")
     cfg = trial_config(config, epochs)
     t0 = time.time()
-    idx = np.concatenate([data.split_index["train"], data.split_index["val"]])
-    arr = data.images(cfg.image_size)
+    idx = np.sort(np.concatenate([data.split_index["train"], data.split_index["val"]]))
     val = data.split_index["val"][:64]  # the trainer reports on these after each epoch; nothing is decided on them
-    tensors = TensorData(
-        x_train=nhwc_to_tensor(np.asarray(arr[np.sort(idx)])),
-        y_train=torch.from_numpy(data.labels[np.sort(idx)]),
-        x_val=nhwc_to_tensor(np.asarray(arr[val])),
-        y_val=torch.from_numpy(data.labels[val]),
-        mean=list(spec["mean"]),
-        std=list(spec["std"]),
-        num_classes=len(data.classes),
-    )
+    x_train, x_val = data.training_arrays(idx, val, cfg.image_size, log)
+    tensors = TensorData.from_arrays(x_train, data.labels[idx], x_val, data.labels[val], len(data.classes),
+                                     mean=spec["mean"], std=spec["std"])
     torch.manual_seed(cfg.seed)  # the same initial weights as the trial
     model = build_model(spec, pm)
     log(f"refit: trial {number} ({spec.get('label', '')}) on {len(idx)} train+val images for {epochs} epochs")

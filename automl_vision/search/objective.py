@@ -31,7 +31,6 @@ from automl_vision.search import space
 from automl_vision.search.study import SCHEDULE_STEPS
 from automl_vision.settings import PRESETS, SearchSettings, trial_seconds
 from automl_vision.training.device import ExecPath
-from automl_vision.training.inference import channel_stats, nhwc_to_tensor
 from automl_vision.training.trainer import STRETCH_BY_EPOCH, BudgetExceeded, NonFiniteLoss, TensorData, train
 
 
@@ -120,19 +119,10 @@ class Objective:
     # data at one resolution, kept for the life of the worker
     def tensors(self, image_size: int) -> TensorData:
         if image_size not in self._tensors:
-            arr = self.data.images(image_size)
             tr, va = self.data.split_index["train"], self.data.split_index["val"]
-            x_train = np.asarray(arr[tr])
-            mean, std = channel_stats(x_train)
-            self._tensors[image_size] = TensorData(
-                x_train=nhwc_to_tensor(x_train),
-                y_train=torch.from_numpy(self.data.labels[tr]),
-                x_val=nhwc_to_tensor(np.asarray(arr[va])),
-                y_val=torch.from_numpy(self.data.labels[va]),
-                mean=mean,
-                std=std,
-                num_classes=len(self.data.classes),
-            )
+            x_train, x_val = self.data.training_arrays(tr, va, image_size, self.progress.log)
+            labels = self.data.labels
+            self._tensors[image_size] = TensorData.from_arrays(x_train, labels[tr], x_val, labels[va], len(self.data.classes))
         return self._tensors[image_size]
 
     def __call__(self, trial: optuna.Trial):

@@ -101,6 +101,9 @@ def check_settings(settings: SearchSettings, pm: PluginManager) -> list[str]:
     from automl_vision.search import space_file
     from automl_vision.training.pretrained import configure as configure_weights
 
+    from automl_vision.data.cache import memory_limit
+
+    memory_limit()  # a malformed AUTOML_VISION_DATA_MEMORY_MIB stops here, before any work
     configure_weights(settings, pm)  # --pretrained/--weights/--init-from; may fix the searched model
     space_file.apply(settings, pm)  # --space: every key and value checked before anything runs
     return objectives

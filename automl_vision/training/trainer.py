@@ -21,7 +21,7 @@ from torch import nn
 
 from automl_vision.training.augment import AugPolicy, BatchAugmenter
 from automl_vision.training.device import ExecPath, data_fits_on_device
-from automl_vision.training.inference import predict_probs
+from automl_vision.training.inference import channel_stats, nhwc_to_tensor, predict_probs
 
 
 # the last epoch after which ``plan`` may stretch the schedule (the first epoch's time
@@ -76,6 +76,27 @@ class TensorData:
     mean: list[float]
     std: list[float]
     num_classes: int
+    streamed: bool = False  # memory-mapped from a file (too big to hold): batches read through the page cache
+
+    @classmethod
+    def from_arrays(cls, x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
+                    num_classes: int, mean: list[float] | None = None, std: list[float] | None = None) -> "TensorData":
+        """From uint8 ``(N, H, W, C)`` arrays (in memory or memory maps, which are not copied).
+
+        ``mean`` and ``std`` are measured on ``x_train`` unless given (a refit keeps the trial's).
+        """
+        if mean is None or std is None:
+            mean, std = channel_stats(x_train)
+        return cls(
+            x_train=nhwc_to_tensor(x_train),
+            y_train=torch.from_numpy(np.asarray(y_train, dtype=np.int64)),
+            x_val=nhwc_to_tensor(x_val),
+            y_val=torch.from_numpy(np.asarray(y_val, dtype=np.int64)),
+            mean=list(mean),
+            std=list(std),
+            num_classes=num_classes,
+            streamed=isinstance(x_train, np.memmap) or isinstance(x_val, np.memmap),
+        )
 
 
 @dataclass
@@ -194,8 +215,9 @@ def train(
     if on_device:
         x_train, x_val = data.x_train.to(device), data.x_val.to(device)
     else:
-        # too big for the GPU: pinned host memory, batches copied without blocking
-        x_train, x_val = data.x_train.pin_memory(), data.x_val.pin_memory()
+        # too big for the GPU: pinned host memory, batches copied without blocking (a
+        # memory-mapped split stays where it is: pinning would read it all into memory)
+        x_train, x_val = (data.x_train, data.x_val) if data.streamed else (data.x_train.pin_memory(), data.x_val.pin_memory())
     train_model = model
     if path.compile:
         train_model = torch.compile(model)  # shares the parameters; evaluation and saving use ``model``
