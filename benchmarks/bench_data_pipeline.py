@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         m, s = channel_stats(arr)
         mean = torch.tensor(m).view(1, -1, 1, 1)
         std = torch.tensor(s).view(1, -1, 1, 1)
-        x_mem = nhwc_to_tensor(np.asarray(arr))
+        x_mem = nhwc_to_tensor(np.array(arr))  # a copy: np.asarray of a memory map is still the map
         epochs: dict[str, list[float]] = {"decode JPEG every epoch": [], "cache (memory map)": [],
                                           "cache (in-memory tensor, as a trial)": []}
         for e in range(args.epochs):

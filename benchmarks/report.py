@@ -113,7 +113,7 @@ def memory_rows(big: dict[str, Any]) -> list[list[Any]]:
     if "trial_subset_memory" in big:  # results from before trials streamed a split over their limit have not
         rows += [[f"a trial over its memory limit writes its training split ({big['trial_train_split_mib']} MiB) "
                   f"to its own file", *(big["trial_subset_memory"].get(k) for k in keys)],
-                 [f"... and trains an epoch from it ({big['trial_epoch_images_per_second']:.0f} img/s)",
+                 [f"... and reads an epoch of shuffled, normalised batches from it ({big['trial_epoch_images_per_second']:.0f} img/s)",
                   *(big["trial_epoch_memory"].get(k) for k in keys)]]
     rows.append([f"a trial under its limit holds its training split ({big['trial_train_split_mib']} MiB)",
                  *(big["trial_load_memory"].get(k) for k in keys)])

@@ -29,7 +29,7 @@ from automl_vision.types import Sample, UsageError
 
 CACHE_FORMAT = 1
 MEMORY_ENV = "AUTOML_VISION_DATA_MEMORY_MIB"
-_SUBSET_CHUNK = 1024  # images copied at a time into a subset file
+_SUBSET_CHUNK_BYTES = 32 * 2**20  # copied at a time into a subset file (bounds the copy's own memory)
 
 
 def source_fingerprint(samples: Sequence[Sample]) -> str:
@@ -188,8 +188,9 @@ def gather(arr: np.ndarray, idx: np.ndarray, directory: Path, limit: int | None)
         if not path.exists():
             tmp = path.with_suffix(".npy.tmp")
             out = np.lib.format.open_memmap(tmp, mode="w+", dtype=arr.dtype, shape=(len(idx), *arr.shape[1:]))
-            for start in range(0, len(idx), _SUBSET_CHUNK):
-                out[start : start + _SUBSET_CHUNK] = arr[idx[start : start + _SUBSET_CHUNK]]
+            step = max(1, _SUBSET_CHUNK_BYTES // max(1, nbytes // max(1, len(idx))))
+            for start in range(0, len(idx), step):
+                out[start : start + step] = arr[idx[start : start + step]]
             out.flush()
             del out
             os.replace(tmp, path)
