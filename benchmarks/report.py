@@ -161,12 +161,13 @@ def other(name: str, res: dict[str, Any]) -> str:
     return f"See `results/{name}.json` (keys: {keys})."
 
 
-RENDER = {"search_strategy": search_strategy, "engine": engine, "engine_photos": engine, "engine_1thread": engine, "search_quality": search_quality, "data_pipeline": data_pipeline}
+RENDER = {"search_strategy": search_strategy, "engine": engine, "engine_photos": engine, "engine_1thread": engine, "search_quality": search_quality, "search_quality_3min": search_quality, "data_pipeline": data_pipeline}
 TITLES = {
     "engine": "1. Engine overhead (digits)",
     "engine_photos": "1b. Engine overhead (photos)",
     "engine_1thread": "1c. Engine overhead, one torch thread (`--threads 1`; less disturbed by other processes)",
     "search_quality": "2. Search quality per budget",
+    "search_quality_3min": "2c. Search quality on photos in 3 minutes (the budget of the shared photos' hand-written reference)",
     "data_pipeline": "4. Data pipeline",
     "search_strategy": "2b. Search strategy: warm-start portfolio vs TPE vs random (bench_search_strategy.py)",
     "parallel": "3. Parallel scaling and storage overhead (bench_parallel.py)",
@@ -176,7 +177,7 @@ TITLES = {
 def render(results_dir: Path) -> str:
     parts = []
     files = sorted(results_dir.glob("*.json"))
-    order = ["engine", "engine_1thread", "engine_photos", "search_quality", "search_strategy", "parallel"]
+    order = ["engine", "engine_1thread", "engine_photos", "search_quality", "search_quality_3min", "search_strategy", "parallel"]
     names = [n for n in order if (results_dir / f"{n}.json").exists()]
     names += [f.stem for f in files if f.stem not in names and f.stem != "data_pipeline"]
     if (results_dir / "data_pipeline.json").exists():
