@@ -233,12 +233,28 @@ def test_ensemble_command_bad_inputs_exit_2_and_lose_nothing(tmp_path, run_copy,
 
 @pytest.fixture(scope="module")
 def flagged_search(tmp_path_factory, digits_dir) -> Path:
-    """A real search started with --tta --calibrate --refit (two trials, no pruning)."""
+    """A real search started with --calibrate --refit (two trials, no pruning); flip TTA is tried by default."""
     out = tmp_path_factory.mktemp("flagged") / "run"
     proc = run_cli("search", digits_dir, "--out", out, "--n-trials", "2", "--max-epochs", "1", "--image-size", "16",
-                   "--models", "cnn", "--pruner", "none", "--plain", "--tta", "--calibrate", "--refit")
+                   "--models", "cnn", "--pruner", "none", "--plain", "--calibrate", "--refit")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return out
+
+
+def test_flip_tta_is_tried_unless_the_search_says_no_tta():
+    from automl_vision.cli import build_parser
+    from automl_vision.commands.search import settings_from_options
+
+    def options(*argv: str) -> dict:
+        args = vars(build_parser().parse_args(["search", "data", *argv]))
+        return settings_from_options(args.pop("data"), args.pop("out"), **{k: v for k, v in args.items()
+                                                                           if k not in ("func", "command")}).options
+
+    assert options()["tta"] is True and options("--tta")["tta"] is True
+    assert options("--no-tta")["tta"] is False
+    # the Python API takes the same default
+    assert settings_from_options("data", n_trials=1).options["tta"] is True
+    assert settings_from_options("data", n_trials=1, tta=False).options["tta"] is False
 
 
 def test_search_flags_reach_the_final_step(flagged_search):
