@@ -110,7 +110,7 @@ def memory_rows(big: dict[str, Any]) -> list[list[Any]]:
     rows = [[f"build a {big['cache_mib']} MiB cache ({big['files']} images at {big['image_size']} px; budget "
              f"{big['budget_mib']:.0f} MiB)", *(big["build_memory"].get(k) for k in keys)],
             ["stream one epoch from the memory map", *(big["stream_epoch_memory"].get(k) for k in keys)]]
-    if "trial_subset_memory" in big:  # results from before trials streamed a split over their limit have not
+    if "trial_subset_memory" in big:  # absent from results taken before trials could stream a split
         rows += [[f"a trial over its memory limit writes its training split ({big['trial_train_split_mib']} MiB) "
                   f"to its own file", *(big["trial_subset_memory"].get(k) for k in keys)],
                  [f"... and reads an epoch of shuffled, normalised batches from it ({big['trial_epoch_images_per_second']:.0f} img/s)",

@@ -98,10 +98,9 @@ def check_settings(settings: SearchSettings, pm: PluginManager) -> list[str]:
         pm.model_families.get(family)  # a family two plugins register fails here, naming both
     if not families:
         raise UsageError("no model family is available; check --models and the installed plugins")
+    from automl_vision.data.cache import memory_limit
     from automl_vision.search import space_file
     from automl_vision.training.pretrained import configure as configure_weights
-
-    from automl_vision.data.cache import memory_limit
 
     memory_limit()  # a malformed AUTOML_VISION_DATA_MEMORY_MIB stops here, before any work
     configure_weights(settings, pm)  # --pretrained/--weights/--init-from; may fix the searched model
