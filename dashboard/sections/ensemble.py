@@ -24,6 +24,24 @@ def comparison(final: dict) -> pd.DataFrame:
     return pd.DataFrame(cols)
 
 
+def tta_line(final: dict) -> str:
+    """What flip test-time augmentation did, for each model, as decided on validation."""
+    tta = final.get("tta") or {}
+    if not tta.get("requested"):
+        return "Flip test-time augmentation: not tried for this run."
+    metric = final.get("metric", "the objective")
+    parts = []
+    for key, name in (("best", "best single model"), ("ensemble", "ensemble")):
+        info = tta.get(key) or {}
+        before, after = (info.get(k, {}).get(metric) for k in ("val_without", "val_with"))
+        if before is None or after is None:
+            continue
+        parts.append(f"{'kept' if info.get('used') else 'not kept'} for the {name} "
+                     f"(validation {metric} {before:.4f} without, {after:.4f} with)")
+    return "Flip test-time augmentation: " + ("; ".join(parts) or "tried") + \
+        ". Kept only where it improves the objective on validation; the figures below include it where kept."
+
+
 def per_class_both(run: RunData, split: str) -> pd.DataFrame:
     """Per-class precision, recall and F1 of the best model and the ensemble on a split."""
     classes = run.classes
@@ -62,6 +80,7 @@ def body() -> None:
     (st.success if deliverable == "ensemble" else st.info)(f"Deliverable: **{what}** — {final.get('why', '')}.")
     if final.get("note"):
         st.warning(final["note"])
+    st.caption(tta_line(final))
 
     st.subheader("Members")
     st.caption(f"Selection method: {ens.get('method', '?')} (chosen on validation probabilities)")
