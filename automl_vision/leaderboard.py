@@ -80,7 +80,12 @@ def render(df: pd.DataFrame, metric: str, direction: str, top: int = 15, console
     for col in ("#", "state", "model", metric, "epochs", "time", "params", "note"):
         table.add_column(col, justify="right" if col in ("#", metric, "epochs", "time", "params") else "left",
                          no_wrap=col != "note", overflow="ellipsis", max_width=None if col != "note" else 40)
-    for _, r in ranked(df, direction).head(top).iterrows():
+    rows = ranked(df, direction)
+    # configurations sampled after the time left could not train them: one line, not a row each
+    reasons = rows["reason"].astype(str) if "reason" in rows else pd.Series("", index=rows.index)
+    unstarted = rows[(rows["state"] == "PRUNED") & reasons.str.startswith("not started:")] if len(rows) else rows
+    rows = rows.drop(unstarted.index)
+    for _, r in rows.head(top).iterrows():
         value = r.get("value")
         pc = r.get("params_count")
         table.add_row(
@@ -94,8 +99,12 @@ def render(df: pd.DataFrame, metric: str, direction: str, top: int = 15, console
             _note(r),
         )
     console.print(table)
-    if len(df) > top:
-        console.print(f"... and {len(df) - top} more trials in leaderboard.csv")
+    if len(rows) > top:
+        console.print(f"... and {len(rows) - top} more trials in leaderboard.csv")
+    if len(unstarted):
+        numbers = ", ".join(f"#{int(n)}" for n in sorted(unstarted["number"]))
+        console.print(f"{len(unstarted)} configuration(s) sampled near the end were not started, too little time "
+                      f"was left to train them ({numbers}; reasons in leaderboard.csv)")
 
 
 def _note(r) -> str:

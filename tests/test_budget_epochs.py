@@ -104,3 +104,26 @@ def test_a_queued_trial_the_budget_left_unstarted_says_so_in_the_leaderboard(tmp
     assert row["state"] == "WAITING"
     assert row["model"] == "portfolio: cnn-plain-4stage-light"
     assert "not started yet" in row["reason"]
+
+
+def test_configurations_the_deadline_left_unstarted_are_one_line_under_the_terminal_leaderboard():
+    import io
+
+    import pandas as pd
+    from rich.console import Console
+
+    from automl_vision import leaderboard
+
+    df = pd.DataFrame([
+        {"number": 0, "state": "COMPLETE", "model": "cnn-plain", "value": 0.81, "epochs": 70, "seconds": 60.0},
+        {"number": 1, "state": "PRUNED", "model": "cnn-res", "value": 0.6, "epochs": 1, "seconds": 2.0,
+         "reason": "pruned after epoch 1 (accuracy 0.6000)"},
+        {"number": 2, "state": "PRUNED", "model": "regnetx_002", "reason": "not started: about 4s needed for 2 epochs, 3s left"},
+        {"number": 3, "state": "PRUNED", "model": "convnext_atto", "reason": "not started: about 9s needed for 2 epochs, 2s left"},
+    ])
+    out = io.StringIO()
+    leaderboard.render(df, "accuracy", "maximize", console=Console(file=out, width=200))
+    text = out.getvalue()
+    assert "cnn-plain" in text and "cnn-res" in text and "early-stopped by the pruner" in text
+    assert "regnetx_002" not in text and "convnext_atto" not in text
+    assert "2 configuration(s) sampled near the end were not started" in text and "#2, #3" in text
