@@ -127,6 +127,23 @@ def test_ctrl_c_during_a_trial_keeps_finished_work_and_resumes(tmp_path, digits_
     assert (out / "final" / "report.json").exists()
 
 
+def test_ctrl_c_swallowed_where_it_landed_still_stops_the_search(tmp_path, digits_dir):
+    """A Ctrl-C that arrives inside a ``__del__`` (Python prints "Exception ignored" and goes
+    on) still stops the search within a step, as one that arrives anywhere else does."""
+    out = tmp_path / "run"
+    env = cli_env(PYTHONPATH=os.pathsep.join([str(PLUGINS), os.environ.get("PYTHONPATH", "")]))
+    proc = run_cli("search", digits_dir, "--out", out, "--n-trials", "3", "--max-epochs", "3", "--image-size", "16",
+                   "--models", "swallow", "--plugin", "swallowing_family", "--pruner", "none", "--plain", env=env)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 130, log
+    assert "Exception ignored" in log  # the interrupt was indeed swallowed where it landed
+    assert "Run the same command again to resume" in log
+    status = read_json(out / "trials/00000/status.json")
+    assert (status["state"], status["reason"]) == ("FAIL", "interrupted"), status
+    assert not (out / "trials/00001").exists()  # no further trial started
+    assert not (out / "final").exists()
+
+
 def test_ctrl_c_while_caching_exits_cleanly_and_the_cache_is_rebuilt(tmp_path):
     data = write_colour_shapes(tmp_path / "shapes", per_class=150, size=160, fmt="png")
     out = tmp_path / "run"

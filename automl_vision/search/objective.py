@@ -28,6 +28,7 @@ from automl_vision.models import count_params, save_model
 from automl_vision.plugins import PluginManager
 from automl_vision.rundir import RunDir, write_json, write_npy
 from automl_vision.search import space
+from automl_vision.search.interrupts import check_interrupt
 from automl_vision.search.study import SCHEDULE_STEPS
 from automl_vision.settings import PRESETS, SearchSettings, trial_seconds
 from automl_vision.training.device import ExecPath
@@ -204,6 +205,7 @@ class Objective:
                 return cfg.epochs
 
             def abort() -> str | None:
+                check_interrupt()  # every step: a Ctrl-C noted but swallowed stops the trial here
                 if self.budget.deadline is not None and time.time() > self.budget.deadline - self.budget.reserve * 0.5:
                     return "time budget reached"
                 return None

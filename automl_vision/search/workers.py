@@ -37,6 +37,7 @@ from typing import Callable
 import optuna
 
 from automl_vision.rundir import RunDir, read_json, write_json
+from automl_vision.search.interrupts import check_interrupt, watch_interrupts
 from automl_vision.search.study import count_finished, heartbeat_config, is_rdb, retried_numbers
 from automl_vision.types import UsageError
 
@@ -387,8 +388,9 @@ def trial_loop(study: optuna.Study, objective, budget, n_trials: int | None, cal
     gate = FileLock(str(run_dir.path / ".trial-start.lock"))
     ran = 0
     waiting_logged = False
-    with WorkerHeartbeat(run_dir, objective.worker, objective.path.device, beat.interval) as heartbeat:
+    with watch_interrupts(), WorkerHeartbeat(run_dir, objective.worker, objective.path.device, beat.interval) as heartbeat:
         while True:
+            check_interrupt()  # a Ctrl-C swallowed where it landed still stops the loop
             gate.acquire()
             held = True
             try:
@@ -437,6 +439,7 @@ def trial_loop(study: optuna.Study, objective, budget, n_trials: int | None, cal
             finally:
                 if held:
                     gate.release()
+        check_interrupt()
     return ran
 
 

@@ -1,0 +1,55 @@
+"""Ctrl-C that cannot be lost.
+
+Python turns SIGINT into a ``KeyboardInterrupt`` raised wherever the main thread is at
+that moment. When that moment falls inside code that cannot pass an exception on (a
+``__del__`` method, a weakref or garbage-collector callback: Python prints "Exception
+ignored in ..." and goes on) or inside a library that swallows it, the search would carry
+on as if nothing had been pressed. :func:`watch_interrupts` also notes the signal, and
+:func:`check_interrupt`, called between training steps and between trials, raises the
+interrupt again when it was noted but never arrived, so a Ctrl-C always stops the search
+within one training step.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+_noted = False
+
+
+def _note_and_raise(signum, frame) -> None:
+    global _noted
+    _noted = True
+    raise KeyboardInterrupt
+
+
+@contextmanager
+def watch_interrupts() -> Iterator[None]:
+    """Note every SIGINT received while the block runs (and raise it, as Python does).
+
+    Only the main thread can install a handler, and a process that ignores SIGINT (started
+    with ``nohup`` or as a background job of a script) keeps ignoring it: in both cases
+    nothing changes.
+    """
+    global _noted
+    _noted = False
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, _note_and_raise)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def check_interrupt() -> None:
+    """Raise ``KeyboardInterrupt`` when a SIGINT was noted and then swallowed before it
+    could stop the search (once: the raised interrupt clears the note)."""
+    global _noted
+    if _noted:
+        _noted = False
+        raise KeyboardInterrupt
