@@ -126,6 +126,9 @@ def test_ensemble_page_members_weights_and_per_class(monkeypatch, tiny_run):
     assert any(f"{'kept' if tta['used'] else 'not kept'} for the ensemble (validation accuracy "
                f"{tta['val_without']['accuracy']:.4f} without, {tta['val_with']['accuracy']:.4f} with)" in c.value
                for c in at.caption)
+    cal = final["calibration"]["best"]  # on by default
+    assert any(f"temperature {cal['temperature']:.3f} for the best single model (test ECE "
+               f"{cal['test_ece_before']:.4f} -> {cal['test_ece_after']:.4f})" in c.value for c in at.caption)
     per_class = [df.value for df in at.dataframe[2:]]
     assert len(per_class) == 2  # validation and test
     classes = json.loads((tiny_run / "data_report.json").read_text())["classes"]
@@ -223,6 +226,7 @@ def older_run(tiny_run, tmp_path) -> Path:
     (run / "run.json").write_text(json.dumps(info))
     report = json.loads((run / "final" / "report.json").read_text())
     report.pop("tta", None)  # from before flip TTA was recorded
+    report.pop("calibration", None)  # and calibration
     (run / "final" / "report.json").write_text(json.dumps(report))
     return run
 
@@ -238,6 +242,7 @@ def test_older_run_directory_shows_what_it_can(monkeypatch, older_run, page):
     if page == "ensemble":
         assert "per-class validation metrics need final/val_labels.npy" in shown
         assert "test-time augmentation: not tried for this run" in shown
+        assert "Calibration: none for this run" in shown
     if page == "errors":
         # no cache to read images from, and the data folder is elsewhere: a message per image, no crash
         assert at.get("plotly_chart")

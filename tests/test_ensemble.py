@@ -233,15 +233,15 @@ def test_ensemble_command_bad_inputs_exit_2_and_lose_nothing(tmp_path, run_copy,
 
 @pytest.fixture(scope="module")
 def flagged_search(tmp_path_factory, digits_dir) -> Path:
-    """A real search started with --calibrate --refit (two trials, no pruning); flip TTA is tried by default."""
+    """A real search started with --refit (two trials, no pruning); flip TTA and calibration are on by default."""
     out = tmp_path_factory.mktemp("flagged") / "run"
     proc = run_cli("search", digits_dir, "--out", out, "--n-trials", "2", "--max-epochs", "1", "--image-size", "16",
-                   "--models", "cnn", "--pruner", "none", "--plain", "--calibrate", "--refit")
+                   "--models", "cnn", "--pruner", "none", "--plain", "--refit")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return out
 
 
-def test_flip_tta_is_tried_unless_the_search_says_no_tta():
+def test_flip_tta_and_calibration_are_on_unless_the_search_says_no():
     from automl_vision.cli import build_parser
     from automl_vision.commands.search import settings_from_options
 
@@ -255,6 +255,9 @@ def test_flip_tta_is_tried_unless_the_search_says_no_tta():
     # the Python API takes the same default
     assert settings_from_options("data", n_trials=1).options["tta"] is True
     assert settings_from_options("data", n_trials=1, tta=False).options["tta"] is False
+    assert options()["calibrate"] is True and options("--no-calibrate")["calibrate"] is False
+    assert settings_from_options("data", n_trials=1).options["calibrate"] is True
+    assert settings_from_options("data", n_trials=1, calibrate=False).options["calibrate"] is False
 
 
 def test_search_flags_reach_the_final_step(flagged_search):

@@ -77,11 +77,12 @@ def test_trial_model_is_the_trials_own_network(tiny_run):
     trial = automl_vision.load(str(tiny_run), model=f"trial:{best_n}")
     assert trial.kind == f"trial:{best_n}"
     p = trial.predict_proba([str(f) for f in files[:5]])
-    # the best model without temperature or TTA is the same network as the trial (tiny_run has no
-    # --calibrate and no --refit; the flip average, where validation kept it, is switched off here)
+    # the best model without its temperature and flip average is the same network as the trial
+    # (tiny_run has no --refit; calibration and flip TTA are on by default and switched off here)
     best = automl_vision.load(str(tiny_run), model="best")
-    assert best.module.temperature == 1.0 and not (report.get("refit") or {}).get("models")
-    best.module.tta = False
+    assert best.module.temperature == pytest.approx(report["calibration"]["best"]["temperature"])
+    assert not (report.get("refit") or {}).get("models")
+    best.module.tta, best.module.temperature = False, 1.0
     np.testing.assert_allclose(p, best.predict_proba([str(f) for f in files[:5]]), atol=1e-6)
     assert np.allclose(p.sum(1), 1.0, atol=1e-5)
 

@@ -42,6 +42,24 @@ def tta_line(final: dict) -> str:
         ". Kept only where it improves the objective on validation; the figures below include it where kept."
 
 
+def calibration_line(final: dict) -> str:
+    """The temperature fitted on validation for each model, and what it did to the calibration error."""
+    cal = final.get("calibration") or {}
+    if not cal.get("requested"):
+        return "Calibration: none for this run; probabilities are the networks' own."
+    split = "test" if final.get("has_test") else "validation"
+    prefix = "test" if split == "test" else "val"
+    parts = []
+    for key, name in (("best", "best single model"), ("ensemble", "ensemble")):
+        info = cal.get(key) or {}
+        before, after = info.get(f"{prefix}_ece_before"), info.get(f"{prefix}_ece_after")
+        if "temperature" not in info or before is None or after is None:
+            continue
+        parts.append(f"temperature {info['temperature']:.3f} for the {name} ({split} ECE {before:.4f} -> {after:.4f})")
+    return "Calibration: " + ("; ".join(parts) or "applied") + \
+        ". Fitted on validation; it never changes a predicted class, and the figures below include it."
+
+
 def per_class_both(run: RunData, split: str) -> pd.DataFrame:
     """Per-class precision, recall and F1 of the best model and the ensemble on a split."""
     classes = run.classes
@@ -81,6 +99,7 @@ def body() -> None:
     if final.get("note"):
         st.warning(final["note"])
     st.caption(tta_line(final))
+    st.caption(calibration_line(final))
 
     st.subheader("Members")
     st.caption(f"Selection method: {ens.get('method', '?')} (chosen on validation probabilities)")
