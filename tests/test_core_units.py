@@ -39,6 +39,26 @@ def test_stratified_split_keeps_every_class_in_val_and_is_seeded():
     assert sorted(all_idx.tolist()) == list(range(len(labels)))  # a partition
 
 
+def test_grouped_split_keeps_groups_together_and_is_the_plain_split_without_them():
+    labels = np.array([0] * 100 + [1] * 60 + [2] * 3)
+    plain = stratified_split(labels, (0.7, 0.15, 0.15), seed=1)
+    unique = stratified_split(labels, (0.7, 0.15, 0.15), seed=1, groups=np.arange(len(labels)))
+    for name in plain:  # no shared group: exactly the plain split (stored runs and benchmarks unchanged)
+        np.testing.assert_array_equal(plain[name], unique[name])
+    groups = np.arange(len(labels))
+    groups[10:40] = groups[10:40] // 3 * 3  # ten triples in class 0
+    groups[100:110] = 100  # ten copies of one image in class 1
+    groups[160:163] = 160  # class 2: three copies of one image, too few for a split each
+    split = stratified_split(labels, (0.7, 0.15, 0.15), seed=1, groups=groups)
+    where = {int(i): name for name, idx in split.items() for i in idx}
+    assert sorted(where) == list(range(len(labels)))  # a partition
+    for g in np.unique(groups[:160]):
+        assert len({where[int(i)] for i in np.flatnonzero(groups == g)}) == 1, g
+    for name in ("train", "val", "test"):
+        assert {0, 1, 2} <= set(labels[split[name]].tolist())  # class 2 falls back to the plain split
+        assert abs(len(split[name]) - len(plain[name])) <= 10
+
+
 def test_registry_suggests_close_names_and_names_conflicting_plugins():
     reg: Registry[int] = Registry("metric")
     reg.add("accuracy", 1, "builtin")

@@ -265,6 +265,32 @@ def test_duplicates_across_splits_are_reported(tmp_path):
     assert report["split_source"] == "fixed by the data"
 
 
+def test_identical_files_in_a_class_folder_stay_in_one_split(tmp_path):
+    """A photo saved twice ("cat.4220.jpg", "cat.4220(1).jpg") is never in training and in
+    validation or test at once when automl-vision makes the split: validation stays honest."""
+    root = tmp_path / "copies"
+    for cls, colour in (("a", RED), ("b", BLUE)):
+        d = root / cls
+        d.mkdir(parents=True)
+        for i in range(20):
+            _noise(hash((cls, i)) % 1000, colour=colour).save(d / f"{i}.png")
+        for i in range(8):  # eight photos of each class saved twice, one three times
+            (d / f"{i} (1).png").write_bytes((d / f"{i}.png").read_bytes())
+        (d / "0 (2).png").write_bytes((d / "0.png").read_bytes())
+    run_dir = RunDir(tmp_path / "run")
+    data = prepare(load_image_folder(str(root)), run_dir, image_size=16)
+    report = json.loads(run_dir.data_report.read_text())
+    assert len(report["duplicates"]) == 16 and not any(d["leak"] for d in report["duplicates"])
+    assert not any("more than one split" in w for w in report["warnings"])
+    split_of = {data.samples[i].key: name for name, idx in data.split_index.items() for i in idx}
+    for cls in ("a", "b"):
+        for i in range(8):
+            copies = {split_of[f"{cls}/{i}.png"], split_of[f"{cls}/{i} (1).png"]}
+            assert len(copies) == 1, (cls, i, copies)
+    sizes = {name: len(idx) for name, idx in data.split_index.items()}
+    assert sizes["val"] >= 4 and sizes["test"] >= 4 and sum(sizes.values()) == 58  # still about 70/15/15
+
+
 def test_extreme_imbalance_keeps_every_class_in_validation(tmp_path):
     root = tmp_path / "imbalanced"
     for cls, n, colour in (("common", 60, RED), ("rare", 3, BLUE)):

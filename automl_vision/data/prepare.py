@@ -158,8 +158,15 @@ def _known_failures(run_dir: RunDir, valid: list[Sample]) -> dict[str, str]:
     return out
 
 
-def stratified_split(labels: np.ndarray, fractions: tuple[float, float, float], seed: int) -> dict[str, np.ndarray]:
-    """Indices per split; every class with at least 3 images gets one in each split."""
+def stratified_split(labels: np.ndarray, fractions: tuple[float, float, float], seed: int,
+                     groups: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Indices per split; every class with at least 3 images gets one in each split.
+
+    ``groups`` (one id per image, e.g. its content digest) keeps the images of a group in
+    one split: a file copied twice into a class folder is then never in training and in
+    validation or test at once, where it would make them score what was memorised. Without
+    groups, or when no two images of a class share one, the split is the plain one.
+    """
     rng = np.random.default_rng(seed)
     out: dict[str, list[int]] = {k: [] for k in SPLITS}
     for cls in np.unique(labels):
@@ -178,10 +185,42 @@ def stratified_split(labels: np.ndarray, fractions: tuple[float, float, float], 
         n_train = n - n_val - n_test
         if n_train < 1 and n >= 3:
             n_train, n_test = 1, n - n_val - 1
-        out["train"].extend(idx[:n_train])
-        out["val"].extend(idx[n_train : n_train + n_val])
-        out["test"].extend(idx[n_train + n_val :])
+        cuts = [n_train, n_train + n_val]
+        if groups is not None:
+            idx, cuts = _grouped(idx, np.asarray(groups)[idx], cuts)
+        out["train"].extend(idx[: cuts[0]])
+        out["val"].extend(idx[cuts[0] : cuts[1]])
+        out["test"].extend(idx[cuts[1] :])
     return {k: np.sort(np.asarray(v, dtype=np.int64)) for k, v in out.items()}
+
+
+def _grouped(idx: np.ndarray, ids: np.ndarray, cuts: list[int]) -> tuple[np.ndarray, list[int]]:
+    """Reorder shuffled ``idx`` so that each group's images follow its first one, and move
+    the two cuts (train | val | test) to the group boundaries nearest to them, keeping a
+    group for every split the plain cuts gave images to."""
+    positions: dict = {}
+    for pos, g in enumerate(ids.tolist()):
+        positions.setdefault(g, []).append(pos)
+    n = len(idx)
+    need_val, need_test = cuts[1] > cuts[0], cuts[1] < n
+    if len(positions) == n or len(positions) < 1 + need_val + need_test:
+        # no two images share a group: the plain split; too few distinct images for a
+        # group in each split: the plain split too, and the data report warns of the leak
+        return idx, cuts
+    groups = list(positions.values())
+    order = np.asarray([idx[p] for group in groups for p in group], dtype=idx.dtype)
+    bounds = np.cumsum([0] + [len(g) for g in groups]).tolist()  # where a split may end
+    last = len(groups)
+
+    def nearest(target: int, lo: int, hi: int) -> int:
+        """The boundary nearest to ``target`` among bounds[lo..hi] (indices of groups)."""
+        lo = min(lo, last)
+        hi = max(lo, min(hi, last))
+        return min(range(lo, hi + 1), key=lambda i: (abs(bounds[i] - target), i))
+
+    g0 = nearest(cuts[0], 1 if cuts[0] > 0 else 0, last - need_val - need_test)
+    g1 = nearest(cuts[1], g0 + need_val, last - need_test)
+    return order, [bounds[g0], bounds[g1]]
 
 
 def prepare(
@@ -253,7 +292,7 @@ def prepare(
             "least 2 (one to train on, one to validate with). Add images or remove the folder."
         )
 
-    split_index = _splits(valid, labels, run_dir, seed, fractions)
+    split_index = _splits(valid, labels, run_dir, seed, fractions, digests)
     for name in ("train", "val"):
         missing = sorted(set(present) - set(labels[split_index[name]].tolist()))
         if missing:
@@ -281,7 +320,8 @@ def prepare(
     return PreparedData(run_dir, classes, valid, in_chans, split_index, report)
 
 
-def _splits(valid: list[Sample], labels: np.ndarray, run_dir: RunDir, seed: int, fractions) -> dict[str, np.ndarray]:
+def _splits(valid: list[Sample], labels: np.ndarray, run_dir: RunDir, seed: int, fractions,
+            digests: dict[str, str | None]) -> dict[str, np.ndarray]:
     keys = [s.key for s in valid]
     stored = run_dir.read_splits()
     if stored and set(stored.get("keys", [])) == set(keys):
@@ -295,7 +335,9 @@ def _splits(valid: list[Sample], labels: np.ndarray, run_dir: RunDir, seed: int,
         if len(index["val"]) == 0:
             raise DataError("the data has a train split but no validation split (val/, valid/ or validation/)")
     else:
-        index = stratified_split(labels, fractions, seed)
+        # identical files (same bytes) stay in one split: no copy of a training image is validated on
+        groups = np.asarray([digests.get(s.key) or s.key for s in valid], dtype=object)
+        index = stratified_split(labels, fractions, seed, groups=groups)
     write_json(
         run_dir.splits,
         {"seed": seed, "keys": keys, "splits": {name: [keys[i] for i in index[name]] for name in SPLITS}},
