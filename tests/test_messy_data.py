@@ -278,7 +278,9 @@ def test_identical_files_in_a_class_folder_stay_in_one_split(tmp_path):
             (d / f"{i} (1).png").write_bytes((d / f"{i}.png").read_bytes())
         (d / "0 (2).png").write_bytes((d / "0.png").read_bytes())
     run_dir = RunDir(tmp_path / "run")
-    data = prepare(load_image_folder(str(root)), run_dir, image_size=16)
+    said = []
+    data = prepare(load_image_folder(str(root)), run_dir, image_size=16, log=said.append)
+    assert "note: 16 group(s) of identical files, each kept in one split (listed in data_report.json)" in said
     report = json.loads(run_dir.data_report.read_text())
     assert len(report["duplicates"]) == 16 and not any(d["leak"] for d in report["duplicates"])
     assert not any("more than one split" in w for w in report["warnings"])

@@ -317,6 +317,9 @@ def prepare(
             f"class folder(s) with no usable image, left out of the classes: {', '.join(d['class'] for d in dropped)}"
         )
     write_json(run_dir.data_report, report)
+    kept = sum(1 for d in report["duplicates"] if not d["leak"])
+    if kept:
+        log(f"note: {kept} group(s) of identical files, each kept in one split (listed in data_report.json)")
     return PreparedData(run_dir, classes, valid, in_chans, split_index, report)
 
 
