@@ -145,6 +145,9 @@ def test_ensemble_command_rebuilds_with_other_settings_and_reports_both_on_test(
     assert "Final evaluation on the held-out test split" in proc.stdout
     assert "best single: trial" in proc.stdout and "ensemble (topk" in proc.stdout
     assert "Deliverable:" in proc.stdout and "Calibration" in proc.stdout and "test-time augmentation" in proc.stdout
+    # without --refit the summary says what a refit would take and the command that runs it
+    said = " ".join(proc.stdout.split())
+    assert "Optional next step (about" in said and f"automl-vision ensemble {run_copy} --refit retrains" in said
 
     ensemble = json.loads((run_copy / "ensemble.json").read_text())
     assert ensemble["method"] == "topk"

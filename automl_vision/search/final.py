@@ -23,6 +23,7 @@ running search with other settings.
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import time
 from typing import Any, Callable
@@ -39,6 +40,7 @@ from automl_vision.plugins import PluginManager
 from automl_vision.predict import ProbabilityModel
 from automl_vision.progress import make_console
 from automl_vision.rundir import RunDir, read_json, write_json, write_npy
+from automl_vision.settings import format_duration
 from automl_vision.training.device import ExecPath
 from automl_vision.types import UsageError
 
@@ -279,14 +281,16 @@ def finalize(run_dir: RunDir, data: PreparedData, pm: PluginManager, path: ExecP
     # refit on train + validation: choices stay as made on validation
     refit_info: dict[str, Any] = {"requested": refit}
     dirs = {n: str(run_dir.trial_dir(n).relative_to(run_dir.path)) for n in needed}
+    n_train, n_val = len(data.split_index["train"]), len(data.split_index["val"])
+    estimate = sum(float((run_dir.read_trial(n) or {}).get("seconds") or 0.0) for n in needed) * (n_train + n_val) / max(1, n_train)
+    refit_info["estimate_seconds"] = estimate
+    refit_info["command"] = f"automl-vision ensemble {shlex.quote(str(run_dir.path))} --refit"
     if refit:
-        n_train, n_val = len(data.split_index["train"]), len(data.split_index["val"])
-        estimate = sum(float((run_dir.read_trial(n) or {}).get("seconds") or 0.0) for n in needed) * (n_train + n_val) / max(1, n_train)
         deadline = run_deadline(run_dir) if respect_budget else None
         if deadline is not None and time.time() + estimate > deadline:
             refit_info["skipped"] = (f"not enough time left in the search's time budget (refit needs about "
                                      f"{estimate:.0f}s, {max(0.0, deadline - time.time()):.0f}s left); run "
-                                     f"'automl-vision ensemble {run_dir.path} --refit' to refit without a budget")
+                                     f"{refit_info['command']} to refit without a budget")
             log(f"refit skipped: {refit_info['skipped']}")
         else:
             done = [refit_trial(run_dir, n, data, pm, path, log) for n in needed]
@@ -434,6 +438,10 @@ def print_summary(report: dict[str, Any], console=None) -> None:
     console.print(f"Deliverable: [bold]{report['deliverable']}[/] — {report['why']}.")
     if report.get("note"):
         console.print(f"[yellow]Note:[/] {report['note']}")
+    if not refit.get("requested") and refit.get("command"):
+        console.print(escape(f"Optional next step (about {format_duration(refit['estimate_seconds'])}): {refit['command']} "
+                             "retrains the chosen models on train + validation; see docs/prediction-and-export.md."),
+                      style="dim")
 
 
 def _extras(report: dict[str, Any], name: str) -> str:
