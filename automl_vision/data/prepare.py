@@ -214,11 +214,10 @@ def _grouped(idx: np.ndarray, ids: np.ndarray, cuts: list[int]) -> tuple[np.ndar
 
     def nearest(target: int, lo: int, hi: int) -> int:
         """The boundary nearest to ``target`` among bounds[lo..hi] (indices of groups)."""
-        lo = min(lo, last)
-        hi = max(lo, min(hi, last))
         return min(range(lo, hi + 1), key=lambda i: (abs(bounds[i] - target), i))
 
-    g0 = nearest(cuts[0], 1 if cuts[0] > 0 else 0, last - need_val - need_test)
+    # training always has an image; enough groups are left for the splits after each cut
+    g0 = nearest(cuts[0], 1, last - need_val - need_test)
     g1 = nearest(cuts[1], g0 + need_val, last - need_test)
     return order, [bounds[g0], bounds[g1]]
 

@@ -44,6 +44,7 @@ def watch_interrupts() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
+        _noted = False  # nothing noted here outlives the block
 
 
 def check_interrupt() -> None:
