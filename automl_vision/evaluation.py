@@ -55,3 +55,19 @@ def is_better(a: float, b: float | None, direction: str) -> bool:
     if b is None or (isinstance(b, float) and math.isnan(b)):
         return True
     return a > b if direction == "maximize" else a < b
+
+
+def wilson_interval(accuracy: float, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """95% Wilson score interval of an accuracy measured on ``n`` images.
+
+    So that "0.89 on 37 images" reads as 0.75-0.96: the interval is what a selection on
+    a few dozen validation images can and cannot tell. (One closed-form formula; the
+    libraries that have it, statsmodels among them, are not dependencies.)
+    """
+    if n <= 0 or not math.isfinite(accuracy):
+        return (float("nan"), float("nan"))
+    p = min(1.0, max(0.0, accuracy))
+    denom = 1.0 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return (max(0.0, centre - half), min(1.0, centre + half))

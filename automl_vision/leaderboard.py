@@ -44,12 +44,29 @@ def build(run_dir: RunDir, study=None) -> pd.DataFrame:
                 row[f"param_{k}"] = v
     if not rows:
         return pd.DataFrame(columns=FIRST_COLUMNS)
+    n_val = validation_size(run_dir)
+    if n_val:  # how much a validation accuracy can tell: its 95% Wilson interval
+        from automl_vision.evaluation import wilson_interval
+
+        for row in rows.values():
+            acc = row.get("val_accuracy")
+            if isinstance(acc, (int, float)) and not pd.isna(acc):
+                row["val_accuracy_low95"], row["val_accuracy_high95"] = wilson_interval(float(acc), n_val)
     df = pd.DataFrame(sorted(rows.values(), key=lambda r: r["number"]))
     first = [c for c in FIRST_COLUMNS if c in df.columns]
     metrics = sorted(c for c in df.columns if c.startswith("val_"))
     params = sorted(c for c in df.columns if c.startswith("param_"))
     rest = [c for c in df.columns if c not in first and c not in metrics and c not in params]
     return df[first + metrics + rest + params]
+
+
+def validation_size(run_dir: RunDir) -> int:
+    """Images in the run's validation split (0 when not known yet)."""
+    counts = ((run_dir.read_data_report() or {}).get("counts") or {}).get("val") or {}
+    try:
+        return int(sum(counts.values())) if isinstance(counts, dict) else int(counts)
+    except (TypeError, ValueError):
+        return 0
 
 
 def write(run_dir: RunDir, study=None) -> pd.DataFrame:
@@ -77,8 +94,10 @@ def render(df: pd.DataFrame, metric: str, direction: str, top: int = 15, console
 
     console = console or make_console()
     table = Table(title=f"Leaderboard (validation {metric}, {'higher' if direction == 'maximize' else 'lower'} is better)")
-    for col in ("#", "state", "model", metric, "epochs", "time", "params", "note"):
-        table.add_column(col, justify="right" if col in ("#", metric, "epochs", "time", "params") else "left",
+    with_ci = metric == "accuracy" and "val_accuracy_low95" in df
+    header = f"{metric} (95% CI)" if with_ci else metric
+    for col in ("#", "state", "model", header, "epochs", "time", "params", "note"):
+        table.add_column(col, justify="right" if col in ("#", header, "epochs", "time", "params") else "left",
                          no_wrap=col != "note", overflow="ellipsis", max_width=None if col != "note" else 40)
     rows = ranked(df, direction)
     # configurations sampled after the time left could not train them: one line, not a row each
@@ -92,7 +111,7 @@ def render(df: pd.DataFrame, metric: str, direction: str, top: int = 15, console
             str(int(r["number"])),
             str(r.get("state", "")).lower(),
             str(r.get("model", "") if pd.notna(r.get("model")) else ""),
-            f"{value:.4f}" if pd.notna(value) else "-",
+            _value_cell(r, value, with_ci),
             str(int(r["epochs"])) if pd.notna(r.get("epochs")) else "-",
             f"{r['seconds']:.0f}s" if pd.notna(r.get("seconds")) else "-",
             f"{pc / 1e6:.2f}M" if pd.notna(pc) else "-",
@@ -105,6 +124,15 @@ def render(df: pd.DataFrame, metric: str, direction: str, top: int = 15, console
         numbers = ", ".join(f"#{int(n)}" for n in sorted(unstarted["number"]))
         console.print(f"{len(unstarted)} configuration(s) sampled near the end were not started, too little time "
                       f"was left to train them ({numbers}; reasons in leaderboard.csv)")
+
+
+def _value_cell(r, value, with_ci: bool) -> str:
+    if not pd.notna(value):
+        return "-"
+    low, high = r.get("val_accuracy_low95"), r.get("val_accuracy_high95")
+    if with_ci and pd.notna(low) and pd.notna(high) and r.get("state") == "COMPLETE":
+        return f"{value:.4f} ({low:.2f}-{high:.2f})"
+    return f"{value:.4f}"
 
 
 def _note(r) -> str:

@@ -31,6 +31,7 @@ LEADERBOARD = "leaderboard.csv"
 TRIALS = "trials"
 BEST = "best"
 FINAL = "final"
+FINAL_FIT = "final_fit"  # small-data regime: the delivered configuration trained on every labelled image
 JOURNAL = "study.journal"
 
 

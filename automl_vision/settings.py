@@ -29,18 +29,20 @@ PRESETS = {
 }
 
 
-def trial_seconds(settings: "SearchSettings") -> float | None:
+def trial_seconds(settings: "SearchSettings", search_seconds: float | None = None) -> float | None:
     """Seconds one trial may fill by stretching its epochs; None: epochs stay as set.
 
-    Only with a time budget and without an explicit ``max_epochs``. With ``n_trials`` too,
-    each trial may use its equal share of the budget when that is larger.
+    Only with a time budget and without an explicit ``max_epochs``. The share is of the
+    trials' part of the budget (``search_seconds``, see search/budget.py; the whole budget
+    when not given). With ``n_trials`` too, each trial may use its equal share when that
+    is larger.
     """
     if settings.max_epochs or not settings.time_budget:
         return None
     share = PRESETS[settings.preset]["trial_share"]
     if settings.n_trials:
         share = max(share, 0.85 / settings.n_trials)
-    return share * float(settings.time_budget)
+    return share * float(search_seconds or settings.time_budget)
 
 
 @dataclass
@@ -64,6 +66,7 @@ class SearchSettings:
     plugins: list[str] = field(default_factory=list)
     prefer: dict[str, str] = field(default_factory=dict)  # NAME -> PLUGIN picked on a conflict
     workers: int = 1
+    regime: str = "auto"  # small-data regime: auto, small or standard (search/budget.py)
     options: dict[str, Any] = field(default_factory=dict)  # room for later settings
 
     def as_dict(self) -> dict[str, Any]:

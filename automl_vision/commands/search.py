@@ -126,6 +126,11 @@ def add_search_options(p: argparse.ArgumentParser) -> None:
                    help="when two plugins register the same dataset source, model family or metric NAME, "
                         "use the one from PLUGIN (repeatable; see 'automl-vision plugins')")
     f = p.add_argument_group("final model (see docs/prediction-and-export.md)")
+    f.add_argument("--regime", choices=["auto", "small", "standard"], default="auto",
+                   help="small: the search selects a configuration on validation, the test split scores it, then it "
+                        "is trained once more on every labelled image in the last 45%% of --time-budget and that "
+                        "model is delivered; standard: the delivered model is the search's own, trained on the train "
+                        "split (default: auto = small for at most 6,000 labelled images with a time budget)")
     f.add_argument("--refit", action="store_true",
                    help="retrain the chosen configurations on train + validation with the epochs the search found "
                         "(skipped, with a note, when the time budget has no room for it)")
@@ -233,6 +238,7 @@ def settings_from_options(data: str, out: str | None = None, **o: Any):
         plugins=[str(Path(m).resolve()) if m.endswith(".py") else m for m in (o.get("plugin") or o.get("plugins") or [])],
         prefer=dict(o.get("prefer") or {}),
         workers=workers,
+        regime=o.get("regime") or "auto",
         options=options,
     )
 

@@ -82,8 +82,15 @@ class Budget:
     """The search's time limit, shared by every trial of this process."""
 
     deadline: float | None  # absolute time.time(); None: no limit
-    reserve: float = 0.0  # seconds kept for the final steps
+    reserve: float = 0.0  # seconds kept for the final steps (search/budget.py: BudgetPlan.reserve)
     epoch_times: list[float] = field(default_factory=list)
+    search_seconds: float | None = None  # the trials' part of the budget (None: the whole budget)
+    grace: float | None = None  # seconds a trial may overrun into the reserve (None: half of it)
+
+    def stop_at(self) -> float:
+        """The hard limit of a running trial: a little into the reserve, never into a final fit."""
+        grace = self.reserve * 0.5 if self.grace is None else self.grace
+        return self.deadline - self.reserve + grace
 
     def left(self) -> float:
         return math.inf if self.deadline is None else self.deadline - self.reserve - time.time()
@@ -114,7 +121,7 @@ class Objective:
         self.families, self.timm_models = space.families_and_models(settings, pm)
         self._tensors: dict[int, TensorData] = {}
         self.worker = worker_id()
-        self.trial_seconds = trial_seconds(settings)
+        self.trial_seconds = trial_seconds(settings, budget.search_seconds)
         self.epoch_cap = int(PRESETS[settings.preset]["epoch_cap"])
 
     # data at one resolution, kept for the life of the worker
@@ -206,7 +213,7 @@ class Objective:
 
             def abort() -> str | None:
                 check_interrupt()  # every step: a Ctrl-C noted but swallowed stops the trial here
-                if self.budget.deadline is not None and time.time() > self.budget.deadline - self.budget.reserve * 0.5:
+                if self.budget.deadline is not None and time.time() > self.budget.stop_at():
                     return "time budget reached"
                 return None
 

@@ -89,6 +89,10 @@ def check_settings(settings: SearchSettings, pm: PluginManager) -> list[str]:
     for name in objectives[:1]:
         if name not in pm.metrics:
             raise UsageError("--metric: " + pm.metrics.unknown_message(name))
+    from automl_vision.search.budget import REGIMES
+
+    if settings.regime not in REGIMES:
+        raise UsageError(f"--regime {settings.regime!r}: expected one of {', '.join(REGIMES)}")
     if settings.preset not in PRESETS:
         raise UsageError(f"--preset {settings.preset!r}: expected one of {', '.join(PRESETS)}")
     from automl_vision.search.space import families_and_models
@@ -197,6 +201,10 @@ def run_search(settings: SearchSettings, argv: list[str] | None = None, plain: b
     )
     for w in data.report.get("warnings", []):
         log(f"warning: {w}")
+    from automl_vision.search.budget import plan_budget
+
+    plan = plan_budget(settings.regime, sum(counts.values()), settings.time_budget, started=t_start)
+    log(f"regime: {plan.regime} ({plan.why})")
 
     stored = dict(settings.as_dict(), storage=redact(settings.storage))
     run_info = read_json(run_dir.run_json) or {}
@@ -212,6 +220,7 @@ def run_search(settings: SearchSettings, argv: list[str] | None = None, plain: b
         study_name=settings.study_name,
         storage=redact(settings.storage) or "journal file study.journal in the run directory",
         exec_path=path.as_dict(),
+        budget=plan.as_dict(),
         data={"root": data.report["root"], "classes": data.classes, "in_chans": data.in_chans, "counts": counts,
               "skipped": data.report["num_skipped"]},
         plugins=pm.fingerprint(),
@@ -226,15 +235,15 @@ def run_search(settings: SearchSettings, argv: list[str] | None = None, plain: b
     study.set_user_attr("automl_vision_version", __version__)
     study.set_user_attr("plugins", pm.fingerprint())
     study.set_user_attr("run_dir", str(run_dir.path.resolve()))
-    # workers joining from other machines stop with this session's time budget
-    session_reserve = min(60.0, max(3.0, 0.04 * settings.time_budget)) if settings.time_budget else 0.0
-    study.set_user_attr("session", {"deadline": deadline, "reserve": session_reserve, "n_trials": settings.n_trials})
+    # workers joining from other machines stop with this session's time budget, before its final steps
+    study.set_user_attr("session", {"deadline": deadline, "reserve": plan.reserve, "grace": plan.final_steps * 0.5,
+                                    "search_seconds": plan.search_seconds, "n_trials": settings.n_trials})
     recover_stale_trials(study, log)
     pm.on_search_start(str(run_dir.path), stored)
 
-    # keep a small reserve for the final evaluation and ensemble
-    reserve = min(60.0, max(3.0, 0.04 * settings.time_budget)) if settings.time_budget else 0.0
-    budget = Budget(deadline=deadline, reserve=reserve)
+    # trials stop before the final steps (and, in the small-data regime, the final fit): search/budget.py
+    budget = Budget(deadline=deadline, reserve=plan.reserve, search_seconds=plan.search_seconds,
+                    grace=plan.final_steps * 0.5)
     objective = Objective(settings, data, pm, path, budget, progress, objectives, max_epochs)
     from automl_vision.search.portfolio import warm_start
 

@@ -571,7 +571,8 @@ def join_study(storage_url: str, study_name: str | None, device: str = "auto", r
     log(f"joined study {study_name!r} in {shown}; run directory {rd.path}; execution path: {path.describe()}")
     data_ = _load_prepared(settings, rd, pm)
     study = open_study(settings, directions, max_epochs, create=False)
-    budget = Budget(deadline=deadline, reserve=reserve)
+    budget = Budget(deadline=deadline, reserve=reserve, search_seconds=session.get("search_seconds"),
+                    grace=session.get("grace") if not time_budget else None)
     objective = Objective(settings, data_, pm, path, budget, progress, objectives, max_epochs)
     pm.on_search_start(str(rd.path), dict(attrs["settings"]))  # the hook's contract: a joining worker starts too
     with progress:

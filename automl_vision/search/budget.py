@@ -1,0 +1,116 @@
+"""The time budget of a search, resolved once: the regime, when trials stop, what the
+final steps get.
+
+A search with ``--time-budget T`` spends it in two phases:
+
+1. **trials** run until ``T - reserve``;
+2. the **final steps** (selection, test-time augmentation, calibration, the one test
+   evaluation and, in the small-data regime, the final fit) use the reserve.
+
+The **small-data regime** (``--regime small``; ``auto`` picks it for folders of at most
+:data:`SMALL_DATA_MAX_IMAGES` labelled images when there is a time budget) trains the
+delivered model on *every* labelled image: the search selects a configuration on the
+validation split, the test split scores that configuration as the search trained it
+(the honest estimate), and then the configuration is trained once more on train +
+validation + test for as many epochs as :data:`FINAL_FIT_SHARE` of the budget affords.
+Measured on small photo folders (benchmarks/README.md, "small data"): a model that
+never sees 30% of a few hundred photos loses to a hand-written loop trained on all of
+them, whatever the search found.
+
+Everything that needs the budget reads it from a :class:`BudgetPlan` (stored in
+``run.json`` as ``budget``), instead of working it out again.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from automl_vision.types import UsageError
+
+REGIMES = ("auto", "small", "standard")
+# at most this many labelled images (train + validation + test) -> the small-data regime:
+# above it, 70% of the images is already a lot of data and a final fit costs more than it adds
+SMALL_DATA_MAX_IMAGES = 6000
+# share of the budget kept for the final fit in the small-data regime: the final model trains on
+# all the images for about as long as the search's trials ran together (benchmarks/README.md)
+FINAL_FIT_SHARE = 0.45
+
+
+def final_steps_seconds(time_budget: float) -> float:
+    """Seconds kept for selection, TTA, calibration and the test evaluation (not the final fit)."""
+    return min(60.0, max(3.0, 0.04 * time_budget))
+
+
+def resolve_regime(requested: str, n_images: int, time_budget: float | None) -> tuple[str, str]:
+    """(regime, why) for ``--regime`` ``requested`` on ``n_images`` labelled images."""
+    if requested not in REGIMES:
+        raise UsageError(f"--regime {requested!r}: expected one of {', '.join(REGIMES)}")
+    if requested == "small":
+        return "small", "--regime small: the delivered model is trained on every labelled image"
+    if requested == "standard":
+        return "standard", "--regime standard: the delivered model is trained on the train split"
+    if not time_budget:
+        return "standard", "no --time-budget to plan a final fit in (--regime small asks for one anyway)"
+    if n_images > SMALL_DATA_MAX_IMAGES:
+        return "standard", (f"{n_images} labelled images (more than {SMALL_DATA_MAX_IMAGES}): the train split is "
+                            "large enough that a final fit on every image costs more than it adds")
+    return "small", (f"{n_images} labelled images (at most {SMALL_DATA_MAX_IMAGES}): the delivered model is trained "
+                     f"on all of them in the last {FINAL_FIT_SHARE:.0%} of the budget")
+
+
+@dataclass(frozen=True)
+class BudgetPlan:
+    """The resolved budget of one search session."""
+
+    regime: str  # "small" or "standard"
+    why: str
+    started: float  # time.time() at the start of the session
+    time_budget: float | None  # seconds; None: no limit
+    final_steps: float  # seconds kept for selection, TTA, calibration, the test evaluation
+    final_fit: float  # seconds kept for the final fit (small-data regime with a budget), else 0
+
+    @property
+    def deadline(self) -> float | None:
+        return self.started + self.time_budget if self.time_budget else None
+
+    @property
+    def reserve(self) -> float:
+        """Seconds before the deadline at which trials stop."""
+        return self.final_steps + self.final_fit
+
+    @property
+    def search_seconds(self) -> float | None:
+        """Seconds the trials have in all (None: no time budget)."""
+        return self.time_budget - self.reserve if self.time_budget else None
+
+    @property
+    def final_fit_on(self) -> bool:
+        return self.regime == "small"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "deadline": self.deadline, "reserve": self.reserve}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> "BudgetPlan | None":
+        if not isinstance(d, dict):
+            return None
+        try:
+            return cls(regime=str(d["regime"]), why=str(d.get("why", "")), started=float(d["started"]),
+                       time_budget=float(d["time_budget"]) if d.get("time_budget") else None,
+                       final_steps=float(d.get("final_steps") or 0.0), final_fit=float(d.get("final_fit") or 0.0))
+        except (KeyError, TypeError, ValueError):
+            return None
+
+
+def plan_budget(requested_regime: str, n_images: int, time_budget: float | None,
+                started: float | None = None) -> BudgetPlan:
+    """Resolve the regime and split ``time_budget`` between the trials and the final steps."""
+    regime, why = resolve_regime(requested_regime, n_images, time_budget)
+    started = time.time() if started is None else started
+    if not time_budget:
+        return BudgetPlan(regime, why, started, None, 0.0, 0.0)
+    steps = final_steps_seconds(time_budget)
+    fit = FINAL_FIT_SHARE * time_budget if regime == "small" else 0.0
+    return BudgetPlan(regime, why, started, float(time_budget), steps, fit)

@@ -1,0 +1,96 @@
+"""The small-data regime: the delivered model is trained on every labelled image inside
+the time budget, the honest estimate is kept, and accuracies carry their intervals."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from automl_vision.evaluation import wilson_interval
+from automl_vision.search.budget import FINAL_FIT_SHARE, SMALL_DATA_MAX_IMAGES, plan_budget
+from automl_vision.types import UsageError
+from conftest import run_cli
+
+
+def test_regime_is_chosen_from_the_number_of_images_and_can_be_forced():
+    small = plan_budget("auto", 720, 600.0, started=0.0)
+    assert small.regime == "small" and small.final_fit_on
+    assert small.final_fit == pytest.approx(FINAL_FIT_SHARE * 600.0)
+    # trials stop before the final steps and the final fit
+    assert small.reserve == pytest.approx(small.final_fit + small.final_steps)
+    assert small.search_seconds == pytest.approx(600.0 - small.reserve)
+    big = plan_budget("auto", SMALL_DATA_MAX_IMAGES + 1, 600.0, started=0.0)
+    assert big.regime == "standard" and big.final_fit == 0.0 and big.reserve == big.final_steps
+    assert plan_budget("auto", 720, None).regime == "standard"  # no budget to plan a final fit in
+    assert plan_budget("small", 50_000, 600.0).regime == "small"
+    assert plan_budget("standard", 100, 600.0).regime == "standard"
+    with pytest.raises(UsageError, match="--regime"):
+        plan_budget("tiny", 100, 600.0)
+
+
+def test_wilson_interval_says_how_little_a_few_dozen_images_tell():
+    low, high = wilson_interval(33 / 37, 37)
+    assert (round(low, 2), round(high, 2)) == (0.75, 0.96)
+    low_big, high_big = wilson_interval(33 / 37, 3700)
+    assert low < low_big < 33 / 37 < high_big < high
+    assert wilson_interval(1.0, 10)[1] == pytest.approx(1.0) and wilson_interval(0.0, 10)[0] == pytest.approx(0.0)
+    assert wilson_interval(1.0, 10)[0] < 0.75  # ten out of ten is not proof of perfection
+
+
+def _labelled(folder):
+    return sum(1 for p in folder.rglob("*") if p.is_file())
+
+
+def test_small_folder_delivers_a_model_trained_on_every_image_within_the_budget(tmp_path, digits_dir):
+    out = tmp_path / "small"
+    budget = 45
+    proc = run_cli("search", digits_dir, "--out", out, "--time-budget", f"{budget}s", "--image-size", "16",
+                   "--models", "cnn", "--plain")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    run = json.loads((out / "run.json").read_text())
+    assert run["budget"]["regime"] == "small"
+    report = json.loads((out / "final" / "report.json").read_text())
+    fit = report["final_fit"]
+    assert "skipped" not in fit, fit
+    assert fit["images"] == _labelled(digits_dir)  # train + validation + test
+    assert fit["of_trial"] == report["best_trial"] and fit["epochs"] >= 3
+    best = json.loads((out / "best" / "model.json").read_text())
+    assert best["final_fit"]["of_trial"] == report["best_trial"]
+    assert json.loads((out / "ensemble.json").read_text())["selected"] is False  # predict uses best/
+    # the honest estimate: the selected configuration as the search trained it, scored on test, with its interval
+    assert "accuracy" in report["best_test"]
+    low, high, n = report["intervals"]["best_test"]
+    assert low <= report["best_test"]["accuracy"] <= high and n == len(report["test_keys"])
+    assert "Final fit (small-data regime)" in proc.stdout
+    # the final fit is inside the budget, and no trial ran into its share of it
+    plan = run["budget"]
+    assert report["search_seconds"] <= budget * 1.1
+    for status in (json.loads(p.read_text()) for p in (out / "trials").glob("*/status.json")):
+        assert status["finished"] <= plan["deadline"] - plan["final_fit"] + plan["final_steps"], status
+    # the leaderboard carries the interval of every validation accuracy
+    rows = list(csv.DictReader((out / "leaderboard.csv").open()))
+    done = [r for r in rows if r["state"] == "COMPLETE"]
+    assert done and all(float(r["val_accuracy_low95"]) <= float(r["val_accuracy"]) <= float(r["val_accuracy_high95"])
+                        for r in done)
+    preds = tmp_path / "preds.csv"
+    proc = run_cli("predict", out, digits_dir, "--out", preds)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert len(list(csv.DictReader(preds.open()))) == _labelled(digits_dir)
+
+
+def test_standard_regime_delivers_the_searchs_own_model(tmp_path, digits_dir):
+    out = tmp_path / "standard"
+    proc = run_cli("search", digits_dir, "--out", out, "--time-budget", "30s", "--image-size", "16",
+                   "--models", "cnn", "--plain", "--regime", "standard")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = json.loads((out / "final" / "report.json").read_text())
+    assert "final_fit" not in report and not (out / "final_fit").exists()
+    best = json.loads((out / "best" / "model.json").read_text())
+    assert "final_fit" not in best and best["source"].startswith("trials/")
+
+
+def test_a_bad_regime_is_a_usage_error(tmp_path, digits_dir):
+    proc = run_cli("search", digits_dir, "--out", tmp_path / "x", "--regime", "tiny", "--n-trials", "1")
+    assert proc.returncode == 2 and "--regime" in proc.stderr and "Traceback" not in proc.stderr
