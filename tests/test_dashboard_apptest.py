@@ -144,6 +144,19 @@ def test_ensemble_page_members_weights_and_per_class(monkeypatch, tiny_run):
         assert acc == pytest.approx(expected["accuracy"], abs=1e-9)
 
 
+def test_ensemble_page_says_what_the_final_fit_delivered(monkeypatch, tmp_path, tiny_run):
+    # the report of a small-data search: its final fit is what was delivered (written as search/final.py does)
+    run = tmp_path / "small"
+    shutil.copytree(tiny_run, run)
+    final = json.loads((run / "final" / "report.json").read_text())
+    final["final_fit"] = {"of_trial": final["best_trial"], "epochs": 57, "images": 300, "seconds": 12.0}
+    (run / "final" / "report.json").write_text(json.dumps(final))
+    at = open_page(monkeypatch, [run], "ensemble")
+    assert (f"trial #{final['best_trial']}'s network was trained further on all 300 labelled images for 57 "
+            "epochs") in texts(at)
+    assert "Final fit" not in texts(open_page(monkeypatch, [tiny_run], "ensemble"))
+
+
 def test_errors_page_confusion_gallery_and_grad_cam(monkeypatch, tiny_run):
     at = open_page(monkeypatch, [tiny_run], "errors")
     probs = np.load(tiny_run / "final" / "test_probs_best.npy")

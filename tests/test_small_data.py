@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 
+import numpy as np
 import pytest
 
 from automl_vision.evaluation import wilson_interval
@@ -94,3 +95,50 @@ def test_standard_regime_delivers_the_searchs_own_model(tmp_path, digits_dir):
 def test_a_bad_regime_is_a_usage_error(tmp_path, digits_dir):
     proc = run_cli("search", digits_dir, "--out", tmp_path / "x", "--regime", "tiny", "--n-trials", "1")
     assert proc.returncode == 2 and "--regime" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def _probs(right: np.ndarray, y: np.ndarray, k: int = 2) -> np.ndarray:
+    """Probabilities that are right exactly where ``right`` is True."""
+    p = np.full((len(y), k), 0.1 / (k - 1))
+    pred = np.where(right, y, (y + 1) % k)
+    p[np.arange(len(y)), pred] = 0.9
+    return p
+
+
+def test_a_one_image_lead_on_a_few_dozen_images_does_not_replace_the_prior():
+    from automl_vision.plugins import get_plugin_manager
+    from automl_vision.search.final import select_best
+
+    m = get_plugin_manager().metrics.get("accuracy")
+    y = np.arange(36) % 2
+    prior = np.ones(36, bool)
+    prior[:8] = False  # 28 of 36 right
+    leader = prior.copy()
+    leader[0] = True  # 29 of 36 right: one image more
+    trials = [{"number": 0, "portfolio": "cnn-plain-4stage"}, {"number": 1, "portfolio": "cnn-plain-4stage-light"}]
+    val = {0: _probs(prior, y), 1: _probs(leader, y)}
+    chosen, info = select_best(trials, val, y, "accuracy", m)
+    assert chosen == 0 and info["leader"] == 1 and (info["wins"], info["losses"]) == (1, 0) and info["p_value"] > 0.1
+    # a real lead on a few hundred images passes
+    y = np.arange(400) % 2
+    prior = np.arange(400) % 5 != 0  # 80% right
+    leader = np.arange(400) % 10 != 0  # 90% right, and right wherever the prior is
+    chosen, info = select_best(trials, {0: _probs(prior, y), 1: _probs(leader, y)}, y, "accuracy", m)
+    assert chosen == 1 and info["p_value"] < 0.1
+    # a metric other than accuracy: the leader, as before
+    y36 = np.arange(36) % 2
+    other = get_plugin_manager().metrics.get("balanced_accuracy")
+    assert select_best(trials, val, y36, "balanced_accuracy", other)[0] == 1
+    sampled = [{"number": 0}, {"number": 1}]  # no portfolio (random sampler): the leader
+    assert select_best(sampled, val, np.arange(36) % 2, "accuracy", m)[0] == 1
+
+
+def test_flip_tta_is_dropped_only_when_validation_says_it_hurts():
+    from automl_vision.search.final import significantly_better
+
+    y = np.arange(200) % 2
+    good = _probs(np.arange(200) % 10 != 0, y)
+    slightly_worse = _probs((np.arange(200) % 10 != 0) & (np.arange(200) != 1), y)
+    much_worse = _probs(np.arange(200) % 3 != 0, y)
+    assert not significantly_better(y, good, slightly_worse)  # one image: TTA is kept
+    assert significantly_better(y, good, much_worse)

@@ -128,7 +128,7 @@ def add_search_options(p: argparse.ArgumentParser) -> None:
     f = p.add_argument_group("final model (see docs/prediction-and-export.md)")
     f.add_argument("--regime", choices=["auto", "small", "standard"], default="auto",
                    help="small: the search selects a configuration on validation, the test split scores it, then it "
-                        "is trained once more on every labelled image in the last 45%% of --time-budget and that "
+                        "is trained once more on every labelled image in the last 60%% of --time-budget and that "
                         "model is delivered; standard: the delivered model is the search's own, trained on the train "
                         "split (default: auto = small for at most 6,000 labelled images with a time budget)")
     f.add_argument("--refit", action="store_true",

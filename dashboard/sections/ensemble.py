@@ -42,6 +42,19 @@ def tta_line(final: dict) -> str:
         ". Kept only where it improves the objective on validation; the figures below include it where kept."
 
 
+def final_fit_line(final: dict) -> str | None:
+    """What the small-data regime's final fit did (None: the run had none)."""
+    fit = final.get("final_fit")
+    if not fit:
+        return None
+    if fit.get("skipped"):
+        return f"Final fit (small-data regime): skipped — {fit['skipped']}."
+    return (f"Final fit (small-data regime): trial #{fit.get('of_trial')}'s network was trained further on all "
+            f"{fit.get('images')} labelled images for {fit.get('epochs')} epochs, and that model is delivered. The "
+            "test scores on this page are the network's before the final fit (train split only): the honest, "
+            "conservative estimate, since the delivered model has seen the test images.")
+
+
 def calibration_line(final: dict) -> str:
     """The temperature fitted on validation for each model, and what it did to the calibration error."""
     cal = final.get("calibration") or {}
@@ -98,6 +111,8 @@ def body() -> None:
     (st.success if deliverable == "ensemble" else st.info)(f"Deliverable: **{what}** — {final.get('why', '')}.")
     if final.get("note"):
         st.warning(final["note"])
+    if final_fit_line(final):
+        st.info(final_fit_line(final))
     st.caption(tta_line(final))
     st.caption(calibration_line(final))
 
