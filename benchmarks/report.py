@@ -161,6 +161,17 @@ def other(name: str, res: dict[str, Any]) -> str:
     return f"See `results/{name}.json` (keys: {keys})."
 
 
+def small_data(res: dict[str, Any]) -> str:
+    import bench_small_data
+
+    m = res.get("machine") or {}
+    st = res.get("settings") or {}
+    head = (f"Budget {st.get('budget')}, seeds {st.get('seeds')}, arms {', '.join(st.get('arms') or [])}; "
+            f"{m.get('cpu', '?')}, {m.get('cores', '?')} cores, {m.get('date_utc', '?')}, "
+            f"load average at the end {res.get('load_average_at_end')}.")
+    return head + "\n\n" + bench_small_data.table_text(res)
+
+
 RENDER = {"search_strategy": search_strategy, "engine": engine, "engine_photos": engine, "engine_1thread": engine, "search_quality": search_quality, "search_quality_3min": search_quality, "data_pipeline": data_pipeline}
 TITLES = {
     "engine": "1. Engine overhead (digits)",
@@ -189,9 +200,12 @@ def render(results_dir: Path) -> str:
             parts.append(f"### {name}\n\n(unreadable: {exc})")
             continue
         title = TITLES.get(name) or (f"{TITLES['search_strategy']}: `results/{name}.json`" if name.startswith("search_strategy")
+                                     else f"5. Small real-photo folders, {name[len('small_data_'):]}: the default "
+                                          "search against a hand-written loop" if name.startswith("small_data_")
                                      else name.replace("_", " ").capitalize())
         try:
-            fn = RENDER.get(name) or (search_strategy if name.startswith("search_strategy") else None)
+            fn = RENDER.get(name) or (search_strategy if name.startswith("search_strategy") else
+                                      small_data if name.startswith("small_data") else None)
             body = fn(res) if fn else other(name, res)
         except (KeyError, TypeError, ValueError) as exc:
             body = f"(could not render `results/{name}.json`: {type(exc).__name__}: {exc})"

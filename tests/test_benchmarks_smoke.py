@@ -130,3 +130,23 @@ def test_search_quality_quick_search_and_baseline_on_both_datasets(tmp_path):
 @pytest.mark.slow
 def test_search_quality_quick_every_arm(tmp_path):
     check_search_quality(tmp_path, ["default", "random", "no-pruning", "svc"])
+
+
+def test_small_data_benchmark_quick(tmp_path):
+    """The small-data benchmark: the search and the hand-written loop on a set with an eval folder."""
+    out = tmp_path / "small.json"
+    proc = run_bench("bench_small_data.py", "--quick", "--arms", "default,loop", "--out", out, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    res = json.loads(out.read_text())
+    check_machine(res["machine"])
+    assert res["quick"] is True and res["settings"]["arms"] == ["default", "loop"]
+    for name, ds in res["datasets"].items():
+        arms = {r["arm"]: r for r in ds["runs"]}
+        assert set(arms) == {"default", "loop"}, name
+        for arm, r in arms.items():
+            assert 0.0 <= r["eval_accuracy"] <= 1.0 and r["eval_images"] > 0
+            assert ds["summary"][arm]["runs"] == 1
+        assert arms["loop"]["epochs"] > 0 and finite(arms["loop"]["images_per_second"])
+        assert arms["default"]["report"]["deliverable"] in ("best", "ensemble")
+    bad = run_bench("bench_small_data.py", "--arms", "nope", "--quick")
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr

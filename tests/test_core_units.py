@@ -158,7 +158,7 @@ def test_cnn_stride2_stem_is_searched_only_for_larger_images_and_quarters_the_fi
 
     small = suggest(optuna.trial.FixedTrial({"cnn.block": "plain", "cnn.stages": 3, "cnn.blocks": 1, "cnn.width": 16,
                                               "cnn.kernel": 3, "cnn.norm": "batch", "cnn.act": "relu",
-                                              "cnn.dropout": 0.0, "cnn.pool": "avg"}), SearchContext(2, 3, 32))
+                                              "cnn.dropout": 0.0, "cnn.pool": "avg", "cnn.down": "stride"}), SearchContext(2, 3, 32))
     assert "cnn.stem_stride" not in small
     params = dict(small, **{"cnn.stem_stride": 2})
     fixed = optuna.trial.FixedTrial(params)
@@ -167,6 +167,23 @@ def test_cnn_stride2_stem_is_searched_only_for_larger_images_and_quarters_the_fi
     feats = model.features[:3](torch.zeros(1, 3, 64, 64))  # the stem
     assert feats.shape[-1] == 32
     assert model(torch.zeros(2, 3, 64, 64)).shape == (2, 2)
+
+
+def test_cnn_max_pool_downsampling_and_older_trials_without_the_choice():
+    from torch import nn
+
+    from automl_vision.builtin.custom_cnn import build
+
+    params = {"cnn.block": "plain", "cnn.stages": 4, "cnn.blocks": 1, "cnn.width": 32, "cnn.kernel": 3,
+              "cnn.norm": "batch", "cnn.act": "relu", "cnn.dropout": 0.1, "cnn.pool": "avg", "cnn.stem_stride": 2}
+    pooled = build(dict(params, **{"cnn.down": "maxpool"}), in_chans=3, image_size=64, num_classes=2)
+    pools = [m for m in pooled.features if isinstance(m, nn.MaxPool2d)]
+    assert len(pools) == 4  # one after every stage
+    assert pooled.features(torch.zeros(1, 3, 64, 64)).shape[-1] == 2  # 64 -> 32 (stem) -> 16 -> 8 -> 4 -> 2
+    assert pooled(torch.zeros(2, 3, 64, 64)).shape == (2, 2)
+    older = build(params, in_chans=3, image_size=64, num_classes=2)  # a trial stored before the choice existed
+    assert not any(isinstance(m, nn.MaxPool2d) for m in older.features)
+    assert older.features(torch.zeros(1, 3, 64, 64)).shape[-1] == 4  # strided: 32 -> 32 -> 16 -> 8 -> 4
 
 
 def test_a_trial_with_mixup_cutmix_and_erasing_trains_the_same_whatever_ran_before():

@@ -53,7 +53,8 @@ class ConvBlock(nn.Module):
 
 class CustomCNN(nn.Module):
     def __init__(self, in_chans: int, num_classes: int, stages: int, blocks: int, width: int, kernel: int,
-                 block: str, norm: str, groups: int, act: str, dropout: float, pool: str, stem_stride: int = 1):
+                 block: str, norm: str, groups: int, act: str, dropout: float, pool: str, stem_stride: int = 1,
+                 down: str = "stride"):
         super().__init__()
         layers: list[nn.Module] = [
             nn.Conv2d(in_chans, width, 3, stem_stride, 1, bias=False),
@@ -66,10 +67,14 @@ class CustomCNN(nn.Module):
         for s in range(stages):
             cout = min(width * 2**s, 512)
             for b in range(blocks):
-                stride = 2 if (b == 0 and s > 0) else 1
+                # downsampling: the first block of each later stage has stride 2, or ("maxpool") every stage
+                # ends with a 2x2 max-pool, as in the classic plain CNN
+                stride = 2 if (b == 0 and s > 0 and down == "stride") else 1
                 layers.append(ConvBlock(cin, cout, stride, kernel, norm, groups, act, block == "residual"))
                 cin = cout
             self.feature_info.append({"module": f"features.{len(layers) - 1}", "num_chs": cout, "reduction": stem_stride * 2**s})
+            if down == "maxpool":
+                layers.append(nn.MaxPool2d(2))
         self.features = nn.Sequential(*layers)
         self.pool = pool
         feat = cin * (2 if pool == "avgmax" else 1)
@@ -92,6 +97,10 @@ def max_stages(image_size: int, stem_stride: int = 1) -> int:
 # resolution costs as much as all later stages together, and on a CPU that decides
 # how many epochs fit in the budget
 STEM_STRIDE_MIN_SIZE = 48
+# how a stage halves the resolution: a stride-2 first convolution, or a 2x2 max-pool after the stage.
+# Measured on cats-vs-dogs photos at 64 px, 60 epochs on 1,428 images, crop + flip: the max-pool CNN of a
+# hand-written loop reached 0.83 on the evaluation folder where the strided one reached 0.80
+DOWNSAMPLING = ("stride", "maxpool")
 
 
 def suggest(trial, ctx: SearchContext) -> dict[str, Any]:
@@ -106,6 +115,7 @@ def suggest(trial, ctx: SearchContext) -> dict[str, Any]:
         "cnn.act": trial.suggest_categorical("cnn.act", ["relu", "silu", "gelu"]),
         "cnn.dropout": trial.suggest_float("cnn.dropout", 0.0, 0.4),
         "cnn.pool": trial.suggest_categorical("cnn.pool", ["avg", "avgmax"]),
+        "cnn.down": trial.suggest_categorical("cnn.down", list(DOWNSAMPLING)),
     }
     if p["cnn.norm"] == "group":
         p["cnn.groups"] = trial.suggest_categorical("cnn.groups", [4, 8, 16])
@@ -129,13 +139,15 @@ def build(params: dict[str, Any], in_chans: int, image_size: int, num_classes: i
         dropout=float(params["cnn.dropout"]),
         pool=params["cnn.pool"],
         stem_stride=int(params.get("cnn.stem_stride", 1)),
+        down=params.get("cnn.down", "stride"),  # trials of earlier versions had no choice: stride
     )
 
 
 def describe(params: dict[str, Any]) -> str:
     kind = "res" if params.get("cnn.block") == "residual" else "plain"
     stem = "/2" if int(params.get("cnn.stem_stride", 1)) == 2 else ""
-    return f"cnn-{kind} s{params.get('cnn.stages')}x{params.get('cnn.blocks')} w{params.get('cnn.width')}{stem}"
+    pool = " maxpool" if params.get("cnn.down") == "maxpool" else ""
+    return f"cnn-{kind} s{params.get('cnn.stages')}x{params.get('cnn.blocks')} w{params.get('cnn.width')}{stem}{pool}"
 
 
 FAMILY = ModelFamily(

@@ -52,6 +52,7 @@ def _universes(pm: PluginManager) -> dict[str, list[Any]]:
         "cnn.norm": ["batch", "group"],
         "cnn.act": list(custom_cnn.ACTIVATIONS),
         "cnn.pool": ["avg", "avgmax"],
+        "cnn.down": list(custom_cnn.DOWNSAMPLING),
     }
 
 
