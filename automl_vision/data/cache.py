@@ -109,8 +109,10 @@ def load_or_build(
         threads = threads or max(1, min(8, os.cpu_count() or 1))
         done = 0
         pool = ThreadPoolExecutor(max_workers=threads)
+        ctrl_c = _DeferredInterrupt().install()
         try:
             for i, (img, err) in enumerate(pool.map(lambda s: _decode_one(s, image_size, in_chans), samples)):
+                ctrl_c.check()
                 if err is not None:
                     failures[i] = err
                 else:
@@ -118,8 +120,10 @@ def load_or_build(
                 done += 1
                 if progress is not None and (done % 64 == 0 or done == len(samples)):
                     progress(done, len(samples))
+            ctrl_c.check()  # a Ctrl-C after the last image is not lost
         finally:
             # on Ctrl-C, drop the queued decodes instead of finishing them all first
+            ctrl_c.restore()
             pool.shutdown(wait=True, cancel_futures=True)
         arr.flush()
         del arr
@@ -136,6 +140,47 @@ def load_or_build(
             },
         )
         return np.load(data_path, mmap_mode="r"), failures
+
+
+class _DeferredInterrupt:
+    """Ctrl-C while the decoding threads run is noted and raised between two images.
+
+    A KeyboardInterrupt raised inside ``pool.map``'s wait can land while a future's lock is
+    held; the decoding threads then wait for that lock forever and so does the shutdown
+    that joins them (seen once in CI: the process hung instead of exiting 130). Raised
+    here, between two results, it leaves no lock behind. Only in the main thread, where
+    Python runs signal handlers.
+    """
+
+    def __init__(self) -> None:
+        self.noted = False
+        self.installed = False
+        self.previous = None
+
+    def install(self) -> "_DeferredInterrupt":
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.getsignal(signal.SIGINT)
+            signal.signal(signal.SIGINT, self._note)
+            self.installed = True
+        return self
+
+    def _note(self, signum, frame) -> None:
+        self.noted = True
+
+    def check(self) -> None:
+        if self.noted:
+            self.restore()
+            raise KeyboardInterrupt
+
+    def restore(self) -> None:
+        import signal
+
+        if self.installed:
+            signal.signal(signal.SIGINT, self.previous if self.previous is not None else signal.default_int_handler)
+            self.installed = False
 
 
 def _available_memory() -> int | None:
