@@ -543,7 +543,7 @@ def finalize(run_dir: RunDir, data: PreparedData, pm: PluginManager, path: ExecP
     report["intervals"] = accuracy_intervals(report, len(y_val), int(len(data.split_index["test"])))
     if final:
         report["final_fit"] = deliver_final_fit(run_dir, best_n, data, pm, path, plan, respect_budget, log,
-                                                {**best_spec, "source": FINAL_FIT})
+                                                temperature=best_t, tta=best_tta)
         if "skipped" not in report["final_fit"]:
             use_ensemble = False
             report["deliverable"] = "best"
@@ -562,7 +562,8 @@ def finalize(run_dir: RunDir, data: PreparedData, pm: PluginManager, path: ExecP
 
 
 def deliver_final_fit(run_dir: RunDir, best_n: int, data: PreparedData, pm: PluginManager, path: ExecPath, plan,
-                      respect_budget: bool, log: Callable[[str], None], spec: dict[str, Any]) -> dict[str, Any]:
+                      respect_budget: bool, log: Callable[[str], None], temperature: float,
+                      tta: bool) -> dict[str, Any]:
     """The small-data regime's last step: the final fit of trial ``best_n``, written to
     ``best/`` with the temperature and test-time augmentation chosen on validation."""
     planned = float(plan.final_fit) if plan and plan.final_fit else 0.0
@@ -582,8 +583,7 @@ def deliver_final_fit(run_dir: RunDir, best_n: int, data: PreparedData, pm: Plug
         return info
     fitted = read_json(run_dir.path / FINAL_FIT / "model.json") or {}
     write_best(run_dir, run_dir.path / FINAL_FIT, run_dir.trial_dir(best_n),
-               {**fitted, "temperature": spec.get("temperature", 1.0), "tta": spec.get("tta", False),
-                "source": FINAL_FIT})
+               {**fitted, "temperature": temperature, "tta": tta, "source": FINAL_FIT})
     return info
 
 
