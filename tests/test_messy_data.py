@@ -260,7 +260,8 @@ def test_duplicates_across_splits_are_reported(tmp_path):
     prepare(load_image_folder(str(root)), run_dir, image_size=16)
     report = json.loads(run_dir.data_report.read_text())
     leaks = [d for d in report["duplicates"] if d["leak"]]
-    assert leaks == [{"files": ["train/a/0.png", "val/a/copy_of_train_0.png"], "splits": ["train", "val"], "leak": True}]
+    assert leaks == [{"files": ["train/a/0.png", "val/a/copy_of_train_0.png"], "splits": ["train", "val"],
+                      "classes": ["a"], "leak": True}]
     assert any("more than one split" in w for w in report["warnings"])
     assert report["split_source"] == "fixed by the data"
 

@@ -3,7 +3,10 @@
 The CSV has a header with at least ``path`` (or ``image``/``file``) and ``label``
 (or ``class``) columns, and optionally ``split`` (train/val/test). Relative paths are
 resolved against the CSV's folder, and no path may escape that root (``..`` or an
-absolute path outside it is refused and reported).
+absolute path outside it is refused and reported). A file listed more than once is used
+once, as its first row says: a later row is reported as skipped, as a labelling conflict
+when it gives another label. One file is then one sample, in one split, and the same CSV
+always gives the same samples (so a resumed search finds the same split).
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ def load_csv_manifest(location: str) -> Dataset:
     classes = sorted({(r.get(label_col) or "").strip() for r in rows} - {""})
     samples: list[Sample] = []
     skipped: list[dict] = []
+    first: dict[Path, tuple[int, str]] = {}  # file -> (line, label) of the row that lists it first
     for lineno, row in enumerate(rows, start=2):
         raw = (row.get(path_col) or "").strip()
         label = (row.get(label_col) or "").strip()
@@ -52,6 +56,14 @@ def load_csv_manifest(location: str) -> Dataset:
         if not full.is_file():
             skipped.append({"path": raw, "reason": "file not found"})
             continue
+        if full in first:
+            line, was = first[full]
+            # "labelling conflict" starts the reason: prepare warns of it (prepare.LABEL_CONFLICT)
+            reason = (f"labelling conflict: line {lineno} labels it {label!r}, line {line} {was!r}; line {line} is used"
+                      if label != was else f"listed again at line {lineno} (first at line {line}, which is used)")
+            skipped.append({"path": f"{raw} (line {lineno})", "reason": reason})
+            continue
+        first[full] = (lineno, label)
         split = None
         if split_col:
             value = (row.get(split_col) or "").strip().lower()

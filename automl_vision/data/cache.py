@@ -6,6 +6,12 @@ is written last and lists every source with its size and modification time; a ca
 whose manifest is missing (a killed build) or whose sources changed is rebuilt. A file
 lock keeps two workers from building the same cache at once.
 
+Every file is written through a memory map whose disk blocks are reserved first
+(:func:`_open_reserved`): a map over a sparse file kills the process with SIGBUS when the
+disk fills, while a reservation fails with ``OSError`` (ENOSPC) before a byte is written,
+which the command line reports in one line. Files are written as ``*.tmp`` and renamed; a
+``*.tmp`` found by whoever takes the lock is a dead writer's and is removed.
+
 A split too large for memory (see :func:`memory_limit`) is gathered once into its own
 contiguous file next to the cache (``subset-<digest>.npy``) and memory-mapped, so a trial
 reads its batches through the page cache instead of holding the split in its own memory.
@@ -13,6 +19,7 @@ reads its batches through the page cache instead of holding the split in its own
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import os
@@ -50,13 +57,50 @@ def source_fingerprint(samples: Sequence[Sample]) -> str:
 
 @contextmanager
 def _locked(directory: Path) -> Iterator[None]:
+    """Hold the cache folder's lock; ``*.tmp`` files there now belong to a writer that died."""
     directory.mkdir(parents=True, exist_ok=True)
     with open(directory / ".lock", "w") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
+            for stale in directory.glob("*.tmp"):  # every writer holds the lock, so none is alive
+                stale.unlink(missing_ok=True)
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _reserve(fd: int, offset: int, length: int) -> None:
+    """Give the bytes ``offset .. offset + length`` of a file real disk blocks, or raise OSError."""
+    try:
+        os.posix_fallocate(fd, offset, length)
+        return
+    except AttributeError:  # no posix_fallocate on this platform (macOS)
+        pass
+    except OSError as exc:
+        if exc.errno not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+            raise
+    zeros = bytes(1 << 20)
+    for start in range(offset, offset + length, len(zeros)):
+        os.pwrite(fd, zeros[: min(len(zeros), offset + length - start)], start)
+
+
+def _open_reserved(path: Path, shape: tuple[int, ...], dtype=np.uint8) -> np.memmap:
+    """A new ``.npy`` file at ``path``, memory-mapped for writing, its space reserved on disk.
+
+    Without the reservation the file is sparse and the first write to a page the full disk
+    cannot back kills the process with SIGBUS (no message, no clean-up). Raises OSError
+    (ENOSPC, EDQUOT, EFBIG) naming ``path``, with nothing left behind.
+    """
+    arr = None
+    try:
+        arr = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+        with open(path, "r+b") as fh:
+            _reserve(fh.fileno(), arr.offset, arr.nbytes)
+    except OSError as exc:
+        arr = None  # unmaps the file before it is removed
+        path.unlink(missing_ok=True)
+        raise OSError(exc.errno, exc.strerror, str(path)) from exc
+    return arr
 
 
 def _decode_one(sample: Sample, size: int, chans: int) -> tuple[np.ndarray | None, str | None]:
@@ -102,9 +146,7 @@ def load_or_build(
         for stale in directory.glob("subset-*.npy"):  # gathered from the old images
             stale.unlink(missing_ok=True)
         tmp = directory / "images.npy.tmp"
-        arr = np.lib.format.open_memmap(
-            tmp, mode="w+", dtype=np.uint8, shape=(len(samples), image_size, image_size, in_chans)
-        )
+        arr = _open_reserved(tmp, (len(samples), image_size, image_size, in_chans))
         failures: dict[int, str] = {}
         threads = threads or max(1, min(8, os.cpu_count() or 1))
         done = 0
@@ -232,7 +274,7 @@ def gather(arr: np.ndarray, idx: np.ndarray, directory: Path, limit: int | None)
     with _locked(directory):
         if not path.exists():
             tmp = path.with_suffix(".npy.tmp")
-            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=arr.dtype, shape=(len(idx), *arr.shape[1:]))
+            out = _open_reserved(tmp, (len(idx), *arr.shape[1:]), arr.dtype)
             step = max(1, _SUBSET_CHUNK_BYTES // max(1, nbytes // max(1, len(idx))))
             for start in range(0, len(idx), step):
                 out[start : start + step] = arr[idx[start : start + step]]

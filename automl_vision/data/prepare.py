@@ -31,6 +31,8 @@ from automl_vision.rundir import RunDir, read_json, write_json
 from automl_vision.types import SPLITS, Dataset, DataError, Sample
 
 DEFAULT_FRACTIONS = (0.70, 0.15, 0.15)
+# how a dataset source starts the ``skipped`` reason of a file it was given twice with two labels
+LABEL_CONFLICT = "labelling conflict"
 IMBALANCE_RATIO = 10.0
 
 
@@ -360,11 +362,15 @@ def _report(dataset, valid, labels, classes, split_index, skipped, digests, in_c
     for key, d in digests.items():
         if key in split_of:
             by_digest.setdefault(d, []).append(key)
+    label_of = {s.key: classes[s.label] for s in valid}
     duplicates = []
     for keys in by_digest.values():
         if len(keys) > 1:
             splits = sorted({split_of[k] for k in keys})
-            duplicates.append({"files": sorted(keys), "splits": splits, "leak": len(splits) > 1})
+            names = sorted({label_of[k] for k in keys})
+            # the same bytes under two classes is a labelling conflict, whichever splits they are in
+            duplicates.append({"files": sorted(keys), "splits": splits, "classes": names,
+                               "leak": len(splits) > 1 or len(names) > 1})
     totals = Counter(labels.tolist())
     warnings = []
     if totals and max(totals.values()) / max(1, min(totals.values())) >= IMBALANCE_RATIO:
@@ -372,9 +378,22 @@ def _report(dataset, valid, labels, classes, split_index, skipped, digests, in_c
             f"extreme class imbalance: largest class has {max(totals.values())} images, smallest "
             f"{min(totals.values())}; class-weighted loss is part of the search and balanced accuracy is reported"
         )
-    leaks = [d for d in duplicates if d["leak"]]
+    leaks = [d for d in duplicates if len(d["splits"]) > 1]
     if leaks:
         warnings.append(f"{len(leaks)} group(s) of identical images appear in more than one split (validation leaks into training)")
+    conflicts = [d for d in duplicates if len(d["classes"]) > 1]
+    if conflicts:
+        warnings.append(
+            f"labelling conflict: {len(conflicts)} group(s) of identical images are labelled as different classes "
+            f"(e.g. {' and '.join(conflicts[0]['files'][:2])}); keep each image in one class (listed under "
+            "duplicates in data_report.json)"
+        )
+    listed_twice = [s for s in skipped if s["reason"].startswith(LABEL_CONFLICT)]
+    if listed_twice:
+        warnings.append(
+            f"labelling conflict: {len(listed_twice)} file(s) listed again with another label (e.g. "
+            f"{listed_twice[0]['path']}); the first listing is used (listed under skipped in data_report.json)"
+        )
     empty = [c for i, c in enumerate(classes) if i not in totals]
     if empty:
         warnings.append(f"class folder(s) with no usable image: {', '.join(empty)}")
