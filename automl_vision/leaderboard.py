@@ -31,8 +31,9 @@ def build(run_dir: RunDir, study=None) -> pd.DataFrame:
                     row[f"objective_{i}"] = v
             elif t.state.name == "RUNNING":
                 row.pop("value", None)
-            if t.user_attrs.get("reason") and not row.get("reason"):
-                row["reason"] = t.user_attrs["reason"]
+            for attr in ("reason", "slowdown"):  # set as the trial runs: a live dashboard shows them
+                if t.user_attrs.get(attr) and not row.get(attr):
+                    row[attr] = t.user_attrs[attr]
             if t.state.name == "WAITING":  # enqueued (portfolio, re-queued) and not started when the search ended
                 row.setdefault("reason", "queued, not started yet: a resumed search runs it first")
                 if t.user_attrs.get("portfolio"):
@@ -90,6 +91,7 @@ def ranked(df: pd.DataFrame, direction: str) -> pd.DataFrame:
 
 
 def render(df: pd.DataFrame, metric: str, direction: str, top: int = 15, console=None) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     console = console or make_console()
@@ -124,6 +126,16 @@ def render(df: pd.DataFrame, metric: str, direction: str, top: int = 15, console
         numbers = ", ".join(f"#{int(n)}" for n in sorted(unstarted["number"]))
         console.print(f"{len(unstarted)} configuration(s) sampled near the end were not started, too little time "
                       f"was left to train them ({numbers}; reasons in leaderboard.csv)")
+    for line in slowdowns(df):
+        console.print(f"[yellow]Slowdown:[/] {escape(line)}")
+
+
+def slowdowns(df: pd.DataFrame) -> list[str]:
+    """One line per trial whose training ran far below its own speed (search/watchdog.py)."""
+    if "slowdown" not in df:
+        return []
+    slow = df[df["slowdown"].notna() & (df["slowdown"].astype(str) != "")]
+    return [f"trial #{int(r['number'])}: {r['slowdown']}" for _, r in slow.sort_values("number").iterrows()]
 
 
 def _value_cell(r, value, with_ci: bool) -> str:

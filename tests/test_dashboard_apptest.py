@@ -422,3 +422,17 @@ def test_two_objective_run_shows_its_pareto_front(monkeypatch, two_objective_run
     at.switch_page("sections/leaderboard.py").run()
     assert not at.exception
     assert "params" in at.dataframe[0].value.columns
+
+
+def test_overview_says_when_the_machine_got_slower(monkeypatch, tmp_path, tiny_run):
+    # a trial the throughput watchdog flagged (its status.json as search/objective.py writes it)
+    run = tmp_path / "slow"
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("cache"))
+    number = trial_dirs(run)[0]
+    status_file = run / "trials" / f"{number:05d}" / "status.json"
+    status = json.loads(status_file.read_text())
+    status["slowdown"] = "training runs at 30 img/s over the last 75s, 1/43 of the 1,289 img/s it reached earlier"
+    status_file.write_text(json.dumps(status))
+    warnings = "\n".join(w.value for w in open_page(monkeypatch, [run]).warning)
+    assert "slower than measured" in warnings and f"trial #{number}: training runs at 30 img/s" in warnings
+    assert "slower than measured" not in texts(open_page(monkeypatch, [tiny_run]))

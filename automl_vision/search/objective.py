@@ -30,6 +30,7 @@ from automl_vision.rundir import RunDir, write_json, write_npy
 from automl_vision.search import space
 from automl_vision.search.interrupts import check_interrupt
 from automl_vision.search.study import SCHEDULE_STEPS
+from automl_vision.search.watchdog import Watchdog, busy_note
 from automl_vision.settings import PRESETS, SearchSettings, trial_seconds
 from automl_vision.training.device import ExecPath
 from automl_vision.training.trainer import STRETCH_BY_EPOCH, BudgetExceeded, NonFiniteLoss, TensorData, train
@@ -123,6 +124,9 @@ class Objective:
         self.worker = worker_id()
         self.trial_seconds = trial_seconds(settings, budget.search_seconds)
         self.epoch_cap = int(PRESETS[settings.preset]["epoch_cap"])
+        busy = busy_note()
+        if busy:
+            progress.log(f"warning: {busy}")
 
     # data at one resolution, kept for the life of the worker
     def tensors(self, image_size: int) -> TensorData:
@@ -178,6 +182,7 @@ class Objective:
             self.progress.trial_start(trial.number, label, cfg.epochs)
 
             reported = [-1]  # the last step reported to the pruner
+            watchdog = Watchdog()
 
             def on_epoch(epoch: int, probs: np.ndarray, rec: dict[str, Any]) -> None:
                 metrics = compute_metrics(data.y_val.numpy(), probs, self.pm)
@@ -188,6 +193,12 @@ class Objective:
                 write_json(tdir / "history.json", history)
                 value = metrics[objective_metric]
                 self.progress.epoch(trial.number, epoch, cfg.epochs, objective_metric, value, rec["train_seconds"])
+                seconds = rec["train_seconds"] + rec["eval_seconds"]
+                slow = watchdog.observe(rec["images_per_second"] * rec["train_seconds"], seconds)
+                if slow:
+                    self.progress.log(f"warning: trial {trial.number}: {slow}")
+                    record["slowdown"] = slow
+                    trial.set_user_attr("slowdown", slow)
                 step = schedule_step(epoch, cfg.epochs)
                 if len(self.objectives) == 1 and step > reported[0]:
                     reported[0] = step

@@ -8,6 +8,7 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
+from automl_vision import leaderboard as lb
 from dashboard import ui
 from dashboard.data import fmt_seconds
 
@@ -60,6 +61,10 @@ def body() -> None:
                 + (" (this page refreshes on its own)." if running else "."))
     if run.study_error:
         st.caption(f"Study: {run.study_error}")
+    slow = lb.slowdowns(run.leaderboard)
+    if slow:
+        st.warning("**The machine got slower than measured** — scores are below what it gives when quiet:\n\n"
+                   + "\n".join(f"- {line}" for line in slow))
 
     left, right = st.columns([3, 2])
     with left:
