@@ -19,8 +19,13 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["__version__", "hookimpl", "search", "load"]
 
 
-def load(run_dir: str, model: str = "auto") -> "Predictor":
-    """Open a finished run as a predictor with ``predict`` and ``predict_proba``."""
+def load(run_dir: str, model: str = "auto", plugins: list[str] | None = None) -> "Predictor":
+    """Open a finished run as a predictor with ``predict`` and ``predict_proba``.
+
+    Opening a run never runs code from it: a plugin the run was searched with (a model
+    family of its own) is loaded only when installed or named in ``plugins`` (module
+    names or ``.py`` files, as ``--plugin``).
+    """
     from automl_vision.predict import Predictor
 
-    return Predictor.from_run(run_dir, model=model)
+    return Predictor.from_run(run_dir, model=model, plugins=plugins)

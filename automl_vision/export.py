@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from automl_vision.predict import Deliverable, ProbabilityModel, load_deliverable, open_run
-from automl_vision.rundir import RunDir, write_json
+from automl_vision.rundir import RunDir, path_inside, write_json
 from automl_vision.types import UsageError
 
 FORMATS = ("onnx", "torchscript", "state-dict")
@@ -70,8 +70,9 @@ def verification_batch(rd: RunDir, sizes: list[int], in_chans: int, n: int = VER
         else:
             imgs = []
             for k in chosen:
+                path = path_inside(root, k, rd.splits, f"the data folder {root}", follow_symlinks=False)
                 try:
-                    imgs.append(decode(Path(root) / k, size, in_chans))
+                    imgs.append(decode(path, size, in_chans))
                 except (ImageDecodeError, OSError):
                     continue
             if not imgs:
@@ -203,20 +204,21 @@ def sidecar(out: Path) -> Path:
 
 
 def export(run_dir: str | os.PathLike, fmt: str, out: str | os.PathLike | None = None, model: str = "auto",
-           tolerance: float = TOLERANCE, log=print) -> dict[str, Any]:
+           tolerance: float = TOLERANCE, log=print, plugins: list[str] | None = None) -> dict[str, Any]:
     """Export the run's ``model`` (``auto``, ``best``, ``ensemble``, ``trial:N``) as ``fmt``.
+
+    ``plugins``: plugin modules or files to load (``--plugin``); a run's own are never imported.
 
     Returns the written preprocessing JSON (with a ``verified`` section). Raises
     UsageError for bad input and ExportVerificationError when the export does not
     reproduce PyTorch's probabilities.
     """
-    from automl_vision.plugins import get_plugin_manager
+    from automl_vision.plugins import run_plugin_manager
 
     if fmt not in FORMATS:
         raise UsageError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
     rd = open_run(run_dir)
-    stored = (rd.read_run() or {}).get("settings") or {}
-    pm = get_plugin_manager(list(stored.get("plugins") or []), prefer=stored.get("prefer") or None, strict=False)
+    pm = run_plugin_manager(rd.read_run() or {}, plugins)
     d = load_deliverable(rd.path, model, pm)
     if fmt == "state-dict" and len(d.module.members) > 1:
         if (model or "auto") == "auto":

@@ -9,6 +9,11 @@ for it):
    the environment variable ``AUTOML_VISION_PLUGINS`` (comma separated), for local
    development.
 
+Nothing else is ever imported. In particular a run directory is data: the plugins its
+``run.json`` names (the search's ``--plugin`` modules) are only matched against what is
+loaded (:func:`run_plugin_manager`, :func:`require_registered`), so opening a run
+received from someone else never runs their code.
+
 A plugin that fails to import, whose registration hook raises, that registers an
 object of the wrong type or with a bad name, or that implements a hook that does not
 exist is recorded as broken with a message naming the plugin, the hook and what was
@@ -469,3 +474,43 @@ def get_plugin_manager(extra_modules: list[str] | None = None, reload: bool = Fa
         for message in _MANAGER.unresolved_conflicts():
             print(f"warning: {message} Until then it is not used.", file=sys.stderr)
     return _MANAGER
+
+
+# ---------------------------------------------------------------- opening a recorded run
+def run_plugin_manager(run: dict[str, Any], plugins: list[str] | None = None) -> PluginManager:
+    """The plugin manager to open a recorded run (``predict``, ``export``, ``ensemble``, ``load``).
+
+    It holds the built-ins, installed plugins, ``plugins`` (the command's ``--plugin``) and
+    ``$AUTOML_VISION_PLUGINS``; never a module the run's ``run.json`` names, which could be
+    anyone's code. The search's ``--prefer`` picks are applied where they still match.
+    """
+    settings = run.get("settings") or {}
+    return get_plugin_manager(list(plugins or []), prefer=settings.get("prefer") or None, strict=False)
+
+
+def require_registered(pm: PluginManager, run: dict[str, Any], kind: str, name: str, where: str) -> None:
+    """Raise UsageError, saying which plugin to provide and how, when the run needs ``name`` and no
+    loaded plugin registers it.
+
+    Args:
+        kind: ``"datasets"``, ``"model_families"`` or ``"metrics"``.
+        where: the run file that needs it, for the message.
+    """
+    registry: Registry = getattr(pm, kind)
+    if name in registry:
+        return
+    settings = run.get("settings") or {}
+    given = {PluginManager._module_plugin_name(m): m for m in settings.get("plugins") or []}
+    absent = [n for n in (run.get("plugins") or {}) if n not in pm.plugins or pm.plugins[n].broken]
+    absent += [n for n in given if n not in absent and (n not in pm.plugins or pm.plugins[n].broken)]
+    if absent:
+        described = ", ".join(f"{n} (the search had --plugin {given[n]})" if n in given else
+                              f"{n} {run['plugins'].get(n) or ''}".rstrip() for n in absent)
+        which = f"; the search used plugin(s) not loaded here: {described}"
+    else:
+        which = ""
+    raise UsageError(
+        f"{where}: the run needs the {registry.kind} {name!r}, which no loaded plugin registers{which}. Plugins are "
+        "never loaded from a run directory: give the plugin with --plugin PATH_OR_MODULE (or $AUTOML_VISION_PLUGINS) "
+        "or install it (pip install DISTRIBUTION); 'automl-vision plugins' lists what is loaded."
+    )

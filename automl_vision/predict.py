@@ -18,6 +18,7 @@ and kept as ``uint8``. The module divides by 255 and normalises per channel.
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -27,7 +28,7 @@ import torch
 from torch import nn
 
 from automl_vision.data.images import ImageDecodeError, decode
-from automl_vision.rundir import RunDir
+from automl_vision.rundir import DamagedRunFileError, RunDir, path_inside, read_model_spec
 from automl_vision.types import UsageError
 
 MODEL_CHOICES = "auto, best, ensemble or trial:N"
@@ -178,10 +179,22 @@ def resolve_choice(rd: RunDir, model: str) -> str:
     raise UsageError(f"--model {model!r}: expected {MODEL_CHOICES}")
 
 
-def load_member(directory: Path, pm=None) -> tuple[nn.Module, dict[str, Any]]:
+def load_member(directory: Path, pm=None, run: dict[str, Any] | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """One saved model, its ``model.json`` checked first; ``run`` (run.json) names the plugins the search
+    used, for the message when the model's family is not available here."""
     from automl_vision.models import load_model
+    from automl_vision.plugins import get_plugin_manager, require_registered
 
-    return load_model(directory, pm)
+    spec = read_model_spec(directory)
+    if spec is None:
+        raise UsageError(f"{directory}: no model.json; this trial did not finish or the run is incomplete")
+    pm = pm or get_plugin_manager()
+    require_registered(pm, run or {}, "model_families", spec["family"], str(directory / "model.json"))
+    try:
+        return load_model(directory, pm)
+    except RuntimeError as exc:  # load_state_dict: a tensor shaped unlike what model.json describes
+        detail = next((line.strip() for line in str(exc).splitlines() if "size mismatch" in line), str(exc)[:200])
+        raise DamagedRunFileError(directory / "model.json", f"does not match weights.safetensors ({detail})") from None
 
 
 def load_deliverable(run_dir: str | os.PathLike, model: str = "auto", pm=None) -> Deliverable:
@@ -192,6 +205,7 @@ def load_deliverable(run_dir: str | os.PathLike, model: str = "auto", pm=None) -
             does not exist in it.
     """
     rd = open_run(run_dir)
+    run = rd.read_run() or {}
     choice = resolve_choice(rd, model)
     if choice.startswith("trial:"):
         n = int(choice[6:])
@@ -199,13 +213,13 @@ def load_deliverable(run_dir: str | os.PathLike, model: str = "auto", pm=None) -
             done = complete_trial_numbers(rd)
             raise UsageError(f"--model {choice}: trial {n} did not finish in {rd.path} "
                              f"(finished trials: {', '.join(map(str, done)) or 'none'})")
-        net, spec = load_member(rd.trial_dir(n), pm)
+        net, spec = load_member(rd.trial_dir(n), pm, run)
         return Deliverable(ProbabilityModel([net], [spec], [1.0]), choice, list(spec["classes"]), [spec],
                            [{"trial": n, "weight": 1.0, "dir": str(rd.trial_dir(n).relative_to(rd.path))}])
     if not (rd.best_dir / "model.json").exists():
         raise UsageError(_no_model_message(rd))
     if choice == "best":
-        net, spec = load_member(rd.best_dir, pm)
+        net, spec = load_member(rd.best_dir, pm, run)
         module = ProbabilityModel([net], [spec], [1.0], temperature=float(spec.get("temperature") or 1.0),
                                   tta=bool(spec.get("tta")))
         return Deliverable(module, "best", list(spec["classes"]), [spec],
@@ -215,11 +229,12 @@ def load_deliverable(run_dir: str | os.PathLike, model: str = "auto", pm=None) -
         raise UsageError(f"{rd.path}: no ensemble.json; build one with 'automl-vision ensemble {rd.path}'")
     nets, specs, weights, members = [], [], [], []
     for m in ens["members"]:
-        d = rd.path / m.get("dir", str(rd.trial_dir(int(m["trial"])).relative_to(rd.path)))
+        d = path_inside(rd.path, m.get("dir") or str(rd.trial_dir(m["trial"]).relative_to(rd.path)),
+                        rd.path / "ensemble.json")
         if not (d / "model.json").exists():
             raise UsageError(f"{rd.path}: ensemble member trial {m['trial']} has no model in {d}; rebuild the ensemble "
                              f"with 'automl-vision ensemble {rd.path}'")
-        net, spec = load_member(d, pm)
+        net, spec = load_member(d, pm, run)
         nets.append(net)
         specs.append(spec)
         weights.append(float(m["weight"]))
@@ -254,6 +269,15 @@ def _describe(item: Any, index: int) -> str:
     return f"image {index} ({type(item).__name__})"
 
 
+def _file_kind(path: Path) -> str:
+    mode = path.stat().st_mode
+    for test, kind in ((stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a device"),
+                       (stat.S_ISBLK, "a device")):
+        if test(mode):
+            return kind
+    return "not a file"
+
+
 def decode_input(item: Any, size: int, in_chans: int) -> np.ndarray:
     """One path, PIL image or ``uint8`` array -> ``uint8`` ``(size, size, in_chans)``."""
     from PIL import Image
@@ -264,6 +288,9 @@ def decode_input(item: Any, size: int, in_chans: int) -> np.ndarray:
             raise ImageDecodeError("no such file")
         if path.is_dir():
             raise ImageDecodeError("is a directory")
+        if not path.is_file():
+            # opening a named pipe would wait forever for a writer; a device would read without end
+            raise ImageDecodeError(f"not a regular file ({_file_kind(path)}); skipped")
         try:
             return decode(path, size, in_chans)
         except PermissionError as exc:
@@ -348,15 +375,16 @@ class Predictor:
     def from_run(cls, run_dir: str | os.PathLike, model: str = "auto", device: str = "cpu", batch_size: int = 64,
                  plugins: list[str] | None = None) -> "Predictor":
         """Open ``run_dir`` with ``model`` = ``auto`` (the run's deliverable), ``best``,
-        ``ensemble`` or ``trial:N``. Raises :class:`~automl_vision.types.UsageError`."""
-        from automl_vision.plugins import get_plugin_manager
+        ``ensemble`` or ``trial:N``. Raises :class:`~automl_vision.types.UsageError`.
+
+        ``plugins`` are plugin modules or ``.py`` files to load (``--plugin``); the ones the
+        run's ``run.json`` names are never imported from it, only matched against what is
+        loaded (see :func:`automl_vision.plugins.run_plugin_manager`).
+        """
+        from automl_vision.plugins import run_plugin_manager
 
         rd = open_run(run_dir)
-        stored_settings = (rd.read_run() or {}).get("settings") or {}
-        stored = stored_settings.get("plugins") or []
-        # the search's --prefer picks, so a conflicting family resolves as it did in the search
-        pm = get_plugin_manager(list(plugins if plugins is not None else stored),
-                                prefer=stored_settings.get("prefer") or None, strict=False)
+        pm = run_plugin_manager(rd.read_run() or {}, plugins)
         return cls(load_deliverable(rd.path, model, pm), device=device, batch_size=batch_size)
 
     def describe(self) -> str:

@@ -5,7 +5,9 @@ atomically: the content goes to a temporary file in the same directory, is flush
 disk, then renamed over the final name, so a reader (the dashboard, a resumed search,
 ``predict``) sees either the old complete file or the new complete file, never a
 half-written one. Readers tolerate a run still in progress: a missing file reads as
-``None``.
+``None``. A run directory may come from someone else, so it is read as data: every file
+is checked against what readers rely on (:func:`read_json` with a schema), and a path
+read from one is resolved inside the run directory (:func:`path_inside`).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import hashlib
 import io
 import json
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -37,10 +39,15 @@ JOURNAL = "study.journal"
 
 # ------------------------------------------------------------------ atomic writes
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that no reader ever sees a partial file."""
+    """Write ``data`` to ``path`` so that no reader ever sees a partial file.
+
+    The file gets the mode the umask gives a new file (0644 under umask 022), like the
+    journal, the cache and exports: a run directory shared with workers on other accounts,
+    or read by a dashboard run as another user, must be readable by them.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = _create_temporary(path)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
@@ -56,6 +63,21 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             # a failed write names no file; say which one, e.g. for "disk full while writing ..."
             raise OSError(exc.errno, exc.strerror, str(path)) from exc
         raise
+
+
+def _create_temporary(path: Path) -> tuple[int, Path]:
+    """A new ``.NAME.XXXXXXXXXXXX.tmp`` beside ``path``, opened for writing.
+
+    Not ``tempfile.mkstemp``: it creates files 0600 whatever the umask. Mode 0666 here is
+    reduced by the umask, as for any file the user creates; ``O_EXCL`` keeps the name ours.
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    while True:
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:  # 48 random bits: practically never
+            continue
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -76,13 +98,136 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, default=_json_default, allow_nan=True) + "\n")
 
 
-def read_json(path: str | os.PathLike) -> Any:
-    """The JSON content of ``path``, or ``None`` when it does not exist (yet)."""
+def read_json(path: str | os.PathLike, schema: Any = None) -> Any:
+    """The JSON content of ``path``, or ``None`` when it does not exist (yet).
+
+    Every run file is read through here, so a damaged one is reported in one place and
+    in one way: :class:`DamagedRunFileError`, naming the file, what is wrong and what to
+    do, never a traceback (files are written atomically, so damage means the file was
+    cut short or edited outside automl-vision).
+
+    Args:
+        schema: what the content must look like (see :func:`check_schema`), e.g.
+            :data:`MODEL_SCHEMA`; ``None`` checks only that it is JSON.
+    """
+    path = Path(path)
     try:
-        with open(path, encoding="utf-8") as fh:
-            return json.load(fh)
+        with open(path, "rb") as fh:
+            raw = fh.read()
     except FileNotFoundError:
         return None
+    except IsADirectoryError:
+        raise DamagedRunFileError(path, "is a folder, not a file") from None
+    try:
+        content = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise DamagedRunFileError(path, f"is not UTF-8 text (byte {exc.start})") from None
+    except json.JSONDecodeError as exc:
+        where = f"line {exc.lineno} column {exc.colno}"
+        raise DamagedRunFileError(path, f"is not valid JSON ({exc.msg} at {where})") from None
+    if schema is not None:
+        problem = check_schema(content, schema)
+        if problem:
+            raise DamagedRunFileError(path, problem)
+    return content
+
+
+# ------------------------------------------------------------------ run file schemas
+# A schema is a type (or tuple of types), [item schema] for a list, or {key: schema}
+# for an object; a key ending in "?" is optional (absent or null). Only what readers
+# rely on is listed: extra keys are allowed, so newer writers stay readable.
+NUMBER = (int, float)
+RUN_SCHEMA = {
+    "settings": {"data?": str, "plugins?": [str], "prefer?": dict, "options?": dict, "metric?": str},
+    "objectives?": [str],
+    "data?": dict,
+    "plugins?": dict,
+}
+SPLITS_SCHEMA = {"keys": [str], "splits": {"train": [str], "val": [str], "test": [str]}}
+STATUS_SCHEMA = {"number": int, "state": str}
+MODEL_SCHEMA = {
+    "family": str, "params": dict, "classes": [str], "num_classes": int, "image_size": int, "in_chans": int,
+    "mean": [NUMBER], "std": [NUMBER], "weights_sha256?": str, "temperature?": NUMBER, "tta?": bool,
+}
+ENSEMBLE_SCHEMA = {
+    "members": [{"trial": int, "weight": NUMBER, "dir?": str}], "temperature?": NUMBER, "tta?": bool,
+    "selected?": bool,
+}
+DATA_REPORT_SCHEMA = {"root?": str}
+
+# what to do about a damaged file, by file name
+_REMEDIES = {
+    RUN_JSON: "restore it from a copy, or run the search again with a new --out folder",
+    SPLITS: "restore it from a copy: the run's trials were scored on that split (or search again with a new --out)",
+    "status.json": "restore it, or delete that trial's folder so that the trial is ignored",
+    "model.json": "restore it, rebuild best/ with 'automl-vision ensemble RUN_DIR', or pick another model with "
+                  "--model trial:N",
+    "ensemble.json": "rebuild it with 'automl-vision ensemble RUN_DIR'",
+    JOURNAL: "restore it from a copy, or search again with a new --out folder (this run's trials stay in trials/)",
+}
+
+
+def _type_name(t: Any) -> str:
+    if isinstance(t, tuple):
+        return "a number" if t == NUMBER else " or ".join(_type_name(x) for x in t)
+    return {dict: "an object", list: "a list", str: "a string", int: "a whole number", bool: "true or false",
+            float: "a number"}.get(t, t.__name__)
+
+
+def check_schema(value: Any, schema: Any, where: str = "") -> str | None:
+    """What is wrong with ``value`` against ``schema`` (see above), or ``None``."""
+    label = where or "the content"
+    if isinstance(schema, dict):
+        if not isinstance(value, dict):
+            return f"{label} is {_type_name(type(value))}, expected {_type_name(dict)}"
+        for key, sub in schema.items():
+            optional, name = key.endswith("?"), key.rstrip("?")
+            if value.get(name) is None:
+                if optional:
+                    continue
+                return f"{where + '.' if where else ''}{name} is missing"
+            problem = check_schema(value[name], sub, f"{where + '.' if where else ''}{name}")
+            if problem:
+                return problem
+        return None
+    if isinstance(schema, list):
+        if not isinstance(value, list):
+            return f"{label} is {_type_name(type(value))}, expected {_type_name(list)}"
+        for i, item in enumerate(value):
+            problem = check_schema(item, schema[0], f"{label}[{i}]")
+            if problem:
+                return problem
+        return None
+    types = schema if isinstance(schema, tuple) else (schema,)
+    # bool is an int to Python, never to a reader of these files
+    if (isinstance(value, bool) and bool not in types) or not isinstance(value, types):
+        return f"{label} is {_type_name(type(value))} ({json.dumps(value)[:40]}), expected {_type_name(schema)}"
+    return None
+
+
+def read_model_spec(directory: str | os.PathLike) -> dict[str, Any] | None:
+    """A model folder's ``model.json``, checked (``None`` when absent)."""
+    path = Path(directory) / "model.json"
+    spec = read_json(path, MODEL_SCHEMA)
+    if spec is not None and len(spec["classes"]) != spec["num_classes"]:
+        problem = f"lists {len(spec['classes'])} classes but num_classes is {spec['num_classes']}"
+        raise DamagedRunFileError(path, problem)
+    return spec
+
+
+def damaged_journal_record(path: str | os.PathLike) -> int | None:
+    """The line number of the first record of a journal that is not valid JSON, or ``None``.
+
+    A record cut short at the end is cut off by :func:`repair_journal`; one in the middle
+    (the file edited, or glued to the next record) makes the study unreadable past it.
+    """
+    with open(path, "rb") as fh:
+        for number, line in enumerate(fh, start=1):
+            try:
+                json.loads(line)
+            except ValueError:
+                return number
+    return None
 
 
 def write_npy(path: str | os.PathLike, array: np.ndarray) -> None:
@@ -132,6 +277,15 @@ def save_weights(path: str | os.PathLike, state_dict: dict[str, Any], metadata: 
 
 class TamperedFileError(UsageError):
     """A run-directory file is not what automl-vision wrote: refused, never unpickled."""
+
+
+class DamagedRunFileError(TamperedFileError):
+    """A run file cut short, edited or of the wrong shape: one line naming it and what to do."""
+
+    def __init__(self, path: str | os.PathLike, problem: str, remedy: str | None = None):
+        self.path = Path(path)
+        remedy = remedy or _REMEDIES.get(self.path.name, "restore it from a copy, or re-run the command that wrote it")
+        super().__init__(f"{self.path}: {problem}; the file was cut short or edited. {remedy[0].upper()}{remedy[1:]}.")
 
 
 class TamperedCheckpointError(TamperedFileError):
@@ -214,6 +368,27 @@ def repair_journal(path: str | os.PathLike) -> bool:
         lock.release()
 
 
+def path_inside(root: str | os.PathLike, relative: str, source: str | os.PathLike, what: str = "the run directory",
+                follow_symlinks: bool = True) -> Path:
+    """``root / relative``, where ``relative`` was read from the run file ``source``.
+
+    A run file only refers to files under its run directory (or, for images, the data
+    folder it recorded): an absolute path or one that leaves ``root`` (``..``; with
+    ``follow_symlinks``, a symlink out) was put there by someone else and is refused
+    with DamagedRunFileError, never opened. ``follow_symlinks=False`` is for the user's
+    own data folder, whose symlinks the scanner has already vetted.
+    """
+    candidate = Path(relative)
+    normal = os.path.normpath(relative)
+    escapes = candidate.is_absolute() or normal == os.pardir or normal.startswith(os.pardir + os.sep)
+    if not escapes and follow_symlinks:
+        base = Path(root).resolve()
+        escapes = not (base / candidate).resolve().is_relative_to(base)
+    if escapes:
+        raise DamagedRunFileError(source, f"names {relative!r}, which is outside {what}; it is refused")
+    return Path(root) / candidate
+
+
 # ------------------------------------------------------------------ layout
 class RunDir:
     """Paths and readers of one run directory."""
@@ -264,13 +439,19 @@ class RunDir:
         return self.run_json.exists()
 
     def read_run(self) -> dict[str, Any] | None:
-        return read_json(self.run_json)
+        return read_json(self.run_json, RUN_SCHEMA)
 
     def read_data_report(self) -> dict[str, Any] | None:
-        return read_json(self.data_report)
+        return read_json(self.data_report, DATA_REPORT_SCHEMA)
 
     def read_splits(self) -> dict[str, Any] | None:
-        return read_json(self.splits)
+        splits = read_json(self.splits, SPLITS_SCHEMA)
+        if splits is not None:
+            known = set(splits["keys"])
+            stray = next((k for keys in splits["splits"].values() for k in keys if k not in known), None)
+            if stray is not None:
+                raise DamagedRunFileError(self.splits, f"splits name {stray!r}, which is not in its keys")
+        return splits
 
     def trial_numbers(self) -> list[int]:
         root = self.path / TRIALS
@@ -280,7 +461,7 @@ class RunDir:
 
     def read_trial(self, number: int) -> dict[str, Any] | None:
         """The trial's ``status.json`` (its summary), or ``None``."""
-        return read_json(self.trial_dir(number) / "status.json")
+        return read_json(self.trial_dir(number) / "status.json", STATUS_SCHEMA)
 
     def iter_trials(self) -> Iterator[dict[str, Any]]:
         for n in self.trial_numbers():
@@ -306,4 +487,4 @@ class RunDir:
         return read_json(self.final_dir / "report.json")
 
     def read_ensemble(self) -> dict[str, Any] | None:
-        return read_json(self.path / "ensemble.json")
+        return read_json(self.path / "ensemble.json", ENSEMBLE_SCHEMA)

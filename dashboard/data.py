@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from automl_vision.rundir import LAYOUT_VERSION, RunDir, read_json, read_npy
+from automl_vision.rundir import LAYOUT_VERSION, DamagedRunFileError, RunDir, path_inside, read_json, read_npy
 
 ENV_RUNS = "AUTOML_VISION_DASHBOARD_RUNS"
 ENV_STORAGE = "AUTOML_VISION_DASHBOARD_STORAGE"
@@ -560,7 +560,11 @@ class RunData:
                 f"image {key!r} is not in the run's cache at {image_size} px and the data folder "
                 f"{self.data_report.get('root')!r} cannot be found from here"
             )
-        path = root / key
+        try:
+            # keys come from the run's files: one edited to leave the data folder is refused, not shown
+            path = path_inside(root, key, self.rd.splits, f"the data folder {root}", follow_symlinks=False)
+        except DamagedRunFileError as exc:
+            raise NotAvailable(str(exc)) from None
         if not path.is_file():
             raise NotAvailable(f"image {path} is not there any more")
         try:

@@ -393,9 +393,13 @@ def test_search_with_a_flaky_family_a_failing_event_hook_and_a_picked_metric(dig
     assert [e["hook"] for e in seen] == ["on_search_start", "on_trial_end"]
     assert (seen[1]["number"], seen[1]["state"]) == (3, "COMPLETE") and "agreement" in seen[1]["metrics"]
 
-    # predict rebuilds the model with the picked family, from the picks stored in run.json
+    # predict never imports the plugin files run.json names: without --plugin it says which one to give
     image = next(Path(digits_dir).glob("3/*.png"))
     pred = run_cli("predict", out, image, "--out", tmp_path / "pred.csv", timeout=180)
+    assert pred.returncode == 2 and "model family 'flaky'" in pred.stderr and "--plugin" in pred.stderr
+    # given again, it rebuilds the model with the picked family, from the picks stored in run.json
+    pred = run_cli("predict", out, image, "--out", tmp_path / "pred.csv", "--plugin", plugin_file("flaky_family"),
+                   "--plugin", plugin_file("flaky_twin"), timeout=180)
     assert pred.returncode == 0, pred.stderr[-2000:]
     with open(tmp_path / "pred.csv", newline="") as fh:
         (row,) = list(csv.DictReader(fh))
@@ -442,3 +446,4 @@ def _plugin_with_a_mixer_family():
 
     module.register_model_families = register_model_families
     return module
+

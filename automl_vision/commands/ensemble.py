@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from automl_vision.commands.predict import add_plugin_option
 from automl_vision.commands.search import _positive_int
 
 # automl_vision.ensemble.METHODS, spelled out: ``--help`` must not import NumPy (tests/test_ensemble.py checks they agree)
@@ -38,12 +39,14 @@ def add_parser(sub) -> None:
                         "(default: as the search was run)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
     p.add_argument("--plain", action="store_true", help="plain output (no colours)")
+    add_plugin_option(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from automl_vision.plugins import get_plugin_manager
+    from automl_vision.plugins import require_registered, run_plugin_manager
     from automl_vision.predict import open_run
+    from automl_vision.rundir import read_model_spec
     from automl_vision.search.final import complete_trials, finalize, load_prepared, print_summary
     from automl_vision.training.device import choose
     from automl_vision.types import UsageError
@@ -51,15 +54,21 @@ def run(args: argparse.Namespace) -> int:
     rd = open_run(args.run_dir)
     run = rd.read_run() or {}
     settings = run.get("settings") or {}
-    if not complete_trials(rd):
+    trials = complete_trials(rd)
+    if not trials:
         raise UsageError(
             f"{rd.path}: no trial of this run has finished, so there is nothing to ensemble. Run the search again "
             "with more time or trials (--time-budget, --n-trials); finished trials are kept."
         )
-    pm = get_plugin_manager(list(settings.get("plugins") or []), prefer=settings.get("prefer") or None, strict=False)
+    pm = run_plugin_manager(run, args.plugin)
+    if args.metric and args.metric not in pm.metrics:
+        raise UsageError("--metric: " + pm.metrics.unknown_message(args.metric))
     metric = args.metric or (run.get("objectives") or [settings.get("metric") or "accuracy"])[0]
-    if metric not in pm.metrics:
-        raise UsageError("--metric: " + pm.metrics.unknown_message(metric))
+    require_registered(pm, run, "metrics", metric, str(rd.run_json))
+    # every model.json is checked, and every family found, before any work starts
+    for rec in trials:
+        tdir = rd.trial_dir(rec["number"])
+        require_registered(pm, run, "model_families", read_model_spec(tdir)["family"], str(tdir / "model.json"))
     data = load_prepared(rd, pm)
     refit = args.refit if args.refit is not None else bool((settings.get("options") or {}).get("refit"))
     # evaluation is always fp32; only a refit trains, on the fastest measured path

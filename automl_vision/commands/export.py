@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from automl_vision.commands.predict import add_plugin_option
+
 HELP = "export the model of a finished search as ONNX, TorchScript or a safetensors state dict, verified at once"
 
 
@@ -26,6 +28,7 @@ def add_parser(sub) -> None:
                    help="auto (the run's deliverable), best, ensemble or trial:N (default: auto)")
     p.add_argument("--tolerance", type=float, default=None, metavar="ATOL",
                    help="largest allowed difference of any probability between the export and PyTorch (default: 1e-4)")
+    add_plugin_option(p)
     p.set_defaults(func=run)
 
 
@@ -37,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         meta = export(args.run_dir, args.fmt, args.out, model=args.model,
                       tolerance=TOLERANCE if args.tolerance is None else args.tolerance,
-                      log=lambda msg: print(msg, file=sys.stderr))
+                      log=lambda msg: print(msg, file=sys.stderr), plugins=args.plugin)
     except ExportVerificationError as exc:
         print(f"automl-vision export: verification failed: {exc}", file=sys.stderr)
         return 1

@@ -13,6 +13,17 @@ from pathlib import Path
 HELP = "classify images (files, folders or glob patterns) with the model of a finished search"
 
 
+def add_plugin_option(p) -> None:
+    """``--plugin`` (repeatable), as ``search`` has it: for every command that opens a run or joins a study.
+
+    The plugins a run was searched with are never loaded from its run directory (a run
+    directory is data), so a local plugin is given here again.
+    """
+    p.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                   help="load a plugin module by import path or .py file (repeatable); also $AUTOML_VISION_PLUGINS. "
+                        "The plugins named in a run directory are never loaded from it")
+
+
 def add_parser(sub) -> None:
     p = sub.add_parser(
         "predict", help=HELP,
@@ -31,6 +42,7 @@ def add_parser(sub) -> None:
                    help="also list the K most likely classes with their probabilities (default: 3)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps or auto (default: cpu)")
     p.add_argument("--batch-size", type=int, default=64, metavar="N", help="images per forward pass (default: 64)")
+    add_plugin_option(p)
     p.set_defaults(func=run)
 
 
@@ -77,6 +89,11 @@ def expand(inputs: list[str]) -> list[tuple[str, str | None]]:
     return out
 
 
+def _printable(path: str) -> str:
+    """A file name as valid UTF-8 text: bytes that are not UTF-8 (a name from another system) become ``\\xNN``."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
 def run(args: argparse.Namespace) -> int:
     from automl_vision.predict import Predictor, decode_batch
     from automl_vision.rundir import atomic_write_text
@@ -87,10 +104,14 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise UsageError(f"--batch-size {args.batch_size}: must be at least 1")
     if args.out != "-":
+        if Path(args.out).expanduser().is_dir():
+            raise UsageError(f"--out {args.out}: is a folder; give the CSV file to write, e.g. --out "
+                             f"{Path(args.out) / 'predictions.csv'}")
         out_dir = Path(args.out).expanduser().resolve().parent
         if not out_dir.is_dir():
             raise UsageError(f"--out {args.out}: folder {out_dir} does not exist")
-    predictor = Predictor.from_run(args.run_dir, model=args.model, device=args.device, batch_size=args.batch_size)
+    predictor = Predictor.from_run(args.run_dir, model=args.model, device=args.device, batch_size=args.batch_size,
+                                   plugins=args.plugin)
     items = expand(args.images)
     if all(problem is not None for _p, problem in items):
         details = "; ".join(f"{p}: {problem}" for p, problem in items[:5])
@@ -121,16 +142,20 @@ def run(args: argparse.Namespace) -> int:
                 n_ok += 1
             else:
                 rows.append([path, "", ""] + [""] * (2 * (k - 1)) + [problem or err_of.get(path, "unreadable")])
+    undecodable = sum(1 for row in rows if _printable(row[0]) != row[0])
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(header)
-    writer.writerows(rows)
+    writer.writerows([_printable(cell) for cell in row] for row in rows)  # an error may quote the name too
     if args.out == "-":
         sys.stdout.write(buf.getvalue())
     else:
         atomic_write_text(args.out, buf.getvalue())
-    failed = len(rows) - n_ok
     where = "standard output" if args.out == "-" else args.out
+    if undecodable:
+        print(f"note: {undecodable} file name(s) are not valid UTF-8; their bytes are written as \\xNN escapes "
+              f"in the 'path' column of {where}", file=sys.stderr)
+    failed = len(rows) - n_ok
     print(f"predicted {n_ok} image(s) with the {predictor.describe()} -> {where}", file=sys.stderr)
     if failed:
         print(f"warning: {failed} of {len(rows)} input(s) could not be predicted; their rows in {where} say why "

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import os
 
+from automl_vision.commands.predict import add_plugin_option
+
 HELP = "join an existing search (its study in a shared storage) and run its trials"
 
 DESCRIPTION = (
@@ -40,6 +42,7 @@ def add_parser(sub) -> None:
     p.add_argument("--name", default=None, help="a short name for this worker's log lines")
     p.add_argument("--plain", action="store_true", help="plain log lines instead of the live display")
     p.add_argument("-v", "--verbose", action="store_true", help="more logging")
+    add_plugin_option(p)
     p.set_defaults(func=run)
 
 
@@ -56,6 +59,11 @@ def run(args: argparse.Namespace) -> int:
     if args.n_trials is not None and args.n_trials < 1:
         raise UsageError(f"--n-trials {args.n_trials}: must be at least 1")
     time_budget = parse_duration(args.time_budget) if args.time_budget else None
+    if args.plugin:
+        from automl_vision.plugins import ENV_PLUGINS
+
+        # loaded with the study's own plugins, exactly as $AUTOML_VISION_PLUGINS is (the fingerprint check applies)
+        os.environ[ENV_PLUGINS] = ",".join(filter(None, [os.environ.get(ENV_PLUGINS, ""), *args.plugin]))
     from automl_vision.search.workers import join_study
 
     join_study(storage, args.study_name, device=args.device, run_dir=args.run_dir, data=args.data,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import optuna
 
-from automl_vision.rundir import RunDir, repair_journal
+from automl_vision.rundir import DamagedRunFileError, RunDir, damaged_journal_record, repair_journal
 from automl_vision.settings import SearchSettings
 from automl_vision.types import UsageError
 
@@ -106,6 +106,18 @@ def driver_url(url: str) -> str:
     return url
 
 
+def journal_storage(path: str | os.PathLike) -> optuna.storages.JournalStorage:
+    """The journal file's study storage; a damaged journal is one line (DamagedRunFileError), not a traceback."""
+    from optuna.storages.journal import JournalFileBackend
+
+    repair_journal(path)  # a record cut short by a kill or a full disk would break the study
+    try:
+        return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+    except ValueError:  # json.JSONDecodeError, or Optuna's "Invalid log format."
+        line = damaged_journal_record(path)
+        raise DamagedRunFileError(path, f"record {line or '?'} of the study journal is not valid JSON") from None
+
+
 def make_storage(settings: SearchSettings) -> optuna.storages.BaseStorage:
     """The study's storage: the URL given, or the embedded journal file in the run directory.
 
@@ -115,18 +127,11 @@ def make_storage(settings: SearchSettings) -> optuna.storages.BaseStorage:
     """
     url = settings.storage
     if not url:
-        from optuna.storages.journal import JournalFileBackend
-
         path = RunDir(settings.run_dir).journal
         path.parent.mkdir(parents=True, exist_ok=True)
-        repair_journal(path)  # a record cut short by a kill or a full disk would break the study
-        return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+        return journal_storage(path)
     if url.endswith(".journal") or url.startswith("journal:"):
-        from optuna.storages.journal import JournalFileBackend
-
-        path = url.split(":", 1)[1] if url.startswith("journal:") else url
-        repair_journal(path)
-        return optuna.storages.JournalStorage(JournalFileBackend(path))
+        return journal_storage(url.split(":", 1)[1] if url.startswith("journal:") else url)
     if "://" not in url:
         raise UsageError(
             f"--storage {redact(url)!r}: expected a database URL (postgresql://user@host/db, sqlite:///file.db) "
