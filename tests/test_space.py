@@ -4,6 +4,7 @@ warm-start portfolio and ``--models`` patterns."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import optuna
 import pandas as pd
@@ -251,3 +252,23 @@ def test_python_api_settings_accept_a_space_mapping():
     assert settings.image_sizes == [48]
     with pytest.raises(UsageError, match="space: nonsense: unknown parameter"):
         space_file.apply(settings_from_options("data", space={"nonsense": 1}, n_trials=1), pm)
+
+
+def test_a_family_parameter_that_exists_for_some_int_values_is_shown_and_settable(tmp_path):
+    """A plugin family's define-by-run parameter behind an int (not a categorical) is part of the space."""
+    plugin = str(Path(__file__).parent / "plugins" / "tiny_vit.py")
+    proc = run_cli("space", "show", "--json", "--models", "tinyvit", "--plugin", plugin, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    params = json.loads(proc.stdout)["parameters"]
+    assert params["tinyvit.drop"]["condition"] == {"tinyvit.depth": [2, 3, 4]}
+    assert params["tinyvit.drop"]["low"] == 0.0 and params["tinyvit.drop"]["high"] == 0.3
+    text = run_cli("space", "show", "--models", "tinyvit", "--plugin", plugin, timeout=120).stdout
+    assert "tinyvit.depth=2|3|4" in text
+    space = tmp_path / "space.yaml"
+    space.write_text("tinyvit:\n  drop: 0.25\n  depth: [3]\n")  # was refused as "unknown parameter"
+    shown = run_cli("space", "show", "--json", "--models", "tinyvit", "--plugin", plugin, "--space", space,
+                    timeout=120)
+    assert shown.returncode == 0, shown.stderr
+    params = json.loads(shown.stdout)["parameters"]
+    assert params["tinyvit.drop"]["low"] == params["tinyvit.drop"]["high"] == 0.25
+    assert params["tinyvit.depth"]["choices"] == [3]

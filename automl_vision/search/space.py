@@ -261,6 +261,29 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+# an int parameter with at most this many values is explored value by value, so a parameter that
+# exists only for some of them (a family's ``drop`` only when ``depth >= 2``) is found with its condition
+EXHAUSTIVE_INTS = 16
+
+
+def probe_values(param: Param) -> list[Any]:
+    """The values :func:`explore` tries for ``param``: every choice, every value of a small int
+    range, else the ends of the range (a parameter that exists only at one end is still found)."""
+    if param.kind == "categorical":
+        return list(param.choices)
+    if param.kind == "int":
+        step = int(param.step or 1)
+        values = list(range(int(param.low), int(param.high) + 1, step))
+        return values if len(values) <= EXHAUSTIVE_INTS else [values[0], values[len(values) // 2], values[-1]]
+    return [param.low, param.high]
+
+
+def _enumerated(param: Param) -> bool:
+    """Whether every value of ``param`` is tried, so a condition on it is exact."""
+    return param.kind == "categorical" or (param.kind == "int" and len(probe_values(param)) == len(
+        range(int(param.low), int(param.high) + 1, int(param.step or 1))))
+
+
 class Recorder:
     """A stand-in trial for :func:`explore`: answers ``suggest_*`` calls from a fixed
     assignment (first choice / lower bound otherwise) and records every distribution."""
@@ -282,13 +305,15 @@ class Recorder:
 
     def suggest_float(self, name: str, low: float, high: float, *, step: float | None = None, log: bool = False):
         self.seen[name] = Param(name, "float", low=float(low), high=float(high), log=log, step=step)
-        self.params[name] = float(low)
-        return float(low)
+        value = float(self.assignment.get(name, low))
+        self.params[name] = value
+        return value
 
     def suggest_int(self, name: str, low: int, high: int, *, step: int = 1, log: bool = False):
         self.seen[name] = Param(name, "int", low=int(low), high=int(high), log=log, step=step)
-        self.params[name] = int(low)
-        return int(low)
+        value = int(self.assignment.get(name, low))
+        self.params[name] = value
+        return value
 
     def set_user_attr(self, *_a, **_k) -> None:
         pass
@@ -307,10 +332,12 @@ def explore(settings: SearchSettings, pm: PluginManager, families: list[str] | N
     distribution and the categorical values it depends on.
 
     ``sample`` is run with :class:`Recorder` trials. The first run takes the first choice
-    of every categorical; every other choice of every categorical met is then tried
-    once on top of the run that met it, so every branch of the define-by-run space is
-    reached in a number of runs linear in the number of choices. A parameter's
-    condition is the set of categorical values with which it always appears.
+    of every categorical and the low end of every range; every other value of every
+    parameter met (:func:`probe_values`: each choice, each value of a small int range,
+    the ends of other ranges) is then tried once on top of the run that met it, so every
+    branch of the define-by-run space, a family's own included, is reached in a number
+    of runs linear in the number of values. A parameter's condition is the set of
+    values of a categorical or small int parameter with which it always appears.
     """
     if families is None or timm_models is None:
         families, timm_models = families_and_models(settings, pm)
@@ -328,9 +355,7 @@ def explore(settings: SearchSettings, pm: PluginManager, families: list[str] | N
         runs.append(rec.params)
         for name, param in rec.seen.items():
             found.setdefault(name, param)
-            if param.kind != "categorical":
-                continue
-            for choice in param.choices:
+            for choice in probe_values(param):
                 key = (name, repr(choice))
                 if key in tried:
                     continue
@@ -343,10 +368,11 @@ def explore(settings: SearchSettings, pm: PluginManager, families: list[str] | N
         if len(present) == len(runs):
             continue
         for cname, cparam in found.items():
-            if cparam.kind != "categorical" or cname == name:
+            if not _enumerated(cparam) or cname == name:
                 continue
-            values = [v for v in cparam.choices if any(cname in r and r[cname] == v for r in present)]
-            if len(values) == len(cparam.choices) or not values:
+            domain = probe_values(cparam)
+            values = [v for v in domain if any(cname in r and r[cname] == v for r in present)]
+            if len(values) == len(domain) or not values:
                 continue
             if all(name in r for r in runs if cname in r and r[cname] in values):
                 param.condition[cname] = values
