@@ -290,6 +290,23 @@ def test_kit_catches_a_metric_with_the_wrong_direction():
         check_metric(Metric("acc", "minimize", lambda y, p: float(np.mean(p.argmax(1) == y))))
 
 
+def test_kit_turns_a_dataset_source_that_raises_into_a_check_error(tmp_path):
+    """The docs promise PluginCheckError from the kit, also when the plugin's own code raises."""
+    from automl_vision.testing import check_dataset_source
+    from automl_vision.types import Dataset, DatasetSource, Sample
+
+    def load(location):
+        return {"x": 1}["missing"]  # a plugin bug: KeyError
+
+    with pytest.raises(PluginCheckError, match=r"dataset source 'npz': load\('data.npz'\) raised KeyError: 'missing'"):
+        check_dataset_source(DatasetSource("npz", load=load), "data.npz")
+    with pytest.raises(PluginCheckError, match=r"detect\('data.npz'\) raised ZeroDivisionError"):
+        check_dataset_source(DatasetSource("npz", load=load, detect=lambda loc: 1 / 0), "data.npz", detect=True)
+    arrays = [Sample(key=str(i), label=lab, array=np.zeros((4, 4), np.uint8)) for i, lab in enumerate(["a", 1])]
+    with pytest.raises(PluginCheckError, match="label a is not an index"):
+        check_dataset_source(DatasetSource("npz", load=lambda loc: Dataset(["a", "b"], arrays)), "x")
+
+
 def test_kit_reports_a_broken_plugin():
     with pytest.raises(PluginCheckError, match="plugin hook_raises: broken"):
         check_plugin(plugin_file("hook_raises"))

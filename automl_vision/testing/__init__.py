@@ -208,6 +208,16 @@ def check_metric(metric: Metric, num_classes: int | None = None, n: int = 60, se
                     f"always-wrong ones {values['wrong']}")
 
 
+def _call(what: str, name: str, fn, *args):
+    """``fn(*args)``; whatever the plugin's code raises becomes a :class:`PluginCheckError` naming it."""
+    try:
+        return fn(*args)
+    except PluginCheckError:
+        raise
+    except Exception as exc:
+        _fail(what, f"{name}({', '.join(map(repr, args))}) raised {type(exc).__name__}: {exc}")
+
+
 def check_dataset_source(source: DatasetSource, location: str, detect: bool | None = None) -> Dataset:
     """Load ``location`` (without the ``NAME:`` scheme) and check the dataset.
 
@@ -224,10 +234,10 @@ def check_dataset_source(source: DatasetSource, location: str, detect: bool | No
     if not isinstance(source, DatasetSource):
         _fail(what, f"expected a DatasetSource, got {type(source).__name__}")
     if detect is not None:
-        got = bool(source.detect(location)) if source.detect else False
+        got = bool(_call(what, "detect", source.detect, location)) if source.detect else False
         if got != detect:
             _fail(what, f"detect({location!r}) is {got}, expected {detect}")
-    ds = source.load(location)
+    ds = _call(what, "load", source.load, location)
     if not isinstance(ds, Dataset):
         _fail(what, f"load() returned {type(ds).__name__}, expected automl_vision.types.Dataset")
     if len(ds.classes) < 2:
@@ -239,7 +249,7 @@ def check_dataset_source(source: DatasetSource, location: str, detect: bool | No
         if s.key in keys:
             _fail(what, f"sample key {s.key!r} is not unique")
         keys.add(s.key)
-        if not 0 <= int(s.label) < len(ds.classes):
+        if isinstance(s.label, bool) or not hasattr(s.label, "__index__") or not 0 <= int(s.label) < len(ds.classes):
             _fail(what, f"sample {s.key!r}: label {s.label} is not an index into {len(ds.classes)} classes")
         if (s.path is None) == (s.array is None):
             _fail(what, f"sample {s.key!r}: exactly one of path and array must be set")
