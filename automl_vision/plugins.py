@@ -83,10 +83,15 @@ class PluginInfo:
     hooks: list[str] = field(default_factory=list)
     registered: dict[str, list[str]] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
+    duplicate_of: str | None = None  # the same module given twice (installed and --plugin): loaded once
 
     @property
     def broken(self) -> bool:
         return bool(self.errors)
+
+    @property
+    def status(self) -> str:
+        return "broken" if self.broken else "duplicate" if self.duplicate_of else "ok"
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -97,8 +102,9 @@ class PluginInfo:
             "version": self.version,
             "hooks": self.hooks,
             "registered": self.registered,
-            "status": "broken" if self.broken else "ok",
+            "status": self.status,
             "errors": self.errors,
+            "duplicate_of": self.duplicate_of,
         }
 
 
@@ -233,8 +239,11 @@ class PluginManager:
         try:
             self.pm.register(obj, name=info.name)
         except ValueError:
-            # already registered under another name (e.g. one module named two ways)
-            self._error(info, f"{info.module!r} is already loaded as another plugin")
+            # the same module already loaded under another name (installed, and given with --plugin
+            # too): it works, once; say so instead of calling it broken
+            info.duplicate_of = self.pm.get_name(obj) if self.pm.is_registered(obj) else None
+            if info.duplicate_of is None:
+                self._error(info, f"{info.module!r} is already loaded as another plugin")
             return
         except pluggy.PluginValidationError as exc:
             self._error(info, f"invalid hook implementation: {exc}")

@@ -351,6 +351,16 @@ def test_plugins_command_text_marks_broken_plugins():
     assert "metrics: raises_first" in proc.stdout
 
 
+def test_a_plugin_given_twice_is_a_duplicate_not_broken_and_descriptions_show():
+    # a built-in stands for an installed plugin that is also given with --plugin
+    proc = run_cli("plugins", "--plugin", "automl_vision.builtin.custom_cnn", timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "automl_vision.builtin.custom_cnn  module  -  duplicate" in proc.stdout
+    assert "the same module as plugin custom_cnn, already loaded" in proc.stdout
+    assert "BROKEN" not in proc.stdout and "0 broken" in proc.stdout
+    assert "accuracy: share of correct top-1 predictions" in proc.stdout  # descriptions, not only in --json
+
+
 def test_search_with_conflicting_objective_exits_2_naming_both(digits_dir, tmp_path):
     proc = run_cli("search", digits_dir, "--out", tmp_path / "run", "--n-trials", "1", "--models", "cnn",
                    "--metric", "agreement", "--plugin", plugin_file("conflict_a"), "--plugin", plugin_file("conflict_b"),

@@ -68,12 +68,18 @@ def run(args: argparse.Namespace) -> int:
     from rich.markup import escape
 
     console = Console(highlight=False, soft_wrap=True)  # long errors stay one line, for grep
+    status_text = {"ok": "[green]ok[/]", "broken": "[bold red]BROKEN[/]", "duplicate": "[yellow]duplicate[/]"}
     for p in plugins:
         dist = f"{p['distribution']} {p['version'] or ''}".strip() if p["distribution"] else "-"
-        status = "[green]ok[/]" if p["status"] == "ok" else "[bold red]BROKEN[/]"
-        console.print(f"[bold]{escape(p['name'])}[/]  {p['origin']}  {escape(dist)}  {status}")
+        console.print(f"[bold]{escape(p['name'])}[/]  {p['origin']}  {escape(dist)}  {status_text[p['status']]}")
+        if p["duplicate_of"]:
+            console.print(f"    the same module as plugin {escape(p['duplicate_of'])}, already loaded: it is used once")
         for kind, names in p["registered"].items():
             console.print(f"    {kind.replace('_', ' ')}: {escape(', '.join(names))}")
+            for name in names:  # descriptions, where the plugin gave one and the name resolves to it
+                item = registered.get(kind, {}).get(name)
+                if item and item["description"] and item["plugin"] == p["name"]:
+                    console.print(f"      {escape(name)}: {escape(item['description'])}", style="dim")
         events = [h for h in p["hooks"] if h.startswith("on_")]
         if events:
             console.print(f"    events: {', '.join(events)}")
