@@ -175,9 +175,15 @@ def on_trial_end(run_dir: str, trial: "optuna.trial.FrozenTrial", record: dict[s
 def on_search_end(run_dir: str, study: "optuna.Study", summary: dict[str, Any]) -> None:
     """Called once when the search has finished and the final report is written.
 
+    A plugin that writes files of its own next to the run can use
+    ``automl_vision.rundir.atomic_write_text(path, text)`` and
+    ``automl_vision.rundir.write_json(path, obj)``: they replace a file atomically and are
+    part of the plugin API.
+
     Args:
         run_dir: path of the run directory.
         study: the Optuna study.
-        summary: the content of ``final/report.json`` (best trial, test metrics,
-            ensemble, deliverable).
+        summary: the content of ``final/report.json``: its keys and types are listed
+            in docs/run-directory.md ("final/report.json"); ``best_trial`` is an int,
+            and a search that delivered nothing has an ``error`` key instead.
     """

@@ -109,3 +109,27 @@ def test_minimal_plugin_example_works_in_a_real_search(digits_dir, tmp_path):
     # a plugin file given by a relative path is stored absolute, for predict/export/workers elsewhere
     run = json.loads((out / "run.json").read_text())
     assert run["settings"]["plugins"] == [str(ROOT / "examples" / "minimal_plugin.py")]
+
+
+def _report_table() -> dict[str, tuple[str, str]]:
+    """key -> (type, when) from the final/report.json table of docs/run-directory.md."""
+    text = (ROOT / "docs" / "run-directory.md").read_text()
+    section = text.split("## final/report.json", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\| `([a-z_]+)` \| ([^|]+) \| ([^|]+) \|", section, flags=re.M)
+    return {key: (kind.strip(), when.strip()) for key, kind, when in rows}
+
+
+def test_the_report_schema_in_the_docs_matches_a_real_report(tiny_run):
+    """on_search_end hooks get final/report.json: every key a real report has is documented, with its type."""
+    table = _report_table()
+    report = json.loads((tiny_run / "final" / "report.json").read_text())
+    types = {"str": str, "bool": bool, "int": int, "float": float, "dict": dict, "list": list}
+    for key, value in report.items():
+        assert key in table, f"final/report.json key {key!r} is not documented in docs/run-directory.md"
+        kind = table[key][0]
+        allowed = tuple(types[t] for t in re.findall(r"[a-z]+", kind) if t in types)
+        assert value is None and "null" in kind or isinstance(value, allowed), (key, kind, value)
+    # a search with a test split delivers: the keys documented for that case are all there
+    for key, (_kind, when) in table.items():
+        if when in ("always", "delivered", "with a test split", "after a search"):
+            assert key in report, f"documented key {key!r} ({when}) missing from a real report"

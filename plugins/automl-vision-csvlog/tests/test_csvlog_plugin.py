@@ -38,7 +38,7 @@ def test_env_variable_collects_runs_in_one_file(tmp_path, monkeypatch):
     plugin.on_trial_end("runs/a", {"number": 0, "state": "COMPLETE"})
     plugin.on_trial_end("runs/b", {"number": 0, "state": "PRUNED"})
     plugin.on_trial_end("runs/b", {"number": 0, "state": "COMPLETE"})  # a trial logged again replaces its row
-    plugin.on_search_end("runs/b", {"best_trial": {"number": 0}, "best_test": {"accuracy": 0.9}})
+    plugin.on_search_end("runs/b", {"best_trial": 0, "best_test": {"accuracy": 0.9}})  # as in final/report.json
     rows = _rows(target)
     assert [(r["run_dir"], r["state"]) for r in rows] == [("runs/a", "COMPLETE"), ("runs/b", "COMPLETE")]
     assert json.loads((tmp_path / "all.summary.json").read_text())["best_test"] == {"accuracy": 0.9}
