@@ -39,6 +39,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from automl_vision.search.interrupts import check_interrupt, watch_interrupts
+
+    # installed before any heavy import: a Ctrl-C landing inside a library's import (or anywhere
+    # that swallows it) is noted, and a command that then runs on to the end still exits 130
+    try:
+        with watch_interrupts():
+            code = _dispatch(argv)
+            check_interrupt()
+            return code
+    except KeyboardInterrupt:
+        print("\ninterrupted (Ctrl-C); finished work is kept in the run directory.", file=sys.stderr)
+        return 130
+
+
+def _dispatch(argv: list[str] | None) -> int:
     from automl_vision.types import UsageError
 
     parser = build_parser()
@@ -55,16 +70,13 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as exc:
         print(f"automl-vision {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("\ninterrupted (Ctrl-C); finished work is kept in the run directory.", file=sys.stderr)
-        return 130
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
     except OSError as exc:
         import errno
 
-        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):  # full disk, quota, file size limit
             raise
         where = f" while writing {exc.filename}" if exc.filename else ""
         print(

@@ -78,6 +78,19 @@ class SearchSettings:
         return cls(**{k: v for k, v in d.items() if k in names})
 
 
+# what numpy's seeded generators accept (the split, Optuna's samplers): -1 or 2**70 used to fail deep in the
+# search with a traceback
+MAX_SEED = 2**32 - 1
+SEED_RANGE = f"a seed is a whole number from 0 to {MAX_SEED}"
+
+
+def check_seed(value: int) -> int:
+    """``value`` when it is a seed numpy and PyTorch accept; UsageError otherwise."""
+    if not 0 <= value <= MAX_SEED:
+        raise UsageError(f"--seed {value}: {SEED_RANGE}; pick one in that range")
+    return value
+
+
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|sec|m|min|h|hr|d)?\s*$", re.I)
 _UNITS = {None: 1, "ms": 0.001, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "hr": 3600, "d": 86400}
 

@@ -7,6 +7,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from automl_vision.commands import add_plugin_option
+
 HELP = "run (or resume) a model search on a folder of labelled images"
 
 
@@ -28,6 +30,18 @@ def _duration(text: str) -> float:
         return parse_duration(text)
     except UsageError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _seed(text: str) -> int:
+    from automl_vision.settings import SEED_RANGE, check_seed
+    from automl_vision.types import UsageError
+
+    try:
+        return check_seed(int(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    except UsageError:
+        raise argparse.ArgumentTypeError(f"{SEED_RANGE}, got {text}") from None
 
 
 def _sizes(text: str) -> list[int]:
@@ -97,7 +111,8 @@ def add_search_options(p: argparse.ArgumentParser) -> None:
     w.add_argument("--backbone-lr-scale", type=float, default=None, metavar="F",
                    help="with loaded weights: the backbone learns at F x the learning rate of the new head "
                         "(default: 0.1)")
-    s.add_argument("--seed", type=int, default=0, help="seed of the split, the sampler and training (default: 0)")
+    s.add_argument("--seed", type=_seed, default=0,
+                   help="seed of the split, the sampler and training, 0 to 4294967295 (default: 0)")
     d = p.add_argument_group("execution")
     d.add_argument("--device", default="auto",
                    help="auto, cpu, cuda, cuda:N or mps (default: auto = a GPU when there is one)")
@@ -116,12 +131,16 @@ def add_search_options(p: argparse.ArgumentParser) -> None:
                    help="keep the cached images on the GPU (auto: when they fit in 30%% of its free memory; off: "
                         "pinned host memory with non-blocking copies) (default: auto)")
     r = p.add_argument_group("run directory and study")
-    r.add_argument("--out", metavar="RUN_DIR", help="run directory (default: runs/<study-name>)")
+    r.add_argument("--out", metavar="RUN_DIR",
+                   help="run directory: a new or empty folder, or an earlier run's folder to resume it "
+                        "(default: runs/<study-name>)")
+    r.add_argument("--overwrite", action="store_true",
+                   help="write the run into an --out folder that holds other files (not a run of this study): "
+                        "files of a run's names there (run.json, leaderboard.csv, best/, trials/ ...) are replaced")
     r.add_argument("--study-name", help="Optuna study name (default: from the data folder's name)")
     r.add_argument("--storage", metavar="URL",
                    help="Optuna storage URL, e.g. postgresql://user@host/db (default: a journal file in the run directory)")
-    r.add_argument("--plugin", action="append", default=[], metavar="MODULE",
-                   help="load a plugin module by import path or .py file (repeatable); also $AUTOML_VISION_PLUGINS")
+    add_plugin_option(r)
     r.add_argument("--prefer", action="append", default=[], type=_preference, metavar="NAME=PLUGIN",
                    help="when two plugins register the same dataset source, model family or metric NAME, "
                         "use the one from PLUGIN (repeatable; see 'automl-vision plugins')")
@@ -254,7 +273,8 @@ def run(args: argparse.Namespace) -> int:
 
     from automl_vision.search.run import run_search
 
-    options = {k: v for k, v in vars(args).items() if k not in ("data", "out", "func", "command")}
+    options = {k: v for k, v in vars(args).items() if k not in ("data", "out", "func", "command", "overwrite")}
     settings = settings_from_options(args.data, args.out, **options)
-    run_search(settings, argv=sys.argv, plain=True if args.plain else None)
-    return 0
+    report = run_search(settings, argv=sys.argv, plain=True if args.plain else None, overwrite=args.overwrite)
+    # a search that delivers nothing (no trial finished with a score) is a failure a script must see
+    return 1 if report.get("error") else 0

@@ -19,13 +19,15 @@ class _CallableSearchPackage(types.ModuleType):
 
         Keyword options are the command line's, with underscores: ``time_budget="5m"``,
         ``n_trials=20``, ``max_epochs=10``, ``image_size=64``, ``metric="accuracy"``,
-        ``seed=0``, ``models="cnn,resnet18"``, ``device="auto"``.
+        ``seed=0``, ``models="cnn,resnet18"``, ``device="auto"``; ``overwrite=True`` is
+        ``--overwrite``. A report with an ``error`` key delivered nothing.
         """
         from automl_vision.commands.search import settings_from_options
         from automl_vision.search.run import run_search
 
+        overwrite = bool(options.pop("overwrite", False))
         settings = settings_from_options(data, out, **options)
-        return run_search(settings, argv=["automl_vision.search", str(data)], plain=True)
+        return run_search(settings, argv=["automl_vision.search", str(data)], plain=True, overwrite=overwrite)
 
 
 sys.modules[__name__].__class__ = _CallableSearchPackage

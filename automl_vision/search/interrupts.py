@@ -35,10 +35,12 @@ def watch_interrupts() -> Iterator[None]:
     nothing changes.
     """
     global _noted
-    _noted = False
     if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        # nested in a watch already installed (cli.main's), or SIGINT ignored: what the outer
+        # watch noted stays noted, so check_interrupt() still sees a swallowed Ctrl-C
         yield
         return
+    _noted = False
     previous = signal.signal(signal.SIGINT, _note_and_raise)
     try:
         yield

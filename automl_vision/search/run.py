@@ -7,11 +7,16 @@ another process or machine runs too.
 
 from __future__ import annotations
 
+import importlib.machinery
+import importlib.util
 import os
 import platform
+import re
+import shutil
 import statistics
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -23,10 +28,11 @@ from automl_vision.data.prepare import PreparedData, prepare
 from automl_vision.data.sources import load_dataset
 from automl_vision.plugins import PluginManager, get_plugin_manager
 from automl_vision.progress import make_progress
-from automl_vision.rundir import RunDir, read_json, write_json
+from automl_vision.rundir import DamagedRunFileError, RunDir, read_json, write_json
+from automl_vision.search.interrupts import check_interrupt
 from automl_vision.search.objective import DISK_FULL, Budget, Objective, worker_id
 from automl_vision.search.study import open_study, redact
-from automl_vision.settings import PRESETS, SearchSettings, format_duration
+from automl_vision.settings import PRESETS, SearchSettings, check_seed, format_duration
 from automl_vision.training.device import ExecPath, apply_gpu_options, choose
 from automl_vision.types import Dataset, UsageError
 
@@ -34,13 +40,16 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 def _not_an_interrupt(record) -> bool:
-    """Ctrl-C is not an error: Optuna's warning with the KeyboardInterrupt's traceback is
-    dropped (the trial's status says "interrupted" and the search prints a summary); so is
-    the traceback of a full disk."""
+    """Optuna's warning for a failed trial, with its traceback, is dropped: the search's own
+    line says the trial failed and why, the leaderboard's note keeps the reason and the
+    trial's status.json the traceback. So are Ctrl-C (the trial's status says
+    "interrupted" and the search prints a summary) and a full disk (one clear message,
+    cli.main)."""
+    message = record.getMessage()
+    if message.startswith("Trial ") and " failed with " in message:
+        return False
     exc = record.exc_info[1] if record.exc_info else None
-    if isinstance(exc, OSError) and exc.errno in DISK_FULL:
-        return False  # a full disk stops the search with one clear message (cli.main)
-    return not isinstance(exc, KeyboardInterrupt)
+    return not isinstance(exc, KeyboardInterrupt) and not (isinstance(exc, OSError) and exc.errno in DISK_FULL)
 
 
 for _handler in optuna.logging._get_library_root_logger().handlers:
@@ -79,6 +88,107 @@ def auto_image_sizes(dataset: Dataset, device: str) -> list[int]:
     if median <= 40:
         return [32]
     return [96] if device.startswith("cuda") else [64]
+
+
+# what a search writes before run.json: a start interrupted that early resumes like any run
+_START_FILES = re.compile(r"\.?(cache|data_report\.json|splits\.json)(\.[0-9a-f]+\.tmp)?")
+
+
+def previous_run(run_dir: RunDir, overwrite: bool = False) -> dict[str, Any] | None:
+    """This tool's ``run.json`` in ``run_dir``; None when there is none, or (with
+    ``overwrite``) when the file there is someone else's or damaged."""
+    try:
+        info = read_json(run_dir.run_json)
+    except DamagedRunFileError:
+        if overwrite:
+            return None
+        raise
+    return info if isinstance(info, dict) and "layout_version" in info else None
+
+
+def check_out(run_dir: RunDir, study_name: str, overwrite: bool) -> None:
+    """Refuse an ``--out`` that is a file, or a folder of other files that the search would
+    overwrite (its run.json, leaderboard.csv, best/ ...), unless ``overwrite``."""
+    path = run_dir.path
+    existing = next(p for p in (path, *path.absolute().parents) if p.exists())
+    if not existing.is_dir():
+        raise UsageError(f"--out {path}: {existing} is a file, not a folder; give a new folder, or an earlier run's "
+                         "folder to resume it")
+    if overwrite or existing != path or not any(path.iterdir()):
+        return
+    info = previous_run(run_dir)
+    if info is None and not all(_START_FILES.fullmatch(p.name) for p in path.iterdir()):
+        raise UsageError(f"--out {path}: the folder holds files that are not an automl-vision run, and the search "
+                         "would overwrite some of them; give a new or empty folder, or add --overwrite to use it anyway")
+    if info is not None and info.get("study_name", study_name) != study_name:
+        raise UsageError(f"--out {path}: the folder holds the run of study {info['study_name']!r}, not "
+                         f"{study_name!r}; give --study-name {info['study_name']} to resume it, or another --out")
+
+
+def storage_file(url: str | None) -> Path | None:
+    """The local file a ``--storage`` value names (journal file or SQLite), else None."""
+    if not url:
+        return None
+    if url.startswith("journal:"):
+        return Path(url.split(":", 1)[1])
+    if url.endswith(".journal"):
+        return Path(url)
+    if url.startswith("sqlite:///"):
+        name = url[len("sqlite:///"):].split("?", 1)[0]
+        return Path(name) if name and name != ":memory:" else None
+    return None
+
+
+def _plugin_missing(name: str) -> str | None:
+    """Why a ``--plugin`` the user named cannot even be found (None: it can be imported)."""
+    if name.endswith(".py") or os.sep in name:
+        return None if Path(name).expanduser().is_file() else "no such file"
+    top = name.split(".")[0]
+    try:
+        found = importlib.util.find_spec(top) or importlib.machinery.PathFinder.find_spec(top, [os.getcwd()])
+    except (ImportError, ValueError):
+        found = None
+    return None if found else f"no module named {top!r} is installed or in the current folder"
+
+
+def check_start(settings: SearchSettings, overwrite: bool = False) -> None:
+    """Usage errors found before any work: nothing is created, imported or trained for them."""
+    check_seed(settings.seed)
+    check_out(RunDir(settings.run_dir), settings.study_name, overwrite)
+    journal = storage_file(settings.storage)
+    if journal is not None and not journal.absolute().parent.is_dir():
+        raise UsageError(f"--storage {redact(settings.storage)}: the folder {journal.absolute().parent} does not "
+                         "exist; create it first, or name a file in an existing folder")
+    for name in settings.plugins:
+        why = _plugin_missing(name)
+        if why:
+            raise UsageError(f"--plugin {name}: {why}; give the path of a plugin's .py file, or the name of an "
+                             "installed plugin module")
+
+
+def remove_dead_leftovers(run_dir: RunDir) -> None:
+    """Remove the ``.best.<pid>.tmp``/``.old`` folders of processes that died while replacing
+    best/; when best/ itself is missing then, the ``.old`` one is the last complete best/."""
+    for leftover in sorted(run_dir.path.glob(".best.*.*")):
+        match = re.fullmatch(r"\.best\.(\d+)\.(tmp|old)", leftover.name)
+        if not match or _alive(int(match.group(1))):
+            continue
+        if match.group(2) == "old" and not run_dir.best_dir.exists():
+            leftover.rename(run_dir.best_dir)
+        else:
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def check_settings(settings: SearchSettings, pm: PluginManager) -> list[str]:
@@ -173,8 +283,13 @@ def run_worker(study: optuna.Study, objective: Objective, budget: Budget, n_tria
     return trial_loop(study, objective, budget, n_trials, [after_trial], progress.log)
 
 
-def run_search(settings: SearchSettings, argv: list[str] | None = None, plain: bool | None = None) -> dict[str, Any]:
-    """Run a whole search; returns the final report. Raises UsageError for bad input."""
+def run_search(settings: SearchSettings, argv: list[str] | None = None, plain: bool | None = None,
+               overwrite: bool = False) -> dict[str, Any]:
+    """Run a whole search; returns the final report. Raises UsageError for bad input.
+
+    ``overwrite``: use an ``--out`` folder that holds other files (see :func:`check_out`).
+    """
+    check_start(settings, overwrite)
     t_start = time.time()
     deadline = t_start + settings.time_budget if settings.time_budget else None
     pm = get_plugin_manager(settings.plugins, prefer=settings.prefer)
@@ -188,6 +303,7 @@ def run_search(settings: SearchSettings, argv: list[str] | None = None, plain: b
     max_epochs = settings.max_epochs or PRESETS[settings.preset]["max_epochs"]
     run_dir = RunDir(settings.run_dir)
     run_dir.path.mkdir(parents=True, exist_ok=True)
+    remove_dead_leftovers(run_dir)
     # worker processes print their own lines: no live panel over them
     progress = make_progress(deadline, n_trials=settings.n_trials, plain=True if settings.workers > 1 else plain)
     log = progress.log
@@ -207,7 +323,7 @@ def run_search(settings: SearchSettings, argv: list[str] | None = None, plain: b
     log(f"regime: {plan.regime} ({plan.why})")
 
     stored = dict(settings.as_dict(), storage=redact(settings.storage))
-    run_info = read_json(run_dir.run_json) or {}
+    run_info = previous_run(run_dir, overwrite) or {}
     run_info.update(
         layout_version=1,
         # the command line may hold a storage URL with its password: store it redacted
@@ -249,6 +365,7 @@ def run_search(settings: SearchSettings, argv: list[str] | None = None, plain: b
 
     warm_start(study, settings, pm, objective.families, objective.timm_models, len(data.classes), data.in_chans,
                len(data.split_index["train"]), path.device, log)
+    check_interrupt()  # a Ctrl-C swallowed during start-up (e.g. inside a library's import) stops before any trial
     interrupted = False
     with progress:
         try:

@@ -388,6 +388,7 @@ def trial_loop(study: optuna.Study, objective, budget, n_trials: int | None, cal
     gate = FileLock(str(run_dir.path / ".trial-start.lock"))
     ran = 0
     waiting_logged = False
+    check_interrupt()  # noted before the loop (during start-up): watch_interrupts starts afresh
     with watch_interrupts(), WorkerHeartbeat(run_dir, objective.worker, objective.path.device, beat.interval) as heartbeat:
         while True:
             check_interrupt()  # a Ctrl-C swallowed where it landed still stops the loop
