@@ -12,6 +12,32 @@ from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 from automl_vision.plugins import PluginManager
 
 log = logging.getLogger(__name__)
+# metrics already warned about in this process: a metric that fails once fails every epoch
+_WARNED: set[str] = set()
+
+
+def _warn_once(name: str, message: str) -> None:
+    if name not in _WARNED:
+        _WARNED.add(name)
+        log.warning("%s (warned once; it is left out wherever it fails again)", message)
+
+
+def check_requirements(objectives: list[str], pm: PluginManager, num_classes: int) -> None:
+    """Refuse, before any trial, an objective metric that this data cannot give.
+
+    Raises:
+        UsageError: naming the metric, its plugin and what it needs.
+    """
+    from automl_vision.types import UsageError
+
+    for name in objectives:
+        metric = pm.metrics.get(name) if name in pm.metrics else None
+        if metric is not None and num_classes < metric.min_classes:
+            raise UsageError(
+                f"--metric {name}: metric {name!r} (plugin {pm.metrics.plugin_of(name)}) needs at least "
+                f"{metric.min_classes} classes and this data has {num_classes}; choose another metric "
+                "(automl-vision plugins lists them)"
+            )
 
 
 def compute_metrics(y_true: np.ndarray, probs: np.ndarray, pm: PluginManager) -> dict[str, float]:
@@ -30,10 +56,10 @@ def compute_metrics(y_true: np.ndarray, probs: np.ndarray, pm: PluginManager) ->
         try:
             value = float(metric.fn(y_true, probs))
         except Exception as exc:
-            log.warning("metric %s (plugin %s) failed: %s", name, pm.metrics.plugin_of(name), exc)
+            _warn_once(name, f"metric {name} (plugin {pm.metrics.plugin_of(name)}) failed: {type(exc).__name__}: {exc}")
             continue
         if not math.isfinite(value):
-            log.warning("metric %s returned %s", name, value)
+            _warn_once(name, f"metric {name} (plugin {pm.metrics.plugin_of(name)}) returned {value}")
         out[name] = value
     return out
 

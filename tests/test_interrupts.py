@@ -374,7 +374,7 @@ def test_nan_loss_is_pruned_and_wrong_shape_fails_naming_the_model(tmp_path, dig
         out = tmp_path / family
         proc = run_cli("search", digits_dir, "--out", out, "--n-trials", "1", "--max-epochs", "2", "--image-size", "16",
                        "--models", family, "--plugin", str(PLUGINS / "faulty_families.py"), "--plain")
-        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert proc.returncode == 1, proc.stdout + proc.stderr  # nothing delivered: a script must see it
         status = read_json(out / "trials" / "00000" / "status.json")
         assert status["state"] == state, status
         assert needle in status["reason"].lower(), status["reason"]

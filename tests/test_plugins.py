@@ -21,7 +21,7 @@ from automl_vision.registry import ConflictError
 from automl_vision.testing import PluginCheckError, check_metric, check_model_family, check_plugin
 from automl_vision.types import Metric, ModelFamily, UsageError
 
-from conftest import cli_env, run_cli
+from conftest import TINY, cli_env, run_cli
 
 HERE = Path(__file__).resolve().parent
 TEST_PLUGINS = HERE / "plugins"
@@ -474,3 +474,25 @@ def _plugin_with_a_mixer_family():
     module.register_model_families = register_model_families
     return module
 
+
+def test_a_metric_the_data_cannot_give_is_refused_before_any_trial(digits_dir, tmp_path):
+    out = tmp_path / "run"
+    proc = run_cli("search", digits_dir, "--out", out, *TINY, "--metric", "needs_twenty",
+                   "--plugin", plugin_file("bad_metrics"), timeout=180)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert ("metric 'needs_twenty' (plugin bad_metrics) needs at least 20 classes and this data has 10"
+            in proc.stderr), proc.stderr
+    assert "Traceback" not in proc.stderr and not list((out / "trials").glob("*/status.json"))
+
+
+def test_a_nan_objective_fails_every_trial_and_delivers_nothing(digits_dir, tmp_path):
+    out = tmp_path / "run"
+    proc = run_cli("search", digits_dir, "--out", out, *TINY, "--metric", "always_nan",
+                   "--plugin", plugin_file("bad_metrics"), timeout=300)
+    statuses = [json.loads(p.read_text()) for p in (out / "trials").glob("*/status.json")]
+    assert len(statuses) == 3 and all(s["state"] == "FAIL" for s in statuses), statuses
+    assert all("objective metric 'always_nan' (plugin bad_metrics) returned nan" in s["reason"] for s in statuses)
+    assert "Traceback" not in proc.stdout + proc.stderr
+    assert not (out / "best").exists() and not (out / "ensemble.json").exists()
+    assert proc.returncode == 1, "a search that delivers nothing must not exit 0"
+    assert "nothing to deliver" in proc.stdout + proc.stderr

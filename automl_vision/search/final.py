@@ -22,6 +22,7 @@ running search with other settings.
 
 from __future__ import annotations
 
+import math
 import os
 import shlex
 import shutil
@@ -48,10 +49,13 @@ REFIT = "refit"
 
 
 def complete_trials(run_dir: RunDir) -> list[dict[str, Any]]:
+    """Trials that finished with a finite score and a model: the only ones the final steps may choose."""
     out = []
     for rec in run_dir.iter_trials():
         tdir = run_dir.trial_dir(rec["number"])
-        if rec.get("state") == "COMPLETE" and (tdir / "model.json").exists() and (tdir / "val_probs.npy").exists():
+        value = rec.get("value")
+        scored = isinstance(value, (int, float)) and math.isfinite(value)
+        if rec.get("state") == "COMPLETE" and scored and (tdir / "model.json").exists() and (tdir / "val_probs.npy").exists():
             out.append(rec)
     return out
 

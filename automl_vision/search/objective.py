@@ -23,7 +23,7 @@ import optuna
 import torch
 
 from automl_vision.data.prepare import PreparedData
-from automl_vision.evaluation import compute_metrics, per_class
+from automl_vision.evaluation import check_requirements, compute_metrics, per_class
 from automl_vision.models import count_params, save_model
 from automl_vision.plugins import PluginManager
 from automl_vision.rundir import RunDir, write_json, write_npy
@@ -42,6 +42,10 @@ DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 class Interrupted(Exception):
     """The user pressed Ctrl-C during a trial."""
+
+
+class ObjectiveNotFinite(RuntimeError):
+    """The objective metric gave no finite value: the trial fails with this reason."""
 
 
 class TrialOutOfMemory(RuntimeError):
@@ -124,6 +128,7 @@ class Objective:
         self.worker = worker_id()
         self.trial_seconds = trial_seconds(settings, budget.search_seconds)
         self.epoch_cap = int(PRESETS[settings.preset]["epoch_cap"])
+        check_requirements(objectives, pm, len(data.classes))
         busy = busy_note()
         if busy:
             progress.log(f"warning: {busy}")
@@ -186,12 +191,16 @@ class Objective:
 
             def on_epoch(epoch: int, probs: np.ndarray, rec: dict[str, Any]) -> None:
                 metrics = compute_metrics(data.y_val.numpy(), probs, self.pm)
-                if objective_metric not in metrics:
-                    raise RuntimeError(f"objective metric {objective_metric!r} could not be computed")
                 rec.update({f"val_{k}": v for k, v in metrics.items()})
                 history.append(rec)
                 write_json(tdir / "history.json", history)
-                value = metrics[objective_metric]
+                value = metrics.get(objective_metric, math.nan)
+                if not math.isfinite(value):
+                    # a trial without a score cannot be ranked, pruned or delivered: it fails, saying why
+                    plugin = self.pm.metrics.plugin_of(objective_metric)
+                    why = "raised an error" if objective_metric not in metrics else f"returned {value}"
+                    raise ObjectiveNotFinite(f"objective metric {objective_metric!r} (plugin {plugin}) {why} on the "
+                                             f"validation images after epoch {epoch}; the trial cannot be scored")
                 self.progress.epoch(trial.number, epoch, cfg.epochs, objective_metric, value, rec["train_seconds"])
                 seconds = rec["train_seconds"] + rec["eval_seconds"]
                 slow = watchdog.observe(rec["images_per_second"] * rec["train_seconds"], seconds)
@@ -315,6 +324,10 @@ class Objective:
             # the disk is full: every next trial would fail the same way, so the search stops
             record.update(state="FAIL", reason=f"disk full: {exc}", epochs=len(history))
             self.fatal = exc
+            raise
+        except ObjectiveNotFinite as exc:  # the metric's fault, said in full: no traceback to keep
+            record.update(state="FAIL", reason=str(exc), epochs=len(history))
+            trial.set_user_attr("reason", record["reason"])
             raise
         except Exception as exc:
             record.update(state="FAIL", reason=f"{type(exc).__name__}: {exc}", epochs=len(history),
