@@ -19,6 +19,7 @@ images are compared with PyTorch's; the largest absolute difference must stay wi
 from __future__ import annotations
 
 import contextlib
+import importlib
 import io
 import os
 import time
@@ -97,6 +98,22 @@ def _input_names(module: ProbabilityModel) -> list[str]:
 
 
 # ------------------------------------------------------------------ formats
+ONNX_PACKAGES = ("onnx", "onnxruntime", "onnxscript")  # the [export] extra: exporter, verifier, dynamo exporter
+
+
+def _require_onnx() -> None:
+    """Say which optional packages ``--format onnx`` lacks and how to install them, before any work."""
+    missing = []
+    for name in ONNX_PACKAGES:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            missing.append(name)
+    if missing:
+        raise UsageError(f"--format onnx needs the optional package(s) {', '.join(missing)}: "
+                         "pip install 'automl-vision[export]' (or export --format torchscript, which needs nothing more)")
+
+
 def _export_onnx(module: ProbabilityModel, example: list[torch.Tensor], path: Path) -> dict[str, Any]:
     names = _input_names(module)
     log = io.StringIO()
@@ -217,6 +234,8 @@ def export(run_dir: str | os.PathLike, fmt: str, out: str | os.PathLike | None =
 
     if fmt not in FORMATS:
         raise UsageError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
+    if fmt == "onnx":
+        _require_onnx()
     rd = open_run(run_dir)
     pm = run_plugin_manager(rd.read_run() or {}, plugins)
     d = load_deliverable(rd.path, model, pm)

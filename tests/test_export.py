@@ -163,3 +163,20 @@ def test_an_ensemble_of_two_input_sizes_is_one_onnx_graph_with_two_inputs(ensemb
     got = _run_onnx(out, _input_names(module), inputs)
     np.testing.assert_allclose(got, expected, atol=1e-4)
     np.testing.assert_allclose(got.sum(1), 1.0, atol=1e-5)
+
+
+def test_onnx_without_the_export_extra_names_the_install_command(ensembled_run, tmp_path):
+    # onnxruntime as if not installed (None in sys.modules makes its import fail), as after a plain install
+    code = ("import sys; sys.modules['onnxruntime'] = None; from automl_vision.cli import main; "
+            "sys.exit(main(sys.argv[1:]))")
+    import subprocess
+    import sys
+
+    from conftest import cli_env
+
+    out = tmp_path / "model.onnx"
+    proc = subprocess.run([sys.executable, "-c", code, "export", str(ensembled_run), "--format", "onnx", "--out",
+                           str(out)], capture_output=True, text=True, env=cli_env(), timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    assert "--format onnx needs the optional package(s) onnxruntime: pip install 'automl-vision[export]'" in proc.stderr
+    assert "Traceback" not in proc.stderr and not out.exists()

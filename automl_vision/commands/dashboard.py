@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import ipaddress
 
+from automl_vision.commands import add_plugin_option, plugins_into_env
+
 HELP = "open the dashboard (leaderboard, search insight, ensemble, errors and Grad-CAM) of a run directory or study"
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -38,6 +40,7 @@ def add_parser(sub) -> None:
                    help="address to bind (default: 127.0.0.1, this machine only). Another address, e.g. 0.0.0.0, "
                         "lets anyone who can reach it see the run, its images and file paths: the dashboard has no login")
     p.add_argument("--port", type=_port, default=8501, help="port (default: 8501)")
+    add_plugin_option(p)
     p.add_argument("--refresh", type=float, default=5.0, metavar="SECONDS",
                    help="auto-refresh interval while a search runs (default: 5)")
     p.set_defaults(func=run)
@@ -111,6 +114,8 @@ def run(args: argparse.Namespace) -> int:
     env[ENV_RUNS] = os.pathsep.join(runs)
     env[ENV_REFRESH] = str(args.refresh)
     # the storage URL may hold a password: it goes through the environment, not the process list
+    if args.plugin:  # the model families Grad-CAM and the error gallery rebuild trials with
+        plugins_into_env(env, args.plugin)
     for key, value in ((ENV_STORAGE, args.storage), (ENV_STUDY, args.study_name)):
         if value:
             env[key] = value

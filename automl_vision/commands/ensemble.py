@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from automl_vision.commands.predict import add_plugin_option
+from automl_vision.commands import add_plugin_option
 from automl_vision.commands.search import _positive_int
 
 # automl_vision.ensemble.METHODS, spelled out: ``--help`` must not import NumPy (tests/test_ensemble.py checks they agree)

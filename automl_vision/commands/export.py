@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from automl_vision.commands.predict import add_plugin_option
+from automl_vision.commands import add_plugin_option
 
 HELP = "export the model of a finished search as ONNX, TorchScript or a safetensors state dict, verified at once"
 

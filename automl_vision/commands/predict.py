@@ -10,18 +10,9 @@ import os
 import sys
 from pathlib import Path
 
+from automl_vision.commands import add_plugin_option
+
 HELP = "classify images (files, folders or glob patterns) with the model of a finished search"
-
-
-def add_plugin_option(p) -> None:
-    """``--plugin`` (repeatable), as ``search`` has it: for every command that opens a run or joins a study.
-
-    The plugins a run was searched with are never loaded from its run directory (a run
-    directory is data), so a local plugin is given here again.
-    """
-    p.add_argument("--plugin", action="append", default=[], metavar="MODULE",
-                   help="load a plugin module by import path or .py file (repeatable); also $AUTOML_VISION_PLUGINS. "
-                        "The plugins named in a run directory are never loaded from it")
 
 
 def add_parser(sub) -> None:

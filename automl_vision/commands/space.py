@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from automl_vision.commands import add_plugin_option
+
 HELP = "show the effective search space (with --space, --models, --preset applied)"
 
 
@@ -18,7 +20,7 @@ def add_parser(sub) -> None:
     show.add_argument("--image-size", metavar="PX[,PX...]", help="as for search (default: 64)")
     show.add_argument("--preset", choices=["fast", "balanced", "best"], default="balanced",
                       help="search preset: its zoo and augmentation presets (default: balanced)")
-    show.add_argument("--plugin", action="append", default=[], metavar="MODULE", help="load a plugin module")
+    add_plugin_option(show)
     show.add_argument("--num-train", type=int, default=1000, metavar="N",
                       help="training images assumed (caps the batch size; default: 1000)")
     show.add_argument("--json", action="store_true", help="print JSON instead of a table")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from automl_vision.commands.predict import add_plugin_option
+from automl_vision.commands import add_plugin_option, plugins_into_env
 
 HELP = "join an existing search (its study in a shared storage) and run its trials"
 
@@ -60,10 +60,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--n-trials {args.n_trials}: must be at least 1")
     time_budget = parse_duration(args.time_budget) if args.time_budget else None
     if args.plugin:
-        from automl_vision.plugins import ENV_PLUGINS
-
         # loaded with the study's own plugins, exactly as $AUTOML_VISION_PLUGINS is (the fingerprint check applies)
-        os.environ[ENV_PLUGINS] = ",".join(filter(None, [os.environ.get(ENV_PLUGINS, ""), *args.plugin]))
+        plugins_into_env(os.environ, args.plugin)
     from automl_vision.search.workers import join_study
 
     join_study(storage, args.study_name, device=args.device, run_dir=args.run_dir, data=args.data,
