@@ -203,3 +203,43 @@ def test_ctrl_c_at_any_moment_of_start_up_stops_the_search(good, tmp_path):
         assert code in (130, -signal.SIGINT), f"Ctrl-C at {moment}s: exit {code}\n{text}"
         assert "Traceback" not in text, f"Ctrl-C at {moment}s:\n{text}"
         assert "interrupted" in text.strip().splitlines()[-1], f"Ctrl-C at {moment}s:\n{text}"
+
+
+def test_python_dash_m_runs_the_command():
+    import subprocess
+    import sys
+
+    from automl_vision import __version__
+
+    proc = subprocess.run([sys.executable, "-m", "automl_vision", "--version"], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0 and __version__ in proc.stdout, proc.stderr
+
+
+def test_every_third_party_import_is_a_declared_dependency():
+    """A fresh `pip install automl-vision` must bring every library the code imports (SciPy was missing)."""
+    import ast
+    import re
+    import sys
+    import tomllib
+    from importlib.metadata import packages_distributions
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    declared = {re.split(r"[<>=!~\[; ]", d, maxsplit=1)[0].lower().replace("_", "-")
+                for d in project["dependencies"] + sum(project["optional-dependencies"].values(), [])}
+    dists = packages_distributions()
+    missing = {}
+    for path in [*root.glob("automl_vision/**/*.py"), *root.glob("dashboard/**/*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [node.module] if isinstance(node, ast.ImportFrom) and node.module and not node.level else [])
+            for name in names:
+                top = name.split(".")[0]
+                if top in sys.stdlib_module_names or top in ("automl_vision", "dashboard"):
+                    continue
+                owners = {d.lower().replace("_", "-") for d in dists.get(top, [top])}
+                if not owners & declared:
+                    missing.setdefault(top, str(path.relative_to(root)))
+    assert not missing, f"imported but not declared in pyproject.toml: {missing}"
