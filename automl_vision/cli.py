@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from automl_vision.search.interrupts import check_interrupt, watch_interrupts
+    from automl_vision.search.interrupts import Terminated, check_interrupt, watch_interrupts
 
     # installed before any heavy import: a Ctrl-C landing inside a library's import (or anywhere
     # that swallows it) is noted, and a command that then runs on to the end still exits 130
@@ -48,6 +48,9 @@ def main(argv: list[str] | None = None) -> int:
             code = _dispatch(argv)
             check_interrupt()
             return code
+    except Terminated:
+        print("\nterminated (SIGTERM); finished work is kept in the run directory.", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("\ninterrupted (Ctrl-C); finished work is kept in the run directory.", file=sys.stderr)
         return 130

@@ -127,6 +127,26 @@ def test_ctrl_c_during_a_trial_keeps_finished_work_and_resumes(tmp_path, digits_
     assert (out / "final" / "report.json").exists()
 
 
+def test_sigterm_stops_like_ctrl_c_with_exit_143_and_resumes(tmp_path, digits_dir):
+    """kill, a service manager's stop or a batch system's time limit: the running trial is
+    recorded as interrupted (not left half-written), and the same command resumes."""
+    out = tmp_path / "run"
+    args = _search_args(digits_dir, out, n_trials=2, epochs=4)
+    proc = _start(args, tmp_path / "log")
+    reached = _wait_for(proc, lambda: (out / "trials/00000/history.json").exists())
+    assert reached, (tmp_path / "log").read_text()
+    proc.send_signal(signal.SIGTERM)  # to the search alone, as `kill PID` does
+    assert proc.wait(timeout=120) == 143
+    log = (tmp_path / "log").read_text()
+    assert "Traceback" not in log and "terminated (SIGTERM); finished work is kept" in log
+    status = read_json(out / "trials/00000/status.json")
+    assert (status["state"], status["reason"]) == ("FAIL", "interrupted")
+    check_run_dir(out)
+    again = run_cli(*args, timeout=600)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert (out / "final" / "report.json").exists()
+
+
 def test_ctrl_c_swallowed_where_it_landed_still_stops_the_search(tmp_path, digits_dir):
     """A Ctrl-C that arrives inside a ``__del__`` (Python prints "Exception ignored" and goes
     on) still stops the search within a step, as one that arrives anywhere else does."""

@@ -7,7 +7,9 @@ ignored in ..." and goes on) or inside a library that swallows it, the search wo
 on as if nothing had been pressed. :func:`watch_interrupts` also notes the signal, and
 :func:`check_interrupt`, called between training steps and between trials, raises the
 interrupt again when it was noted but never arrived, so a Ctrl-C always stops the search
-within one training step.
+within one training step. SIGTERM is handled the same way, as :class:`Terminated` (a
+``KeyboardInterrupt``), so a ``kill`` or a service manager's stop records the running
+trial as interrupted instead of killing the process mid-write.
 """
 
 from __future__ import annotations
@@ -17,13 +19,22 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-_noted = False
+_noted: int | None = None  # the signal noted and not yet raised where it could stop the search
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a service manager, ``kill``, a batch system's time limit): the search stops
+    as for Ctrl-C, the running trial recorded as interrupted, and the command exits 143."""
+
+
+def interrupt_for(signum: int) -> KeyboardInterrupt:
+    return Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
 
 
 def _note_and_raise(signum, frame) -> None:
     global _noted
-    _noted = True
-    raise KeyboardInterrupt
+    _noted = signum
+    raise interrupt_for(signum)
 
 
 @contextmanager
@@ -40,19 +51,25 @@ def watch_interrupts() -> Iterator[None]:
         # watch noted stays noted, so check_interrupt() still sees a swallowed Ctrl-C
         yield
         return
-    _noted = False
+    _noted = None
     previous = signal.signal(signal.SIGINT, _note_and_raise)
+    # SIGTERM too, unless someone set it up already (its default kills the process mid-write)
+    previous_term = signal.getsignal(signal.SIGTERM)
+    if previous_term == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _note_and_raise)
     try:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
-        _noted = False  # nothing noted here outlives the block
+        if previous_term == signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        _noted = None  # nothing noted here outlives the block
 
 
 def check_interrupt() -> None:
     """Raise ``KeyboardInterrupt`` when a SIGINT was noted and then swallowed before it
     could stop the search (once: the raised interrupt clears the note)."""
     global _noted
-    if _noted:
-        _noted = False
-        raise KeyboardInterrupt
+    if _noted is not None:
+        signum, _noted = _noted, None
+        raise interrupt_for(signum)

@@ -366,7 +366,7 @@ def run_search(settings: SearchSettings, argv: list[str] | None = None, plain: b
     warm_start(study, settings, pm, objective.families, objective.timm_models, len(data.classes), data.in_chans,
                len(data.split_index["train"]), path.device, log)
     check_interrupt()  # a Ctrl-C swallowed during start-up (e.g. inside a library's import) stops before any trial
-    interrupted = False
+    interrupted: KeyboardInterrupt | None = None
     with progress:
         try:
             parallel_ok = False
@@ -376,8 +376,8 @@ def run_search(settings: SearchSettings, argv: list[str] | None = None, plain: b
                 parallel_ok = run_parallel(settings, study, log)
             if not parallel_ok:  # one worker, or finish what workers that died left
                 run_worker(study, objective, budget, settings.n_trials, pm, progress, directions[0])
-        except KeyboardInterrupt:
-            interrupted = True
+        except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (interrupts.Terminated)
+            interrupted = exc
             requeue_interrupted(study, log)
     df = lb.write(run_dir, study)
     lb.render(df, objectives[0], directions[0])
@@ -388,7 +388,7 @@ def run_search(settings: SearchSettings, argv: list[str] | None = None, plain: b
     if interrupted:
         progress.log("interrupted: the running trial is marked failed (reason: interrupted); finished trials are kept. "
                      "Run the same command again to resume.")
-        raise KeyboardInterrupt
+        raise interrupted
     from automl_vision.search.final import finalize, print_summary
 
     report = finalize(run_dir, data, pm, path, objectives[0], log=log)
