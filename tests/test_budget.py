@@ -25,3 +25,21 @@ def test_no_trial_starts_after_the_deadline_and_the_report_exists(tmp_path, digi
     assert report["time_budget"] == 40.0
     assert "best_trial" in report  # a deliverable was chosen within the budget
     assert (out / "best" / "model.json").exists()
+
+
+def test_a_slow_first_epoch_does_not_cut_a_schedule_for_good():
+    """The final fit of a 10-minute search was cut from 408 to 149 epochs by its first epoch."""
+    from automl_vision.search.budget import Pace
+
+    pace = Pace()
+    assert pace.epochs_that_fit(1, 2.5, left=370.0, planned=408) == 408  # set-up epoch: no cut yet
+    assert pace.epochs_that_fit(2, 0.9, left=369.0, planned=408) == 408  # 2 + 369 / 0.9 > 408
+    for n in range(3, 7):
+        assert pace.epochs_that_fit(n, 0.9, left=369.0 - n, planned=408) == 408
+    assert pace.epochs_that_fit(7, 3.0, left=366.0, planned=408) == 408  # one slow epoch: the median holds
+    # epochs that stay slow do cut it, to what fits
+    slow = Pace()
+    got = [slow.epochs_that_fit(n, 2.0, left=300.0 - 2.0 * n, planned=408) for n in range(1, 5)]
+    assert got[0] == 408 and got[-1] == 4 + int((300.0 - 8.0) // 2.0)
+    # the deadline itself is near: even the first epoch cuts
+    assert Pace().epochs_that_fit(1, 3.0, left=5.0, planned=50) == 2

@@ -115,3 +115,30 @@ def plan_budget(requested_regime: str, n_images: int, time_budget: float | None,
     steps = final_steps_seconds(time_budget)
     fit = FINAL_FIT_SHARE * time_budget if regime == "small" else 0.0
     return BudgetPlan(regime, why, started, float(time_budget), steps, fit)
+
+
+class Pace:
+    """How long the epochs of one training run take, for cutting its schedule to a deadline.
+
+    The first epoch pays one-off set-up (gathering the split, allocator warm-up, a busy
+    moment): it cuts nothing unless the deadline is two such epochs away, and it is left
+    out of the pace from the second epoch on; the pace is the median of the epochs so far,
+    so one slow epoch never cuts a schedule for good (the trainer cannot grow it back). Measured on cats-vs-dogs, 10 minutes: a final fit planned
+    for 408 epochs was cut to 149 by its slow first epoch, and the search ended 4 minutes
+    early.
+    """
+
+    def __init__(self) -> None:
+        self.seconds: list[float] = []
+
+    def epochs_that_fit(self, epochs_done: int, epoch_seconds: float, left: float, planned: int) -> int:
+        """The schedule's length after ``epochs_done`` epochs, the last of ``epoch_seconds``,
+        with ``left`` seconds to the deadline: ``planned`` or fewer, never fewer than done."""
+        import statistics
+
+        self.seconds.append(epoch_seconds)
+        if len(self.seconds) == 1 and left > 2 * epoch_seconds:
+            return planned  # the set-up epoch alone says little: the second one decides
+        timed = self.seconds[1:] or self.seconds
+        pace = max(statistics.median(timed), 1e-3)
+        return max(epochs_done, min(planned, epochs_done + int(max(0.0, left) // pace)))

@@ -242,6 +242,7 @@ def final_fit(run_dir: RunDir, number: int, data: PreparedData, pm: PluginManage
     Returns what was done, or ``{"skipped": why}``; an earlier final fit of the same trial
     is reused.
     """
+    from automl_vision.search.budget import Pace
     from automl_vision.search.interrupts import check_interrupt
     from automl_vision.training.trainer import BudgetExceeded
 
@@ -258,11 +259,13 @@ def final_fit(run_dir: RunDir, number: int, data: PreparedData, pm: PluginManage
         return {"skipped": (f"not enough time left for a final fit ({seconds:.0f}s affords {epochs} epoch(s) of "
                             f"{per_epoch:.1f}s on {len(idx)} images); the search's model is delivered")}
 
+    pace = Pace()
+
     def plan(epochs_done: int, epoch_seconds: float) -> int:
         # never more than planned (the trainer would stretch the schedule), fewer when epochs run slower
         if end is None:
             return epochs
-        return min(epochs, epochs_done + int(max(0.0, end - time.time()) // max(epoch_seconds, 1e-6)))
+        return pace.epochs_that_fit(epochs_done, epoch_seconds, end - time.time(), epochs)
 
     def abort() -> str | None:
         check_interrupt()

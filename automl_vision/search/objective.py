@@ -28,6 +28,7 @@ from automl_vision.models import count_params, save_model
 from automl_vision.plugins import PluginManager
 from automl_vision.rundir import RunDir, write_json, write_npy
 from automl_vision.search import space
+from automl_vision.search.budget import Pace
 from automl_vision.search.interrupts import check_interrupt
 from automl_vision.search.study import SCHEDULE_STEPS
 from automl_vision.search.watchdog import Watchdog, busy_note
@@ -187,6 +188,7 @@ class Objective:
             self.progress.trial_start(trial.number, label, cfg.epochs)
 
             reported = [-1]  # the last step reported to the pruner
+            pace = Pace()
             watchdog = Watchdog()
 
             def on_epoch(epoch: int, probs: np.ndarray, rec: dict[str, Any]) -> None:
@@ -227,8 +229,7 @@ class Objective:
                                                           "epochs_from_budget": True})
                 left = self.budget.left()
                 if not math.isinf(left):  # cut to what fits before the deadline
-                    fits = epochs_done + int(max(0.0, left) // max(epoch_seconds, 1e-3))
-                    cfg.epochs = max(epochs_done, min(cfg.epochs, fits))
+                    cfg.epochs = pace.epochs_that_fit(epochs_done, epoch_seconds, left, cfg.epochs)
                 return cfg.epochs
 
             def abort() -> str | None:
