@@ -64,6 +64,21 @@ def compute_metrics(y_true: np.ndarray, probs: np.ndarray, pm: PluginManager) ->
     return out
 
 
+def expected_calibration_error(y: np.ndarray, probs: np.ndarray, bins: int = 15) -> float:
+    """ECE with equal-width confidence bins: the share-weighted mean of ``|confidence -
+    accuracy|`` per bin (the built-in ``ece`` metric, and the calibration step's measure)."""
+    probs = np.asarray(probs, dtype=np.float64)
+    conf = probs.max(axis=1)
+    correct = (probs.argmax(axis=1) == np.asarray(y)).astype(float)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    ece = 0.0
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        mask = (conf > lo) & (conf <= hi)
+        if mask.any():
+            ece += mask.mean() * abs(conf[mask].mean() - correct[mask].mean())
+    return float(ece)
+
+
 def per_class(y_true: np.ndarray, probs: np.ndarray, classes: list[str]) -> dict[str, Any]:
     pred = probs.argmax(axis=1)
     labels = np.arange(len(classes))

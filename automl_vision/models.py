@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from automl_vision.plugins import PluginManager, get_plugin_manager
-from automl_vision.rundir import load_weights, read_json, save_weights, write_json
+from automl_vision.rundir import WEIGHTS, load_weights, read_json, save_weights, write_json
 from automl_vision.types import UsageError
 
 
@@ -28,7 +28,7 @@ def build_model(spec: dict[str, Any], pm: PluginManager | None = None) -> nn.Mod
 def save_model(directory: str | Path, model: nn.Module, spec: dict[str, Any]) -> None:
     """Write ``weights.safetensors`` then ``model.json`` (the latter marks it complete)."""
     directory = Path(directory)
-    digest = save_weights(directory / "weights.safetensors", model.state_dict(), metadata={"family": str(spec["family"])})
+    digest = save_weights(directory / WEIGHTS, model.state_dict(), metadata={"family": str(spec["family"])})
     # the digest lets load_model refuse weights that were swapped or corrupted afterwards
     write_json(directory / "model.json", {**spec, "weights_sha256": digest})
 
@@ -45,7 +45,7 @@ def load_model(directory: str | Path, pm: PluginManager | None = None) -> tuple[
         raise
     except Exception as exc:
         raise UsageError(f"{directory}: cannot rebuild model family {spec.get('family')!r}: {exc}") from exc
-    state = load_weights(directory / "weights.safetensors", sha256=spec.get("weights_sha256"))
+    state = load_weights(directory / WEIGHTS, sha256=spec.get("weights_sha256"))
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise UsageError(
@@ -80,5 +80,3 @@ def write_preprocessing(path: str | Path, spec: dict[str, Any]) -> None:
     write_json(path, preprocessing(spec))
 
 
-def to_device(model: nn.Module, device: str, channels_last: bool) -> nn.Module:
-    return model.to(device=torch.device(device), memory_format=torch.channels_last if channels_last else torch.contiguous_format)

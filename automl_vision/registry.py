@@ -135,16 +135,6 @@ class Registry(Generic[T]):
         """``(name, object)`` for every usable name, in registration order."""
         return [(n, self._resolve(n).obj) for n in self]
 
-    def by_plugin(self) -> dict[str, list[str]]:
-        """Plugin name -> the names it registered (conflicting ones included)."""
-        out: dict[str, list[str]] = {}
-        for entry in self._entries.values():
-            out.setdefault(entry.plugin, []).append(entry.name)
-        for name, entries in self._conflicts.items():
-            for entry in entries[1:]:
-                out.setdefault(entry.plugin, []).append(name)
-        return out
-
     def conflicts(self) -> dict[str, list[str]]:
         """Name -> the plugins that registered it, for every conflicting name."""
         return {n: [e.plugin for e in es] for n, es in self._conflicts.items()}

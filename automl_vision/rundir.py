@@ -35,6 +35,10 @@ BEST = "best"
 FINAL = "final"
 FINAL_FIT = "final_fit"  # small-data regime: the delivered configuration trained on every labelled image
 JOURNAL = "study.journal"
+# inside a model's folder (trials/<n>/, best/, final_fit/, refit/<n>/)
+MODEL_JSON = "model.json"
+WEIGHTS = "weights.safetensors"
+VAL_PROBS = "val_probs.npy"
 
 
 # ------------------------------------------------------------------ atomic writes
@@ -469,19 +473,27 @@ class RunDir:
             if rec is not None:
                 yield rec
 
+    def usable_trials(self) -> list[dict[str, Any]]:
+        """The ``status.json`` of every trial that finished with a finite score and saved its
+        model (``model.json``, weights and validation probabilities): the only trials the final
+        steps may choose, ``predict --model trial:N`` may open and the dashboard may explain."""
+        import math
+
+        out = []
+        for rec in self.iter_trials():
+            tdir = self.trial_dir(rec["number"])
+            value = rec.get("value")
+            scored = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            if (rec.get("state") == "COMPLETE" and scored and (tdir / MODEL_JSON).is_file()
+                    and (tdir / WEIGHTS).is_file() and (tdir / VAL_PROBS).is_file()):
+                out.append(rec)
+        return out
+
     def read_history(self, number: int) -> list[dict[str, Any]]:
         return read_json(self.trial_dir(number) / "history.json") or []
 
     def read_val_probs(self, number: int) -> np.ndarray | None:
         return read_npy(self.trial_dir(number) / "val_probs.npy")
-
-    def read_leaderboard(self):
-        import pandas as pd
-
-        try:
-            return pd.read_csv(self.leaderboard)
-        except FileNotFoundError:
-            return None
 
     def read_final(self) -> dict[str, Any] | None:
         return read_json(self.final_dir / "report.json")

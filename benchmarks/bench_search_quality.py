@@ -252,7 +252,7 @@ def run_automl(arm: str, data_dir: Path, out: Path, seed: int, search_opts: dict
     else:
         # the body of automl_vision.search(); that name is shadowed by the automl_vision.search
         # sub-package once it is imported, so the function is not called by name here
-        from automl_vision.commands.search import settings_from_options
+        from automl_vision.settings import settings_from_options
         from automl_vision.search.run import run_search
 
         try:

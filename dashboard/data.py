@@ -441,8 +441,7 @@ class RunData:
         """Trials with saved weights, which can be explained."""
         if self.rd is None:
             return []
-        return [n for n in self.rd.trial_numbers()
-                if (self.rd.trial_dir(n) / "model.json").is_file() and (self.rd.trial_dir(n) / "weights.safetensors").is_file()]
+        return [int(rec["number"]) for rec in self.rd.usable_trials()]
 
     # -------------------------------------------------------------- final evaluation and ensemble
     def final_or_raise(self) -> dict[str, Any]:

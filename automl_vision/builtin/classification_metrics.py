@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 from sklearn import metrics as skm
 
+from automl_vision.evaluation import expected_calibration_error
 from automl_vision.hookspecs import hookimpl
 from automl_vision.types import Metric
 
@@ -36,19 +37,6 @@ def top5_accuracy(y, p):
 def log_loss(y, p):
     p = np.clip(np.asarray(p, dtype=np.float64), 1e-7, 1.0)
     return float(skm.log_loss(y, p / p.sum(axis=1, keepdims=True), labels=np.arange(p.shape[1])))
-
-
-def expected_calibration_error(y, p, bins: int = 15):
-    """ECE: mean |confidence - accuracy| over equal-width confidence bins, weighted by count."""
-    conf = p.max(axis=1)
-    correct = (_pred(p) == y).astype(float)
-    edges = np.linspace(0.0, 1.0, bins + 1)
-    ece = 0.0
-    for lo, hi in zip(edges[:-1], edges[1:]):
-        mask = (conf > lo) & (conf <= hi)
-        if mask.any():
-            ece += mask.mean() * abs(conf[mask].mean() - correct[mask].mean())
-    return float(ece)
 
 
 METRICS = [

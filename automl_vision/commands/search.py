@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from automl_vision.commands import add_plugin_option
+from automl_vision.settings import settings_from_options
 
 HELP = "run (or resume) a model search on a folder of labelled images"
 
@@ -45,13 +46,13 @@ def _seed(text: str) -> int:
 
 
 def _sizes(text: str) -> list[int]:
+    from automl_vision.settings import parse_sizes
+    from automl_vision.types import UsageError
+
     try:
-        sizes = [int(s) for s in text.replace(" ", "").split(",") if s]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected pixels like 64 or 64,96, got {text!r}") from None
-    if not sizes or any(s < 8 or s > 1024 for s in sizes):
-        raise argparse.ArgumentTypeError(f"image sizes must be between 8 and 1024 pixels, got {text!r}")
-    return sizes
+        return parse_sizes(text)
+    except UsageError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _preference(text: str) -> tuple[str, str]:
@@ -139,7 +140,8 @@ def add_search_options(p: argparse.ArgumentParser) -> None:
                         "files of a run's names there (run.json, leaderboard.csv, best/, trials/ ...) are replaced")
     r.add_argument("--study-name", help="Optuna study name (default: from the data folder's name)")
     r.add_argument("--storage", metavar="URL",
-                   help="Optuna storage URL, e.g. postgresql://user@host/db (default: a journal file in the run directory)")
+                   help="Optuna storage URL, e.g. postgresql://user@host/db (default: $AUTOML_VISION_STORAGE, else a "
+                        "journal file in the run directory)")
     add_plugin_option(r)
     r.add_argument("--prefer", action="append", default=[], type=_preference, metavar="NAME=PLUGIN",
                    help="when two plugins register the same dataset source, model family or metric NAME, "
@@ -172,108 +174,15 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
-def _study_name(data: str) -> str:
-    name = Path(data.rstrip("/")).name or "study"
-    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", name.split(":")[-1] or name.split(":")[0]).strip("-")
-    return name or "study"
-
-
-def settings_from_options(data: str, out: str | None = None, **o: Any):
-    """SearchSettings from command-line style options (also used by the Python API)."""
-    from automl_vision.settings import SearchSettings, parse_duration
-
-    study_name = o.get("study_name") or _study_name(data)
-    time_budget = o.get("time_budget")
-    if isinstance(time_budget, str):
-        time_budget = parse_duration(time_budget)
-    if time_budget is None and o.get("n_trials") is None:
-        time_budget = 600.0
-    sizes = o.get("image_size")
-    if isinstance(sizes, int):
-        sizes = [sizes]
-    elif isinstance(sizes, str):
-        sizes = _sizes(sizes)
-    models = o.get("models") or []
-    if isinstance(models, str):
-        models = [m.strip() for m in models.split(",") if m.strip()]
-    options: dict[str, Any] = {"sampler": o.get("sampler") or "tpe"}
-    options.update({k: True for k in ("refit",) if o.get(k)})  # read by search/final.py
-    # flip TTA is tried by default (decided on validation): replayed on 18 saved runs it raised the delivered
-    # test accuracy in 10 and lowered it in 1 (benchmarks/README.md)
-    options["tta"] = o.get("tta") is not False
-    # calibration too: one temperature never changes a prediction, and the probabilities of networks trained
-    # with label smoothing and mixup are far from calibrated (digits: test ECE 0.137 -> 0.004)
-    options["calibrate"] = o.get("calibrate") is not False
-    preset = o.get("preset") or "balanced"
-    if o.get("space"):
-        from automl_vision.search import space_file
-
-        options["space"] = space_file.load(o["space"])
-        options["space_file"] = str(o["space"]) if not isinstance(o["space"], dict) else "space"
-        options["image_size_given"] = bool(sizes)
-    if o.get("portfolio") is False:
-        options["portfolio"] = False
-    for key in ("pretrained", "weights", "init_from", "freeze_stages", "backbone_lr_scale"):
-        if o.get(key):
-            options[key] = str(o[key]) if key in ("weights", "init_from") else o[key]
-    metric = o.get("objectives") or o.get("metric") or "accuracy"
-    if options["sampler"] == "nsga2" and "," not in metric:
-        from automl_vision.types import UsageError
-
-        raise UsageError("--sampler nsga2 is for multi-objective searches: add --objectives, e.g. accuracy,latency")
-    device = o.get("device") or "auto"
-    workers = 1
-    if o.get("devices") or (o.get("workers") or 1) > 1:
-        from automl_vision.search.workers import plan_devices
-
-        devices = plan_devices(o.get("devices"), o.get("workers"), device)
-        workers = len(devices)
-        if workers > 1:
-            options["devices"] = devices
-        else:
-            device = devices[0]
-    if o.get("compile"):
-        options["compile"] = True
-    if o.get("device_data") and o["device_data"] != "auto":
-        options["device_data"] = o["device_data"]
-    return SearchSettings(
-        data=data,
-        run_dir=str(out or Path("runs") / study_name),
-        study_name=study_name,
-        storage=o.get("storage"),
-        time_budget=time_budget,
-        n_trials=o.get("n_trials"),
-        max_epochs=o.get("max_epochs"),
-        image_sizes=list(sizes or []),
-        metric=metric,
-        seed=int(o.get("seed") or 0),
-        device=device,
-        precision=o.get("precision") or "auto",
-        channels_last=o.get("channels_last") or "auto",
-        preset=preset,
-        models=models,
-        pruner=o.get("pruner") or _preset_pruner(preset),
-        # a plugin file is stored by absolute path, so workers, predict and export find it from any directory
-        plugins=[str(Path(m).resolve()) if m.endswith(".py") else m for m in (o.get("plugin") or o.get("plugins") or [])],
-        prefer=dict(o.get("prefer") or {}),
-        workers=workers,
-        regime=o.get("regime") or "auto",
-        options=options,
-    )
-
-
-def _preset_pruner(preset: str) -> str:
-    from automl_vision.settings import PRESETS
-
-    return PRESETS.get(preset, {}).get("pruner", "hyperband")
-
-
 def run(args: argparse.Namespace) -> int:
     import sys
 
     from automl_vision.search.run import run_search
 
+    import os
+
     options = {k: v for k, v in vars(args).items() if k not in ("data", "out", "func", "command", "overwrite")}
+    options["storage"] = args.storage or os.environ.get("AUTOML_VISION_STORAGE") or None  # docs/environment.md
     settings = settings_from_options(args.data, args.out, **options)
     report = run_search(settings, argv=sys.argv, plain=True if args.plain else None, overwrite=args.overwrite)
     # a search that delivers nothing (no trial finished with a score) is a failure a script must see

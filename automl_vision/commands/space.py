@@ -31,17 +31,17 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from automl_vision.commands.search import _sizes, settings_from_options
     from automl_vision.plugins import get_plugin_manager
     from automl_vision.search import space_file
     from automl_vision.search.space import explore, families_and_models
+    from automl_vision.settings import parse_sizes, settings_from_options
     from automl_vision.types import UsageError
 
     if args.action != "show":
         raise UsageError("choose an action: automl-vision space show [--space FILE] [--models LIST]")
     try:
-        sizes = _sizes(args.image_size) if args.image_size else [64]
-    except argparse.ArgumentTypeError as exc:
+        sizes = parse_sizes(args.image_size) if args.image_size else [64]
+    except UsageError as exc:
         raise UsageError(f"--image-size: {exc}") from None
     settings = settings_from_options(".", out=".", models=args.models, image_size=sizes, preset=args.preset,
                                      space=args.space, plugin=args.plugin, n_trials=1)

@@ -22,7 +22,7 @@ class _CallableSearchPackage(types.ModuleType):
         ``seed=0``, ``models="cnn,resnet18"``, ``device="auto"``; ``overwrite=True`` is
         ``--overwrite``. A report with an ``error`` key delivered nothing.
         """
-        from automl_vision.commands.search import settings_from_options
+        from automl_vision.settings import settings_from_options
         from automl_vision.search.run import run_search
 
         overwrite = bool(options.pop("overwrite", False))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
-from pathlib import Path
 
 import optuna
 
@@ -258,5 +257,3 @@ def open_study(settings: SearchSettings, directions: list[str], max_epochs: int,
         raise UsageError(f"no study named {settings.study_name!r} in {redact(settings.storage) or 'the run directory'}") from exc
 
 
-def journal_path(settings: SearchSettings) -> Path:
-    return RunDir(settings.run_dir).journal

@@ -25,12 +25,6 @@ def normalize(x_uint8: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, chan
     return x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
-def stats_tensors(mean, std, in_chans: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    m = torch.tensor(list(mean)[:in_chans], dtype=torch.float32, device=device).view(1, -1, 1, 1)
-    s = torch.tensor(list(std)[:in_chans], dtype=torch.float32, device=device).view(1, -1, 1, 1)
-    return m, s
-
-
 def channel_stats(x_nhwc: np.ndarray, max_images: int = 2048) -> tuple[list[float], list[float]]:
     """Per-channel mean and std in [0, 1] units, from up to ``max_images`` images."""
     sub = np.asarray(x_nhwc[:max_images], dtype=np.float32) / 255.0

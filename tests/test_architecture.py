@@ -1,0 +1,89 @@
+"""The package's import structure: data flows one way, and the core never reaches into
+the command line or the built-in plugins (they are ordinary plugins)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = "automl_vision"
+
+# the built-in timm and CNN families are still privileged in these lazy imports (issue #19:
+# families should claim their model names and space-file values through the hook contract)
+KNOWN_BUILTIN_REACH = {
+    ("automl_vision.search.space", "automl_vision.builtin.timm_backbones"),
+    ("automl_vision.search.space_file", "automl_vision.builtin.custom_cnn"),
+    ("automl_vision.search.space_file", "automl_vision.builtin.timm_backbones"),
+    ("automl_vision.training.pretrained", "automl_vision.builtin.timm_backbones"),
+}
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for path in (ROOT / PACKAGE).rglob("*.py"):
+        parts = path.relative_to(ROOT).with_suffix("").parts
+        out[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return out
+
+
+def _imports(name: str, path: Path, modules: dict[str, Path], top_level_only: bool) -> set[str]:
+    tree = ast.parse(path.read_text())
+    nodes = tree.body if top_level_only else list(ast.walk(tree))
+    found = set()
+    for node in nodes:
+        if isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+                base = base[: len(base) - node.level + 1]
+                module = ".".join(base + ([node.module] if node.module else []))
+            else:
+                module = node.module or ""
+            targets = [f"{module}.{a.name}" if f"{module}.{a.name}" in modules else module for a in node.names]
+        else:
+            continue
+        for target in targets:
+            while target and target not in modules:  # a name inside a module: the module
+                target = target.rpartition(".")[0]
+            if target and target != name and target.startswith(PACKAGE):
+                found.add(target)
+    return found
+
+
+def _graph(top_level_only: bool) -> dict[str, set[str]]:
+    modules = _modules()
+    return {name: _imports(name, path, modules, top_level_only) for name, path in modules.items()}
+
+
+def test_no_import_cycle_at_import_time():
+    graph = _graph(top_level_only=True)
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+
+    def visit(node: str, path: list[str]) -> None:
+        state[node] = 1
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                cycle = path[path.index(nxt):] + [nxt]
+                raise AssertionError("import cycle: " + " -> ".join(cycle))
+            if not state.get(nxt):
+                visit(nxt, path + [nxt])
+        state[node] = 2
+
+    for module in sorted(graph):
+        if not state.get(module):
+            visit(module, [module])
+
+
+def test_the_core_never_imports_the_command_line_or_a_builtin_plugin():
+    graph = _graph(top_level_only=False)  # lazy imports inside functions count too
+    wrong = []
+    for module, targets in graph.items():
+        for target in targets:
+            if target.startswith(f"{PACKAGE}.commands") and not module.startswith((f"{PACKAGE}.commands", f"{PACKAGE}.cli")):
+                wrong.append((module, target))
+            if (target.startswith(f"{PACKAGE}.builtin") and not module.startswith((f"{PACKAGE}.builtin", f"{PACKAGE}.plugins"))
+                    and (module, target) not in KNOWN_BUILTIN_REACH):
+                wrong.append((module, target))
+    assert not wrong, f"imports against the layering: {sorted(wrong)}"
