@@ -172,6 +172,25 @@ def on_trial_end(run_dir: str, trial: "optuna.trial.FrozenTrial", record: dict[s
 
 
 @hookspec
+def on_epoch_end(run_dir: str, trial_number: int, epoch: int, epochs: int, record: dict[str, Any]) -> None:
+    """Called after every epoch of every trial, in the process that trains it: learning
+    curves for a tracking plugin, live.
+
+    Keep it quick (it runs between two epochs); an exception is logged once and the
+    trial goes on.
+
+    Args:
+        run_dir: path of the run directory.
+        trial_number: the trial's number.
+        epoch: the epoch just finished (1-based).
+        epochs: the epochs planned for the trial now (the time budget may change it).
+        record: the epoch's row of ``trials/<n>/history.json``: ``epoch``, ``train_loss``,
+            ``lr``, ``train_seconds``, ``eval_seconds``, ``images_per_second`` and
+            ``val_<metric>`` for every metric.
+    """
+
+
+@hookspec
 def on_search_end(run_dir: str, study: "optuna.Study", summary: dict[str, Any]) -> None:
     """Called once when the search has finished and the final report is written.
 

@@ -335,9 +335,15 @@ class PluginManager:
 
     # ---------------------------------------------------------------- events
     def _notify(self, hook: str, **kwargs: Any) -> None:
+        # Each implementation is called on its own, so one that raises never stops the others (pluggy's
+        # own call would stop at the first exception), in pluggy's call order: get_hookimpls() lists them
+        # the other way round (trylast ... tryfirst), so tryfirst/trylast mean what pluggy documents.
+        # Hook wrappers are not called: an event has no result to wrap.
         caller = getattr(self.pm.hook, hook)
         trace = os.environ.get(ENV_TRACE, "").lower() in ("1", "true", "yes")
-        for impl in caller.get_hookimpls():
+        for impl in reversed(caller.get_hookimpls()):
+            if impl.hookwrapper or impl.wrapper:
+                continue
             started = time.perf_counter()
             try:
                 impl.function(**{k: kwargs[k] for k in impl.argnames})
@@ -361,6 +367,11 @@ class PluginManager:
     def on_trial_end(self, run_dir: str, trial: Any, record: dict[str, Any]) -> None:
         """Tell every plugin that a trial has finished."""
         self._notify("on_trial_end", run_dir=run_dir, trial=trial, record=record)
+
+    def on_epoch_end(self, run_dir: str, trial_number: int, epoch: int, epochs: int, record: dict[str, Any]) -> None:
+        """Tell every plugin that an epoch of a trial has finished."""
+        self._notify("on_epoch_end", run_dir=run_dir, trial_number=trial_number, epoch=epoch, epochs=epochs,
+                     record=record)
 
     def on_search_end(self, run_dir: str, study: Any, summary: dict[str, Any]) -> None:
         """Tell every plugin that the search has finished."""

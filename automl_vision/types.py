@@ -26,10 +26,6 @@ class DataError(UsageError):
     """The data cannot be used as given (no images, one class, a split missing a class)."""
 
 
-class PluginError(Exception):
-    """A plugin is broken: it failed to import, its hook raised or returned a wrong type."""
-
-
 SPLITS = ("train", "val", "test")
 
 
@@ -63,7 +59,11 @@ class Dataset:
     Attributes:
         classes: class names, indexed by :attr:`Sample.label`.
         samples: every sample found.
-        root: the location it was loaded from (shown in reports).
+        root: the location it was loaded from, for people: shown in reports and the
+            dashboard (which reads an image from ``root / key`` when its cache lacks it). Later
+            commands (``ensemble``, a refit, a worker) never load data from it: they ask
+            the same source again, by name, with the location the user gave the search
+            (a relative path made absolute), so any string is fine here.
         skipped: files the source itself rejected, as ``{"path": ..., "reason": ...}``.
         notes: remarks for the data report (e.g. "symlink followed").
     """
@@ -128,6 +128,13 @@ class ModelFamily:
         describe: optional ``describe(params) -> str``, a short model name for tables
             (e.g. ``"resnet18"`` or ``"cnn d3 w32"``).
         description: one line for ``automl-vision plugins``.
+        recipe: optional training recipe for this family's trials, in space-file terms
+            (docs/search-space.md): a parameter name of the training part of the space
+            (``optimizer``, ``lr.adamw``, ``weight_decay``, ``schedule``, ``aug.preset``,
+            ``label_smoothing``, ...) mapped to a list of choices, a fixed value, or
+            ``{"low": ..., "high": ...}`` for a numeric range. Choices and fixed values
+            are sampled as ``<family>.<name>`` (e.g. ``vit.optimizer``); ranges keep the
+            name. The user's ``--space`` file overrides the recipe.
     """
 
     name: str
@@ -135,6 +142,7 @@ class ModelFamily:
     build: Callable[..., "nn.Module"]
     describe: Callable[[dict[str, Any]], str] | None = None
     description: str = ""
+    recipe: dict[str, Any] = field(default_factory=dict)
 
     def label(self, params: dict[str, Any]) -> str:
         """Short human name of the model built from ``params``."""

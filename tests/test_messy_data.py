@@ -357,9 +357,8 @@ def test_search_runs_end_to_end_on_the_messy_folder(messy, tmp_path):
 
 def test_a_joining_worker_sees_the_same_labels_after_a_class_is_dropped(tmp_path):
     """The empty class sorts first, so dropping it shifts every label: a worker must agree."""
+    from automl_vision.data.prepare import reload_prepared
     from automl_vision.plugins import get_plugin_manager
-    from automl_vision.search.workers import _load_prepared
-    from automl_vision.settings import SearchSettings
 
     root = tmp_path / "data"
     (root / "aaa_empty").mkdir(parents=True)
@@ -370,8 +369,7 @@ def test_a_joining_worker_sees_the_same_labels_after_a_class_is_dropped(tmp_path
     run_dir = RunDir(tmp_path / "run")
     data = prepare(load_image_folder(str(root)), run_dir, image_size=16)
     assert data.classes == ["cat", "dog"]
-    settings = SearchSettings(data=str(root), run_dir=str(run_dir.path), study_name="s")
-    joined = _load_prepared(settings, run_dir, get_plugin_manager())
+    joined = reload_prepared(run_dir, get_plugin_manager(), location=str(root))  # a worker, or `ensemble`
     assert joined.classes == data.classes
     assert [s.key for s in joined.samples] == [s.key for s in data.samples]
     assert joined.labels.tolist() == data.labels.tolist()

@@ -19,6 +19,7 @@ import sys
 import sysconfig
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,6 +28,8 @@ DISTS = {
     "automl-vision-mixer": "automl_vision_mixer",
     "automl-vision-csvlog": "automl_vision_csvlog",
 }
+# a test-only distribution (not an example): its source, family and metric go through every command
+PROBE = ROOT / "tests" / "plugin_probe"
 # what the fresh environment must NOT see from the project's own environment
 HIDDEN_PREFIXES = ("automl_vision", "automl-vision", "__editable__", "distutils-precedence.pth")
 
@@ -72,6 +75,7 @@ def venv(tmp_path_factory):
 
     sources = [_copy_project(base / "src" / "automl-vision")]
     sources += [_copy_tree(ROOT / "plugins" / name, base / "src" / name) for name in DISTS]
+    sources.append(_copy_tree(PROBE, base / "src" / PROBE.name))
     _run([py, "-m", "pip", "install", "--no-index", "--no-build-isolation", "--no-deps", "--quiet",
           "--disable-pip-version-check", *sources], cwd=base, env=env, timeout=600)
     return {"dir": env_dir, "python": py, "bin": env_dir / "bin", "env": env, "base": base, "sources": base / "src"}
@@ -140,3 +144,55 @@ def test_each_distribution_passes_its_own_tests_against_the_installed_packages(v
         tests = venv["sources"] / name / "tests"
         _run([venv["python"], "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tests)],
              cwd=venv["sources"] / name, env=venv["env"], timeout=300)
+
+
+DASHBOARD_CHECK = """
+import os, sys
+from streamlit.testing.v1 import AppTest
+from dashboard import APP
+from dashboard.data import ENV_RUNS
+os.environ[ENV_RUNS] = sys.argv[1]
+at = AppTest.from_file(str(APP), default_timeout=240).run()
+for page in ("leaderboard", "insight", "ensemble", "errors"):
+    at.switch_page(f"sections/{page}.py").run()
+    assert not at.exception, (page, [e.value for e in at.exception])
+print("pages ok")
+"""
+
+
+def test_a_probe_distribution_goes_through_every_command(venv, tmp_path):
+    """A pip-installed plugin's dataset source (root = a .npz file), family and metric:
+    search -> ensemble --refit -> predict -> export -> dashboard, from other folders."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    data_dir, elsewhere = tmp_path / "data", tmp_path / "elsewhere"
+    data_dir.mkdir()
+    elsewhere.mkdir()
+    images = (digits.images[:400] * 16).astype(np.uint8)
+    np.savez(data_dir / "probe.npz", images=images, labels=digits.target[:400])
+    cli, env = venv["bin"] / "automl-vision", venv["env"]
+    out = tmp_path / "run"
+    _run([cli, "search", "probe:probe.npz", "--models", "probenet", "--metric", "top2", "--n-trials", "3",
+          "--max-epochs", "3", "--image-size", "16", "--out", out, "--plain"], cwd=data_dir, env=env, timeout=600)
+    report = json.loads((out / "final" / "report.json").read_text())
+    assert report["metric"] == "top2" and "best_trial" in report and 0 <= report["best_val"]["top2"] <= 1
+    space = json.loads(_run([cli, "space", "show", "--json", "--models", "probenet"], cwd=elsewhere, env=env).stdout)
+    assert space["parameters"]["probenet.dropout"]["condition"] == {"probenet.hidden": [1, 2]}
+
+    _run([cli, "ensemble", out, "--refit"], cwd=elsewhere, env=env, timeout=600)  # re-reads probe:, not root
+    assert (out / "refit").is_dir()
+    photos = elsewhere / "photos"
+    photos.mkdir()
+    for i in range(5):
+        Image.fromarray(images[i]).save(photos / f"{i}.png")
+    _run([cli, "predict", out, photos, "--out", elsewhere / "pred.csv"], cwd=elsewhere, env=env)
+    with open(elsewhere / "pred.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 5 and all(r["prediction"] in [str(c) for c in range(10)] for r in rows), rows
+    _run([cli, "export", out, "--format", "torchscript", "--out", elsewhere / "model.pt"], cwd=elsewhere, env=env)
+    meta = json.loads((elsewhere / "model.pt.preprocessing.json").read_text())
+    assert meta["verified"]["max_abs_diff"] <= meta["verified"]["tolerance"]
+    pages = _run([venv["python"], "-c", DASHBOARD_CHECK, str(out)], cwd=elsewhere, env=env, timeout=600)
+    assert "pages ok" in pages.stdout

@@ -192,6 +192,26 @@ def test_event_hook_that_raises_never_stops_the_others(caplog):
     assert shown == ["plugin bad: hook on_trial_end raised RuntimeError: down (the search goes on)"]
 
 
+def test_event_hooks_run_in_pluggys_order_tryfirst_and_trylast_included():
+    from automl_vision import hookimpl
+
+    calls = []
+
+    def plugin(tag, **marks):
+        class P:
+            @hookimpl(**marks)
+            def on_search_end(self, run_dir):
+                calls.append(tag)
+        return P()
+
+    pm = PluginManager()
+    for name, marks in (("late", {"trylast": True}), ("a", {}), ("early", {"tryfirst": True}), ("b", {})):
+        pm.add_plugin(plugin(name, **marks), name=name)
+    pm.on_search_end("run", None, {})
+    # pluggy's documented order: tryfirst first, trylast last, the others last registered first
+    assert calls == ["early", "b", "a", "late"]
+
+
 def test_trace_variable_prints_every_event_call(monkeypatch, capsys):
     class Tracker:
         from automl_vision import hookimpl
@@ -496,3 +516,41 @@ def test_a_nan_objective_fails_every_trial_and_delivers_nothing(digits_dir, tmp_
     assert not (out / "best").exists() and not (out / "ensemble.json").exists()
     assert proc.returncode == 1, "a search that delivers nothing must not exit 0"
     assert "nothing to deliver" in proc.stdout + proc.stderr
+
+
+def test_later_commands_reread_a_plugin_source_from_any_folder(tmp_path):
+    """ensemble --refit lists the data again through the source that read it, not from Dataset.root."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    here, elsewhere = tmp_path / "here", tmp_path / "elsewhere"
+    here.mkdir()
+    elsewhere.mkdir()
+    np.savez(here / "digits.npz", images=(digits.images[:300] * 16).astype(np.uint8), labels=digits.target[:300])
+    out = tmp_path / "run"
+    source = plugin_file("npz_source")
+    proc = run_cli("search", "digits.npz", "--out", out, *TINY, "--plugin", source, cwd=here, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert json.loads((out / "run.json").read_text())["data"]["location"] == f"testnpz:{here / 'digits.npz'}"
+    refit = run_cli("ensemble", out, "--refit", "--plugin", source, cwd=elsewhere, timeout=300)
+    assert refit.returncode == 0, refit.stdout + refit.stderr
+    assert (out / "refit").is_dir()
+    # without the plugin: which source is missing and how to give it, not "is a file, not a folder"
+    bare = run_cli("ensemble", out, cwd=elsewhere, timeout=300)
+    assert bare.returncode == 2 and "testnpz" in bare.stderr and "--plugin" in bare.stderr, bare.stderr
+    assert "not a folder" not in bare.stderr
+
+
+def test_on_epoch_end_gives_a_tracking_plugin_every_learning_curve(digits_dir, tmp_path):
+    log = tmp_path / "epochs.jsonl"
+    out = tmp_path / "run"
+    proc = run_cli("search", digits_dir, "--out", out, *TINY, "--plugin", plugin_file("epoch_log"),
+                   env=cli_env(EPOCH_LOG=str(log)), timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    seen = [json.loads(line) for line in log.read_text().splitlines()]
+    for status in out.glob("trials/*/status.json"):
+        number = json.loads(status.read_text())["number"]
+        history = json.loads((status.parent / "history.json").read_text())
+        curve = [e for e in seen if e["trial"] == number]
+        assert [e["epoch"] for e in curve] == [h["epoch"] for h in history]
+        assert [e["val_accuracy"] for e in curve] == [h["val_accuracy"] for h in history]

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from automl_vision import cli
-from automl_vision.commands.search import settings_from_options
+from automl_vision.settings import settings_from_options
 from automl_vision.plugins import get_plugin_manager
 from automl_vision.search import space_file
 from automl_vision.search.portfolio import fit_entry, load_portfolio
@@ -272,3 +272,78 @@ def test_a_family_parameter_that_exists_for_some_int_values_is_shown_and_settabl
     params = json.loads(shown.stdout)["parameters"]
     assert params["tinyvit.drop"]["low"] == params["tinyvit.drop"]["high"] == 0.25
     assert params["tinyvit.depth"]["choices"] == [3]
+
+
+def _recipe_plugin_manager():
+    """The built-ins plus a family that ships its own training recipe (AdamW, light augmentation)."""
+    import types
+
+    from torch import nn
+
+    from automl_vision import hookimpl
+    from automl_vision.plugins import PluginManager
+    from automl_vision.types import ModelFamily
+
+    recipe = {"optimizer": ["adamw"], "lr.adamw": {"low": 1e-4, "high": 1e-3}, "aug.preset": ["none", "light"],
+              "label_smoothing": 0.1}
+    module = types.ModuleType("automl_vision_test_recipe_family")
+
+    @hookimpl
+    def register_model_families(register):
+        register(ModelFamily("vit", suggest=lambda t, c: {"vit.depth": t.suggest_int("vit.depth", 1, 2)},
+                             build=lambda p, in_chans, image_size, num_classes: nn.Sequential(
+                                 nn.Flatten(), nn.Linear(in_chans * image_size * image_size, num_classes)),
+                             recipe=recipe))
+
+    module.register_model_families = register_model_families
+    pm = PluginManager().load(entry_points=False)
+    pm.add_plugin(module, name="recipe")
+    return pm
+
+
+def _sample_with(pm, n: int, **options) -> list[dict]:
+    settings = settings_from_options("data", image_size=[16], n_trials=n, models="cnn,vit", **options)
+    space_file.apply(settings, pm)
+    families, timm_models = families_and_models(settings, pm)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=3))
+    out = []
+    for _ in range(n):
+        trial = study.ask()  # one study for both families: Optuna must accept every distribution
+        cfg = sample(trial, settings, pm, families, timm_models, 5, 3, 500, "cpu", 3)
+        out.append({"params": dict(trial.params), "cfg": cfg})
+        study.tell(trial, 0.5)
+    return out
+
+
+def test_a_family_recipe_shapes_its_trials_and_the_user_space_file_wins(tmp_path):
+    """issue #21: a transformer family is trained with AdamW and light augmentation, not the CNN defaults."""
+    pm = _recipe_plugin_manager()
+    trials = _sample_with(pm, 60)
+    vit = [t for t in trials if t["cfg"].family == "vit"]
+    cnn = [t for t in trials if t["cfg"].family == "cnn"]
+    assert vit and cnn
+    for t in vit:
+        p, cfg = t["params"], t["cfg"]
+        assert cfg.optimizer == "adamw" and p["vit.optimizer"] == "adamw" and "optimizer" not in p
+        assert 1e-4 <= p["lr.adamw"] <= 1e-3
+        assert cfg.aug_preset in ("none", "light") and cfg.label_smoothing == 0.1
+    assert {t["cfg"].optimizer for t in cnn} > {"adamw"}  # the other family keeps the whole space
+    # space show lists the recipe's parameters under the family, with their condition
+    found = explore(settings_from_options("data", image_size=[16], n_trials=1, models="cnn,vit"), pm)
+    assert found["vit.optimizer"].choices == ["adamw"] and found["vit.optimizer"].condition == {"family": ["vit"]}
+    # the user's space file overrides the family's recipe
+    space = tmp_path / "space.yaml"
+    space.write_text("optimizer: [sgd]\n")
+    for t in _sample_with(pm, 20, space=str(space)):
+        assert t["cfg"].optimizer == "sgd"
+
+
+def test_the_kit_catches_a_misspelt_recipe_key():
+    from automl_vision.testing import PluginCheckError, check_model_family
+
+    pm = _recipe_plugin_manager()
+    family = pm.model_families.get("vit")
+    check_model_family(family, trials=1)  # the real recipe passes
+    family.recipe = {"optimiser": ["adamw"]}
+    with pytest.raises(PluginCheckError, match="recipe key 'optimiser' is not a parameter of the training space"):
+        check_model_family(family, trials=1)

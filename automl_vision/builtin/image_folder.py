@@ -195,7 +195,9 @@ def load_image_folder(location: str) -> Dataset:
 SOURCE = DatasetSource(
     name="folder",
     load=load_image_folder,
-    detect=lambda location: not location.lower().endswith(".csv"),
+    # a folder, or a path that does not exist yet (then load says so); an existing file is left
+    # to a source that reads files (a plugin's .npz, the CSV manifest)
+    detect=lambda location: not location.lower().endswith(".csv") and not os.path.isfile(location),
     description="class-per-folder image tree, or train/ val/ [test/] folders of class folders",
 )
 

@@ -413,3 +413,50 @@ def _report(dataset, valid, labels, classes, split_index, skipped, digests, in_c
         "warnings": warnings,
         "notes": list(dataset.notes),
     }
+
+
+def reload_prepared(run_dir: RunDir, pm, location: str | None = None) -> PreparedData:
+    """The run's samples, splits and image cache, rebuilt from the run directory and its data.
+
+    Every later step reads the data this way (``ensemble``, a refit, a joining worker):
+    ``splits.json`` lists the valid samples in cache order, so listing the dataset is
+    enough; the pixels come from the cache the search built. The data is listed again by
+    the dataset source that read it, at the location stored in ``run.json`` (``data.location``:
+    ``NAME:LOCATION``, a relative path made absolute, see :func:`~automl_vision.data.sources.reloadable`),
+    so a plugin's source works from any working directory whatever it puts in
+    ``Dataset.root``; ``location`` overrides it (``worker --data``, the data moved).
+    Labels follow the report's classes (a class folder without a usable image is left
+    out by :func:`prepare`). Nothing in the run directory is rewritten.
+
+    Raises:
+        UsageError: the search has not prepared its data, or the data is gone or changed.
+    """
+    from automl_vision.data.sources import load_dataset
+    from automl_vision.types import UsageError
+
+    run = run_dir.read_run() or {}
+    report = run_dir.read_data_report()
+    stored = run_dir.read_splits()
+    if not report or not stored:
+        raise UsageError(f"{run_dir.path}: the search has not prepared its data there (no data_report.json or "
+                         "splits.json); pass the run directory the search wrote")
+    if not location:
+        recorded = (run.get("data") or {}).get("location")
+        typed = (run.get("settings") or {}).get("data")
+        # runs from before data.location: what was typed, else the root the source reported
+        location = recorded or (typed if typed and os.path.exists(typed) else report.get("root") or typed or "")
+    try:
+        dataset = load_dataset(location, pm)
+    except UsageError as exc:  # DataError too
+        raise UsageError(f"this step re-reads the run's images from {location!r}, but: {exc}") from None
+    by_key = {s.key: s for s in dataset.samples}
+    missing = [k for k in stored["keys"] if k not in by_key]
+    if missing:
+        raise UsageError(f"{len(missing)} image(s) used by the run are gone from {location} (e.g. {missing[0]}); "
+                         "restore the data the search was run on (or give where it is now), or start a new search")
+    index_of = {c: i for i, c in enumerate(report["classes"])}
+    samples = [dataclasses.replace(by_key[k], label=index_of[dataset.classes[by_key[k].label]]) for k in stored["keys"]]
+    pos = {k: i for i, k in enumerate(stored["keys"])}
+    split_index = {name: np.asarray(sorted(pos[k] for k in stored["splits"].get(name, [])), dtype=np.int64)
+                   for name in SPLITS}
+    return PreparedData(run_dir, list(report["classes"]), samples, int(report["in_chans"]), split_index, report)

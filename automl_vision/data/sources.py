@@ -8,6 +8,8 @@ source fails with its plugin's name instead of somewhere deep in data preparatio
 
 from __future__ import annotations
 
+import os
+
 import re
 
 from automl_vision.plugins import PluginManager
@@ -48,6 +50,16 @@ def resolve_source(location: str, pm: PluginManager) -> tuple[DatasetSource, str
         f"no dataset source understands {location!r}: give a folder of class sub-folders, a .csv manifest, or "
         f"NAME:LOCATION for one of the sources {', '.join(pm.datasets.all_names())}."
     )
+
+
+def reloadable(location: str, pm: PluginManager) -> str:
+    """``location`` as later commands can load it again from any working directory:
+    ``NAME:REST`` naming the source that reads it now (so a later ``detect`` cannot pick
+    another one), with ``REST`` made absolute when it is a relative path that exists."""
+    source, rest = resolve_source(location, pm)
+    if rest and not os.path.isabs(rest) and os.path.exists(rest):
+        rest = os.path.abspath(rest)
+    return f"{source.name}:{rest}"
 
 
 def load_dataset(location: str, pm: PluginManager) -> Dataset:

@@ -49,15 +49,8 @@ REFIT = "refit"
 
 
 def complete_trials(run_dir: RunDir) -> list[dict[str, Any]]:
-    """Trials that finished with a finite score and a model: the only ones the final steps may choose."""
-    out = []
-    for rec in run_dir.iter_trials():
-        tdir = run_dir.trial_dir(rec["number"])
-        value = rec.get("value")
-        scored = isinstance(value, (int, float)) and math.isfinite(value)
-        if rec.get("state") == "COMPLETE" and scored and (tdir / "model.json").exists() and (tdir / "val_probs.npy").exists():
-            out.append(rec)
-    return out
+    """Trials the final steps may choose (:meth:`RunDir.usable_trials`)."""
+    return run_dir.usable_trials()
 
 
 def run_options(run_dir: RunDir) -> dict[str, Any]:
@@ -94,49 +87,13 @@ def split_probs(module: ProbabilityModel, data: PreparedData, split: str, path: 
     return module.probs(arrays, device=path.torch_device, channels_last=path.channels_last)
 
 
-# kept for callers of the first version (dashboard, benchmarks): raw test probabilities of one trial
-def test_probs(run_dir: RunDir, number: int, data: PreparedData, path: ExecPath, pm: PluginManager) -> np.ndarray:
-    model, spec = load_model(run_dir.trial_dir(number), pm)
-    return split_probs(ProbabilityModel([model], [spec], [1.0]), data, "test", fp32(path))
-
-
 # ------------------------------------------------------------------ data of a run
 def load_prepared(run_dir: RunDir, pm: PluginManager) -> PreparedData:
-    """The run's samples, splits and image cache, rebuilt from the run directory and its data.
+    """The run's prepared data, listed again from its recorded location (see
+    :func:`automl_vision.data.prepare.reload_prepared`). Raises UsageError when the data is gone or changed."""
+    from automl_vision.data.prepare import reload_prepared
 
-    The split is the one stored in ``splits.json``; nothing in the run directory is
-    rewritten. Raises UsageError when the data is gone or changed.
-    """
-    from automl_vision.data.sources import load_dataset
-    from automl_vision.types import SPLITS
-
-    run = run_dir.read_run() or {}
-    settings = run.get("settings") or {}
-    report = run_dir.read_data_report()
-    stored = run_dir.read_splits()
-    if not report or not stored:
-        raise UsageError(f"{run_dir.path}: the search has not prepared its data yet (no data_report.json or splits.json)")
-    location = str(settings.get("data") or report.get("root") or "")
-    if not os.path.exists(location) and report.get("root") and os.path.exists(report["root"]):
-        location = report["root"]  # the search was started from another working directory
-    try:
-        dataset = load_dataset(location, pm)
-    except UsageError as exc:
-        raise UsageError(
-            f"this step re-reads the run's validation and test images from {location!r}, but: {exc}"
-        ) from None
-    by_key = {s.key: s for s in dataset.samples}
-    missing = [k for k in stored["keys"] if k not in by_key]
-    if missing:
-        raise UsageError(
-            f"{len(missing)} image(s) used by the run are gone from {location} (e.g. {missing[0]}); restore the data "
-            "the search was run on, or start a new search"
-        )
-    samples = [by_key[k] for k in stored["keys"]]
-    pos = {k: i for i, k in enumerate(stored["keys"])}
-    split_index = {name: np.asarray(sorted(pos[k] for k in stored["splits"].get(name, [])), dtype=np.int64)
-                   for name in SPLITS}
-    return PreparedData(run_dir, list(report["classes"]), samples, int(report["in_chans"]), split_index, report)
+    return reload_prepared(run_dir, pm)
 
 
 # ------------------------------------------------------------------ refit
@@ -362,6 +319,21 @@ def trained_with_flips(run_dir: RunDir, number: int) -> bool:
 
 
 # ------------------------------------------------------------------ finalize
+def test_touches(run_dir: RunDir) -> dict[str, Any]:
+    """How many times this run's test split has now been scored (this time included), and a
+    warning from the second time on: choices made after seeing a test score (another
+    ``ensemble`` call, other options) make the next one optimistic. Counted in
+    ``final/report.json``, which every scoring rewrites."""
+    previous = read_json(run_dir.final_dir / "report.json") or {}
+    count = int(previous.get("test_evaluations") or (1 if previous.get("best_test") else 0)) + 1
+    if count == 1:
+        return {"test_evaluations": 1}
+    return {"test_evaluations": count,
+            "test_warning": (f"the test split of this run has now been scored {count} times: a choice made after "
+                             "seeing an earlier test score makes this one optimistic; for an unbiased figure, score "
+                             "the delivered model once on new labelled images (predictor.evaluate or predict)")}
+
+
 def finalize(run_dir: RunDir, data: PreparedData, pm: PluginManager, path: ExecPath, metric: str,
              method: str = "greedy", max_members: int = 5, log=print, tta: bool | None = None,
              calibrate: bool | None = None, refit: bool | None = None, respect_budget: bool = True,
@@ -525,6 +497,7 @@ def finalize(run_dir: RunDir, data: PreparedData, pm: PluginManager, path: ExecP
         refit=refit_info,
     )
     if data.has_test():
+        report.update(test_touches(run_dir))
         y_test = data.labels[data.split_index["test"]]
         best_test = split_probs(best_module(nets, best_tta, best_t), data, "test", eval_path)
         ens_test = split_probs(ens_module(nets, ens_tta, ens_t), data, "test", eval_path)
@@ -685,6 +658,8 @@ def print_summary(report: dict[str, Any], console=None) -> None:
             f"trained on the train split only: the honest estimate for the delivered model, which has seen "
             f"every labelled image (the test split included) and cannot be scored on them."))
     console.print(f"Deliverable: [bold]{report['deliverable']}[/] — {escape(report['why'])}.")
+    if report.get("test_warning"):
+        console.print(f"[yellow]Note:[/] {escape(report['test_warning'])}")
     if report.get("note"):
         console.print(f"[yellow]Note:[/] {report['note']}")
     if not refit.get("requested") and refit.get("command") and not ff:

@@ -41,10 +41,6 @@ from automl_vision.training.trainer import STRETCH_BY_EPOCH, BudgetExceeded, Non
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
-class Interrupted(Exception):
-    """The user pressed Ctrl-C during a trial."""
-
-
 class ObjectiveNotFinite(RuntimeError):
     """The objective metric gave no finite value: the trial fails with this reason."""
 
@@ -196,6 +192,7 @@ class Objective:
                 rec.update({f"val_{k}": v for k, v in metrics.items()})
                 history.append(rec)
                 write_json(tdir / "history.json", history)
+                self.pm.on_epoch_end(str(self.run_dir.path), trial.number, epoch, cfg.epochs, dict(rec))
                 value = metrics.get(objective_metric, math.nan)
                 if not math.isfinite(value):
                     # a trial without a score cannot be ranked, pruned or delivered: it fails, saying why

@@ -24,16 +24,16 @@ import optuna
 from automl_vision import __version__
 from automl_vision import leaderboard as lb
 from automl_vision.data.images import ImageDecodeError, probe
-from automl_vision.data.prepare import PreparedData, prepare
-from automl_vision.data.sources import load_dataset
+from automl_vision.data.prepare import prepare
+from automl_vision.data.sources import load_dataset, reloadable
 from automl_vision.plugins import PluginManager, get_plugin_manager
 from automl_vision.progress import make_progress
 from automl_vision.rundir import DamagedRunFileError, RunDir, read_json, write_json
 from automl_vision.search.interrupts import check_interrupt
-from automl_vision.search.objective import DISK_FULL, Budget, Objective, worker_id
+from automl_vision.search.objective import DISK_FULL, Budget, Objective
 from automl_vision.search.study import open_study, redact
 from automl_vision.settings import PRESETS, SearchSettings, check_seed, format_duration
-from automl_vision.training.device import ExecPath, apply_gpu_options, choose
+from automl_vision.training.device import apply_gpu_options, choose
 from automl_vision.types import Dataset, UsageError
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -337,8 +337,9 @@ def run_search(settings: SearchSettings, argv: list[str] | None = None, plain: b
         storage=redact(settings.storage) or "journal file study.journal in the run directory",
         exec_path=path.as_dict(),
         budget=plan.as_dict(),
-        data={"root": data.report["root"], "classes": data.classes, "in_chans": data.in_chans, "counts": counts,
-              "skipped": data.report["num_skipped"]},
+        # location: how later commands list the data again (data.prepare.reload_prepared)
+        data={"root": data.report["root"], "location": reloadable(settings.data, pm), "classes": data.classes,
+              "in_chans": data.in_chans, "counts": counts, "skipped": data.report["num_skipped"]},
         plugins=pm.fingerprint(),
         started=run_info.get("started", t_start),
         sessions=run_info.get("sessions", []) + [{"started": t_start, "time_budget": settings.time_budget,

@@ -48,9 +48,17 @@ class SpaceTrial:
             fixed value, or ``{"low", "high", "log", "step"}``.
     """
 
-    def __init__(self, trial, overrides: dict[str, Any] | None):
+    def __init__(self, trial, overrides: dict[str, Any] | None, recipe: dict[str, Any] | None = None,
+                 family: str = ""):
         self._trial = trial
         self._overrides = overrides or {}
+        # a family's training recipe, where the user's space file says nothing (the user wins)
+        self._recipe = {k: v for k, v in (recipe or {}).items() if k not in self._overrides}
+        self._family = family
+
+    def with_recipe(self, family: str, recipe: dict[str, Any] | None) -> "SpaceTrial":
+        """This trial, with ``family``'s training recipe (:attr:`ModelFamily.recipe`) applied."""
+        return SpaceTrial(self._trial, self._overrides, recipe, family) if recipe else self
 
     def __getattr__(self, name: str):
         return getattr(self._trial, name)
@@ -58,13 +66,28 @@ class SpaceTrial:
     def _override(self, name: str):
         return self._overrides.get(name, _MISSING)
 
+    def _family_choice(self, name: str):
+        """A recipe's choices (or fixed value) of ``name``, sampled as ``<family>.<name>``: Optuna
+        cannot change a parameter's choices from trial to trial, so the family's own choices are
+        a parameter of their own (conditional on the family, like its model parameters)."""
+        value = self._recipe[name]
+        return self.suggest_categorical(f"{self._family}.{name}", list(value) if isinstance(value, list) else [value])
+
     def suggest_categorical(self, name: str, choices):
+        if name in self._recipe:
+            return self._family_choice(name)
         ov = self._override(name)
         if ov is not _MISSING:
             choices = list(ov) if isinstance(ov, list) else [ov]
         return self._trial.suggest_categorical(name, list(choices))
 
     def suggest_float(self, name: str, low: float, high: float, *, step: float | None = None, log: bool = False):
+        recipe = self._recipe.get(name)
+        if isinstance(recipe, dict):  # a narrower (or wider) range: Optuna allows ranges that change
+            return self._trial.suggest_float(name, float(recipe.get("low", low)), float(recipe.get("high", high)),
+                                             step=step, log=log)
+        if name in self._recipe:
+            return self._family_choice(name)
         ov = self._override(name)
         if ov is _MISSING:
             return self._trial.suggest_float(name, low, high, step=step, log=log)
@@ -76,6 +99,12 @@ class SpaceTrial:
         return self._trial.suggest_float(name, float(ov), float(ov))
 
     def suggest_int(self, name: str, low: int, high: int, *, step: int = 1, log: bool = False):
+        recipe = self._recipe.get(name)
+        if isinstance(recipe, dict):
+            return self._trial.suggest_int(name, int(recipe.get("low", low)), int(recipe.get("high", high)),
+                                           step=step, log=log)
+        if name in self._recipe:
+            return self._family_choice(name)
         ov = self._override(name)
         if ov is _MISSING:
             return self._trial.suggest_int(name, low, high, step=step, log=log)
@@ -145,9 +174,11 @@ def sample(trial, settings: SearchSettings, pm: PluginManager, families: list[st
     image_size = int(trial.suggest_categorical("image_size", [int(s) for s in settings.image_sizes]))
     family = trial.suggest_categorical("family", list(families))
     ctx = context(settings, num_classes, in_chans, image_size, num_train, device, timm_models)
-    model_params: dict[str, Any] = pm.model_families.get(family).suggest(trial, ctx)
+    family_obj = pm.model_families.get(family)
+    model_params: dict[str, Any] = family_obj.suggest(trial, ctx)
     if not isinstance(model_params, dict):
         raise TypeError(f"model family {family!r}: suggest() returned {type(model_params).__name__}, expected dict")
+    trial = trial.with_recipe(family, family_obj.recipe)  # the training part of the space, as the family advises
 
     batch_size = int(trial.suggest_categorical("batch_size", batch_choices(num_train)))
     optimizer = trial.suggest_categorical("optimizer", OPTIMIZERS)

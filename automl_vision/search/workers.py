@@ -22,7 +22,6 @@ top of it:
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import signal
 import socket
@@ -445,40 +444,6 @@ def trial_loop(study: optuna.Study, objective, budget, n_trials: int | None, cal
 
 
 # ------------------------------------------------------------------ joining a study
-def _load_prepared(settings, run_dir: RunDir, pm):
-    """The search's prepared data, rebuilt from the run directory without re-scanning images.
-
-    ``splits.json`` lists the valid samples in cache order, so listing the dataset is
-    enough; the pixels come from the cache the search built (a missing resolution is
-    decoded under the cache's lock).
-    """
-    from automl_vision.data.prepare import PreparedData
-    from automl_vision.data.sources import load_dataset
-    import numpy as np
-
-    report = run_dir.read_data_report()
-    splits = run_dir.read_splits()
-    if not report or not splits:
-        raise UsageError(
-            f"run directory {run_dir.path} has no data_report.json/splits.json: the search that created the "
-            "study has not prepared its data there. Pass the shared run directory with --run-dir."
-        )
-    dataset = load_dataset(settings.data, pm)
-    by_key = {s.key: s for s in dataset.samples}
-    missing = [k for k in splits["keys"] if k not in by_key]
-    if missing:
-        raise UsageError(
-            f"the data at {settings.data} lacks {len(missing)} image(s) of the search (e.g. {missing[0]}); "
-            "mount the same data on this machine or pass its location with --data"
-        )
-    # labels follow the report's classes: prepare leaves out class folders without a usable image
-    index_of = {c: i for i, c in enumerate(report["classes"])}
-    samples = [dataclasses.replace(by_key[k], label=index_of[dataset.classes[by_key[k].label]]) for k in splits["keys"]]
-    pos = {k: i for i, k in enumerate(splits["keys"])}
-    index = {name: np.asarray(sorted(pos[k] for k in keys), dtype=np.int64) for name, keys in splits["splits"].items()}
-    return PreparedData(run_dir, list(report["classes"]), samples, int(report["in_chans"]), index, report)
-
-
 def join_study(storage_url: str, study_name: str | None, device: str = "auto", run_dir: str | None = None,
                data: str | None = None, threads: int | None = None, name: str | None = None,
                n_trials: int | None = None, time_budget: float | None = None, plain: bool | None = None,
@@ -494,6 +459,7 @@ def join_study(storage_url: str, study_name: str | None, device: str = "auto", r
     from automl_vision.plugins import get_plugin_manager
     from automl_vision.progress import make_progress
     from automl_vision.search.objective import Budget, Objective, worker_id
+    from automl_vision.data.prepare import reload_prepared
     from automl_vision.search.run import check_settings, directions_for, run_worker
     from automl_vision.search.study import make_storage, open_study, redact
     from automl_vision.settings import PRESETS, SearchSettings
@@ -570,7 +536,7 @@ def join_study(storage_url: str, study_name: str | None, device: str = "auto", r
         log(f"study {study_name!r}: the search's time budget has ended; nothing to do (give --time-budget to go on)")
         return 0
     log(f"joined study {study_name!r} in {shown}; run directory {rd.path}; execution path: {path.describe()}")
-    data_ = _load_prepared(settings, rd, pm)
+    data_ = reload_prepared(rd, pm, location=data)  # --data: where the data is on this machine
     study = open_study(settings, directions, max_epochs, create=False)
     budget = Budget(deadline=deadline, reserve=reserve, search_seconds=session.get("search_seconds"),
                     grace=session.get("grace") if not time_budget else None)

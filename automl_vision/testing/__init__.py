@@ -171,7 +171,29 @@ def check_model_family(
                 _fail(what, "describe() must return a str")
             study.tell(trial, 0.0)
             sampled.append(params)
+    if family.recipe:
+        _check_recipe(family, what)
     return sampled
+
+
+def _check_recipe(family: ModelFamily, what: str) -> None:
+    """Every key of the family's recipe is a parameter of the training space, and the recipe
+    samples: a misspelt key (``optimiser``) would otherwise be ignored without a word."""
+    from automl_vision.plugins import PluginManager
+    from automl_vision.search.space import explore
+    from automl_vision.settings import SearchSettings
+
+    pm = PluginManager().load(entry_points=False)
+    pm.model_families.add(family.name, family, "recipe-check")
+    settings = SearchSettings(data=".", run_dir=".", study_name="check", models=[family.name], image_sizes=[16])
+    try:
+        found = explore(settings, pm)
+    except Exception as exc:  # noqa: BLE001 - reported as the check's failure
+        _fail(what, f"sampling with its recipe failed: {type(exc).__name__}: {exc}")
+    for key in family.recipe:
+        if key not in found and f"{family.name}.{key}" not in found:
+            _fail(what, f"recipe key {key!r} is not a parameter of the training space (automl-vision space show "
+                        "lists them)")
 
 
 def check_metric(metric: Metric, num_classes: int | None = None, n: int = 60, seed: int = 0) -> None:
