@@ -15,7 +15,7 @@ import sys
 
 from automl_vision import __version__
 
-COMMANDS = ("search", "worker", "ensemble", "predict", "export", "dashboard", "plugins", "space")
+COMMANDS = ("search", "worker", "ensemble", "predict", "export", "leaderboard", "dashboard", "plugins", "space")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,7 +45,13 @@ def main(argv: list[str] | None = None) -> int:
     # that swallows it) is noted, and a command that then runs on to the end still exits 130
     try:
         with watch_interrupts():
-            code = _dispatch(argv)
+            try:
+                code = _dispatch(argv)
+            except Exception:
+                # a Ctrl-C landing inside a library's clean-up can surface as another error (Optuna's
+                # journal lock then raises FileNotFoundError): the interrupt is what the user did
+                check_interrupt()
+                raise
             check_interrupt()
             return code
     except Terminated:

@@ -146,12 +146,8 @@ def open_run(run_dir: str | os.PathLike) -> RunDir:
 
 
 def complete_trial_numbers(rd: RunDir) -> list[int]:
-    out = []
-    for rec in rd.iter_trials():
-        tdir = rd.trial_dir(rec["number"])
-        if rec.get("state") == "COMPLETE" and (tdir / "model.json").exists() and (tdir / "weights.safetensors").exists():
-            out.append(int(rec["number"]))
-    return out
+    """Trials whose model can be opened (:meth:`RunDir.usable_trials`)."""
+    return [int(rec["number"]) for rec in rd.usable_trials()]
 
 
 def _no_model_message(rd: RunDir) -> str:
@@ -385,7 +381,70 @@ class Predictor:
 
         rd = open_run(run_dir)
         pm = run_plugin_manager(rd.read_run() or {}, plugins)
-        return cls(load_deliverable(rd.path, model, pm), device=device, batch_size=batch_size)
+        predictor = cls(load_deliverable(rd.path, model, pm), device=device, batch_size=batch_size)
+        predictor.run_dir, predictor._pm = rd, pm
+        return predictor
+
+    run_dir: RunDir | None = None  # set by from_run: leaderboard() and fit_summary() read it
+    _pm = None
+
+    @property
+    def classes_(self) -> np.ndarray:
+        """The class names as scikit-learn spells it (``predict_proba``'s column order)."""
+        return np.asarray(self.classes)
+
+    def _run(self) -> RunDir:
+        if self.run_dir is None:
+            raise UsageError("this predictor was not opened from a run directory (use automl_vision.load(RUN_DIR))")
+        return self.run_dir
+
+    def leaderboard(self):
+        """Every trial of the run, best first, as a pandas DataFrame (the ``leaderboard`` command's rows)."""
+        from automl_vision import leaderboard as lb
+
+        rd = self._run()
+        direction = ((rd.read_run() or {}).get("directions") or ["maximize"])[0]
+        return lb.ranked(lb.build(rd), direction).reset_index(drop=True)
+
+    def fit_summary(self) -> dict[str, Any]:
+        """The search's final report (``final/report.json``: docs/run-directory.md lists its keys)."""
+        from automl_vision.rundir import read_json
+
+        return read_json(self._run().final_dir / "report.json") or {}
+
+    def evaluate(self, data: str | os.PathLike) -> dict[str, Any]:
+        """Score the model on new labelled images: a folder of class folders (or any location a
+        dataset source reads, e.g. a CSV manifest), whose class names are the run's.
+
+        Returns:
+            ``{"n": images scored, "metrics": {name: value} (every registered metric),
+            "per_class": [{class, precision, recall, f1, support}], "confusion_matrix":
+            rows = true class, "classes": [...], "skipped": [{"path", "reason"}]}``.
+
+        Raises:
+            UsageError: the location cannot be read, or it has a class the model does not know.
+        """
+        from automl_vision.data.sources import load_dataset
+        from automl_vision.evaluation import compute_metrics, per_class
+        from automl_vision.plugins import get_plugin_manager
+
+        pm = self._pm or get_plugin_manager()
+        dataset = load_dataset(str(data), pm)
+        unknown = sorted(set(dataset.classes) - set(self.classes))
+        if unknown:
+            raise UsageError(f"{data}: class(es) {', '.join(unknown)} are not among the model's classes "
+                             f"({', '.join(self.classes)})")
+        items = [s.path if s.path is not None else s.array for s in dataset.samples]
+        arrays, ok, errors = decode_batch(items, self.sizes, self.in_chans)
+        index = {c: i for i, c in enumerate(self.classes)}
+        y = np.asarray([index[dataset.classes[dataset.samples[i].label]] for i in ok], dtype=np.int64)
+        probs = self.probs_of_arrays(arrays)
+        skipped = list(dataset.skipped) + [{"path": _describe(items[i], i), "reason": why} for i, why in errors.items()]
+        if not len(y):
+            raise UsageError(f"{data}: no usable labelled image to evaluate on")
+        detail = per_class(y, probs, self.classes)
+        return {"n": int(len(y)), "metrics": compute_metrics(y, probs, pm), **detail, "classes": list(self.classes),
+                "skipped": skipped}
 
     def describe(self) -> str:
         """One line: which model this is (members, TTA, temperature)."""

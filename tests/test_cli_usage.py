@@ -8,6 +8,7 @@ call the same ``cli.main`` in this process, which saves importing PyTorch once p
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -243,3 +244,29 @@ def test_every_third_party_import_is_a_declared_dependency():
                 if not owners & declared:
                     missing.setdefault(top, str(path.relative_to(root)))
     assert not missing, f"imported but not declared in pyproject.toml: {missing}"
+
+
+def test_leaderboard_command_for_people_and_scripts(tiny_run, tmp_path):
+    statuses = [json.loads(p.read_text()) for p in tiny_run.glob("trials/*/status.json")]
+    proc = run_cli("leaderboard", tiny_run, "--json", timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert (out["metric"], out["direction"]) == ("accuracy", "maximize") and out["running"] == []
+    assert sorted(t["number"] for t in out["trials"]) == sorted(s["number"] for s in statuses)
+    values = [t["value"] for t in out["trials"] if t["state"] == "COMPLETE"]
+    assert values == sorted(values, reverse=True) and "val_accuracy" in out["trials"][0]
+    text = run_cli("leaderboard", tiny_run, timeout=120)
+    assert text.returncode == 0 and "Leaderboard (validation accuracy" in text.stdout
+    bad = run_cli("leaderboard", tmp_path, timeout=120)
+    assert bad.returncode == 2 and "not an automl-vision run directory" in bad.stderr
+
+
+def test_search_takes_its_storage_from_the_environment(digits_dir, tmp_path):
+    """$AUTOML_VISION_STORAGE keeps a password off the command line, for search as for worker."""
+    journal = tmp_path / "shared.journal"
+    out = tmp_path / "run"
+    proc = run_cli("search", digits_dir, "--out", out, "--n-trials", "1", "--max-epochs", "1", "--image-size", "16",
+                   "--models", "cnn", "--plain", env=cli_env(AUTOML_VISION_STORAGE=str(journal)), timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert journal.stat().st_size > 0 and not (out / "study.journal").exists()
+    assert read_json(out / "run.json")["settings"]["storage"] == str(journal)

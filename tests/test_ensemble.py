@@ -246,7 +246,7 @@ def flagged_search(tmp_path_factory, digits_dir) -> Path:
 
 def test_flip_tta_and_calibration_are_on_unless_the_search_says_no():
     from automl_vision.cli import build_parser
-    from automl_vision.commands.search import settings_from_options
+    from automl_vision.settings import settings_from_options
 
     def options(*argv: str) -> dict:
         args = vars(build_parser().parse_args(["search", "data", *argv]))
@@ -303,3 +303,14 @@ def test_predictor_reproduces_a_calibrated_tta_refit_deliverable(flagged_search)
     best = automl_vision.load(str(flagged_search), model="best")
     assert best.module.temperature == pytest.approx(report["calibration"]["best"]["temperature"])
     assert best.module.tta == report["tta"]["best"]["used"]
+
+
+def test_scoring_the_test_split_again_is_counted_and_said(run_copy, capsys):
+    """The held-out test split is meant to be touched once: every later scoring is counted and warned about."""
+    first = json.loads((run_copy / "final" / "report.json").read_text())
+    assert first["test_evaluations"] == 1 and "test_warning" not in first
+    code, out, _err = cli(capsys, "ensemble", run_copy, "--plain")
+    assert code == 0
+    again = json.loads((run_copy / "final" / "report.json").read_text())
+    assert again["test_evaluations"] == 2
+    assert "scored 2 times" in again["test_warning"] and "scored 2 times" in " ".join(out.split())

@@ -166,3 +166,33 @@ def test_a_run_with_no_finished_trial_says_so(tiny_run, tmp_path, capsys):
     with pytest.raises(UsageError, match="no trial of this run has finished"):
         automl_vision.load(str(run))
     assert (run / "trials").is_dir() and any((run / "trials").iterdir())  # nothing deleted
+
+
+def test_python_api_evaluate_leaderboard_summary_and_classes(tiny_run, digits_dir, tmp_path):
+    """What AutoGluon and scikit-learn users expect of a fitted predictor."""
+    from automl_vision.types import UsageError
+
+    predictor = automl_vision.load(str(tiny_run))
+    assert list(predictor.classes_) == predictor.classes
+    # evaluate: the same numbers as predicting each labelled image and counting
+    paths = sorted(Path(digits_dir).glob("*/*.png"))[::7]
+    subset = tmp_path / "labelled"
+    for p in paths:
+        (subset / p.parent.name).mkdir(parents=True, exist_ok=True)
+        shutil.copy(p, subset / p.parent.name / p.name)
+    scored = predictor.evaluate(subset)
+    truth = [p.parent.name for p in paths]
+    predicted = predictor.predict([subset / p.parent.name / p.name for p in paths])
+    assert scored["n"] == len(paths)
+    assert scored["metrics"]["accuracy"] == pytest.approx(np.mean([a == b for a, b in zip(predicted, truth)]))
+    assert np.asarray(scored["confusion_matrix"]).sum() == len(paths)
+    assert {c["class"] for c in scored["per_class"]} == set(predictor.classes)
+    # a class the model never saw is refused, naming it
+    (subset / "zebra").mkdir()
+    shutil.copy(paths[0], subset / "zebra" / "z.png")
+    with pytest.raises(UsageError, match="class\\(es\\) zebra are not among the model's classes"):
+        predictor.evaluate(subset)
+    board = predictor.leaderboard()
+    assert sorted(board["number"]) == sorted(json.loads(p.read_text())["number"]
+                                             for p in tiny_run.glob("trials/*/status.json"))
+    assert predictor.fit_summary()["best_trial"] == json.loads((tiny_run / "final/report.json").read_text())["best_trial"]

@@ -33,8 +33,8 @@ def add_parser(sub) -> None:
     p.add_argument("runs", nargs="*", metavar="RUN_DIR",
                    help="run directory written by 'automl-vision search --out'; give several to compare them")
     p.add_argument("--storage", metavar="URL",
-                   help="Optuna storage URL of the study (postgresql://..., sqlite:///..., or a .journal file); "
-                        "with a RUN_DIR it is that run's study")
+                   help="Optuna storage URL of the study (postgresql://..., sqlite:///..., or a .journal file; "
+                        "without a RUN_DIR, default: $AUTOML_VISION_STORAGE); with a RUN_DIR it is that run's study")
     p.add_argument("--study-name", metavar="NAME", help="study name in --storage (default: the run's)")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to bind (default: 127.0.0.1, this machine only). Another address, e.g. 0.0.0.0, "
@@ -82,6 +82,8 @@ def run(args: argparse.Namespace) -> int:
 
     from automl_vision.types import UsageError
 
+    if not args.runs and not args.storage:  # a study alone: its storage may come from the environment
+        args.storage = os.environ.get("AUTOML_VISION_STORAGE") or None
     if not args.runs and not args.storage:
         raise UsageError("give a run directory (automl-vision dashboard runs/NAME) or --storage URL --study-name NAME")
     if args.storage and not args.study_name and not args.runs:
