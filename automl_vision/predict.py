@@ -145,13 +145,8 @@ def open_run(run_dir: str | os.PathLike) -> RunDir:
     return rd
 
 
-def complete_trial_numbers(rd: RunDir) -> list[int]:
-    """Trials whose model can be opened (:meth:`RunDir.usable_trials`)."""
-    return [int(rec["number"]) for rec in rd.usable_trials()]
-
-
 def _no_model_message(rd: RunDir) -> str:
-    done = complete_trial_numbers(rd)
+    done = [int(r["number"]) for r in rd.usable_trials()]
     if not done:
         return (f"{rd.path}: no trial of this run has finished, so there is no model to use. Run the search again "
                 "with more time or trials (--time-budget, --n-trials); finished trials are kept.")
@@ -205,8 +200,8 @@ def load_deliverable(run_dir: str | os.PathLike, model: str = "auto", pm=None) -
     choice = resolve_choice(rd, model)
     if choice.startswith("trial:"):
         n = int(choice[6:])
-        if n not in complete_trial_numbers(rd):
-            done = complete_trial_numbers(rd)
+        done = [int(r["number"]) for r in rd.usable_trials()]
+        if n not in done:
             raise UsageError(f"--model {choice}: trial {n} did not finish in {rd.path} "
                              f"(finished trials: {', '.join(map(str, done)) or 'none'})")
         net, spec = load_member(rd.trial_dir(n), pm, run)
@@ -353,8 +348,11 @@ class Predictor:
         in_chans: 1 (greyscale) or 3 (colour).
     """
 
-    def __init__(self, deliverable: Deliverable, device: str = "cpu", batch_size: int = 64):
+    def __init__(self, deliverable: Deliverable, device: str = "cpu", batch_size: int = 64,
+                 run_dir: RunDir | None = None, pm=None):
         self.deliverable = deliverable
+        self.run_dir = run_dir  # leaderboard() and fit_summary() read it
+        self._pm = pm  # the plugins evaluate() reads labelled data with
         self.module = deliverable.module
         self.classes = list(deliverable.classes)
         self.kind = deliverable.kind
@@ -381,12 +379,7 @@ class Predictor:
 
         rd = open_run(run_dir)
         pm = run_plugin_manager(rd.read_run() or {}, plugins)
-        predictor = cls(load_deliverable(rd.path, model, pm), device=device, batch_size=batch_size)
-        predictor.run_dir, predictor._pm = rd, pm
-        return predictor
-
-    run_dir: RunDir | None = None  # set by from_run: leaderboard() and fit_summary() read it
-    _pm = None
+        return cls(load_deliverable(rd.path, model, pm), device=device, batch_size=batch_size, run_dir=rd, pm=pm)
 
     @property
     def classes_(self) -> np.ndarray:

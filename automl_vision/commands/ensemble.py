@@ -47,14 +47,15 @@ def run(args: argparse.Namespace) -> int:
     from automl_vision.plugins import require_registered, run_plugin_manager
     from automl_vision.predict import open_run
     from automl_vision.rundir import read_model_spec
-    from automl_vision.search.final import complete_trials, finalize, load_prepared, print_summary
+    from automl_vision.data.prepare import reload_prepared
+    from automl_vision.search.final import finalize, print_summary
     from automl_vision.training.device import choose
     from automl_vision.types import UsageError
 
     rd = open_run(args.run_dir)
     run = rd.read_run() or {}
     settings = run.get("settings") or {}
-    trials = complete_trials(rd)
+    trials = rd.usable_trials()
     if not trials:
         raise UsageError(
             f"{rd.path}: no trial of this run has finished, so there is nothing to ensemble. Run the search again "
@@ -69,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     for rec in trials:
         tdir = rd.trial_dir(rec["number"])
         require_registered(pm, run, "model_families", read_model_spec(tdir)["family"], str(tdir / "model.json"))
-    data = load_prepared(rd, pm)
+    data = reload_prepared(rd, pm)
     refit = args.refit if args.refit is not None else bool((settings.get("options") or {}).get("refit"))
     # evaluation is always fp32; only a refit trains, on the fastest measured path
     path = choose(args.device, "auto" if refit else "fp32", "auto" if refit else "off")

@@ -35,8 +35,8 @@ def run(args: argparse.Namespace) -> int:
     metric = (info.get("objectives") or [(info.get("settings") or {}).get("metric") or "accuracy"])[0]
     direction = (info.get("directions") or ["maximize"])[0]
     df = lb.ranked(lb.build(rd), direction)
-    running = [n for n in rd.trial_numbers() if n not in set(df["number"].astype(int))] if not df.empty else \
-        list(rd.trial_numbers())
+    finished = set(df["number"].astype(int)) if not df.empty else set()
+    running = [n for n in rd.trial_numbers() if n not in finished]
     if args.json:
         rows = json.loads(df.to_json(orient="records")) if not df.empty else []
         print(json.dumps({"metric": metric, "direction": direction, "trials": rows, "running": running}, indent=2))

@@ -48,11 +48,6 @@ from automl_vision.types import UsageError
 REFIT = "refit"
 
 
-def complete_trials(run_dir: RunDir) -> list[dict[str, Any]]:
-    """Trials the final steps may choose (:meth:`RunDir.usable_trials`)."""
-    return run_dir.usable_trials()
-
-
 def run_options(run_dir: RunDir) -> dict[str, Any]:
     """The final-step options the search was started with (``--refit``, ``--tta``, ``--calibrate``)."""
     settings = (run_dir.read_run() or {}).get("settings") or {}
@@ -88,14 +83,6 @@ def split_probs(module: ProbabilityModel, data: PreparedData, split: str, path: 
 
 
 # ------------------------------------------------------------------ data of a run
-def load_prepared(run_dir: RunDir, pm: PluginManager) -> PreparedData:
-    """The run's prepared data, listed again from its recorded location (see
-    :func:`automl_vision.data.prepare.reload_prepared`). Raises UsageError when the data is gone or changed."""
-    from automl_vision.data.prepare import reload_prepared
-
-    return reload_prepared(run_dir, pm)
-
-
 # ------------------------------------------------------------------ refit
 def trial_config(config: dict[str, Any], epochs: int):
     """The :class:`TrialConfig` of a trial's ``config.json``, with ``epochs`` epochs."""
@@ -359,7 +346,7 @@ def finalize(run_dir: RunDir, data: PreparedData, pm: PluginManager, path: ExecP
         raise UsageError(f"--method {method!r}: expected one of {', '.join(ens.METHODS)}")
     m = pm.metrics.get(metric)
     eval_path = fp32(path)
-    trials = complete_trials(run_dir)
+    trials = run_dir.usable_trials()
     report: dict[str, Any] = {"metric": metric, "direction": m.direction, "has_test": data.has_test(), "finished": t0}
     if not trials:
         report["error"] = "no trial finished; nothing to deliver (give the search more time or trials)"

@@ -31,7 +31,7 @@ from automl_vision.progress import make_progress
 from automl_vision.rundir import DamagedRunFileError, RunDir, read_json, write_json
 from automl_vision.search.interrupts import check_interrupt
 from automl_vision.search.objective import DISK_FULL, Budget, Objective
-from automl_vision.search.study import open_study, redact
+from automl_vision.search.study import local_storage_file, open_study, redact
 from automl_vision.settings import PRESETS, SearchSettings, check_seed, format_duration
 from automl_vision.training.device import apply_gpu_options, choose
 from automl_vision.types import Dataset, UsageError
@@ -125,20 +125,6 @@ def check_out(run_dir: RunDir, study_name: str, overwrite: bool) -> None:
                          f"{study_name!r}; give --study-name {info['study_name']} to resume it, or another --out")
 
 
-def storage_file(url: str | None) -> Path | None:
-    """The local file a ``--storage`` value names (journal file or SQLite), else None."""
-    if not url:
-        return None
-    if url.startswith("journal:"):
-        return Path(url.split(":", 1)[1])
-    if url.endswith(".journal"):
-        return Path(url)
-    if url.startswith("sqlite:///"):
-        name = url[len("sqlite:///"):].split("?", 1)[0]
-        return Path(name) if name and name != ":memory:" else None
-    return None
-
-
 def _plugin_missing(name: str) -> str | None:
     """Why a ``--plugin`` the user named cannot even be found (None: it can be imported)."""
     if name.endswith(".py") or os.sep in name:
@@ -155,7 +141,7 @@ def check_start(settings: SearchSettings, overwrite: bool = False) -> None:
     """Usage errors found before any work: nothing is created, imported or trained for them."""
     check_seed(settings.seed)
     check_out(RunDir(settings.run_dir), settings.study_name, overwrite)
-    journal = storage_file(settings.storage)
+    journal = local_storage_file(settings.storage)
     if journal is not None and not journal.absolute().parent.is_dir():
         raise UsageError(f"--storage {redact(settings.storage)}: the folder {journal.absolute().parent} does not "
                          "exist; create it first, or name a file in an existing folder")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 import optuna
 
@@ -117,6 +118,21 @@ def journal_storage(path: str | os.PathLike) -> optuna.storages.JournalStorage:
         raise DamagedRunFileError(path, f"record {line or '?'} of the study journal is not valid JSON") from None
 
 
+def local_storage_file(url: str | None) -> Path | None:
+    """The local file a ``--storage`` value names (a journal file or SQLite), else None: the one
+    reading of such a value, for opening the storage and for checking its folder first."""
+    if not url:
+        return None
+    if url.startswith("journal:"):
+        return Path(url.split(":", 1)[1])
+    if url.endswith(".journal"):
+        return Path(url)
+    if url.startswith("sqlite:///"):
+        name = url[len("sqlite:///"):].split("?", 1)[0]
+        return Path(name) if name and name != ":memory:" else None
+    return None
+
+
 def make_storage(settings: SearchSettings) -> optuna.storages.BaseStorage:
     """The study's storage: the URL given, or the embedded journal file in the run directory.
 
@@ -130,7 +146,7 @@ def make_storage(settings: SearchSettings) -> optuna.storages.BaseStorage:
         path.parent.mkdir(parents=True, exist_ok=True)
         return journal_storage(path)
     if url.endswith(".journal") or url.startswith("journal:"):
-        return journal_storage(url.split(":", 1)[1] if url.startswith("journal:") else url)
+        return journal_storage(local_storage_file(url))
     if "://" not in url:
         raise UsageError(
             f"--storage {redact(url)!r}: expected a database URL (postgresql://user@host/db, sqlite:///file.db) "
