@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+from typing import Any
 
-from automl_vision.commands import add_plugin_option
+from automl_vision.commands import add_json_option, add_plugin_option, human_text_to_stderr, print_json, report_document
 from automl_vision.commands.search import _positive_int
 
 # automl_vision.ensemble.METHODS, spelled out: ``--help`` must not import NumPy (tests/test_ensemble.py checks they agree)
@@ -40,14 +42,25 @@ def add_parser(sub) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
     p.add_argument("--plain", action="store_true", help="plain output (no colours)")
     add_plugin_option(p)
+    add_json_option(p, "the run directory and the rebuilt final report: deliverable, best trial and model, "
+                       "validation and test metrics with their intervals, final fit, test_evaluations")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    with human_text_to_stderr(args.json):
+        report, run_dir = _rebuild(args)
+    if args.json:
+        print_json(report_document("ensemble", run_dir, report))
+    return 0 if not report.get("error") else 1
+
+
+def _rebuild(args: argparse.Namespace) -> tuple[dict[str, Any], Path]:
+    """Rebuild and write the final report, print its summary; (report, run directory)."""
+    from automl_vision.data.prepare import reload_prepared
     from automl_vision.plugins import require_registered, run_plugin_manager
     from automl_vision.predict import open_run
     from automl_vision.rundir import read_model_spec
-    from automl_vision.data.prepare import reload_prepared
     from automl_vision.search.final import finalize, print_summary
     from automl_vision.training.device import choose
     from automl_vision.types import UsageError
@@ -92,4 +105,4 @@ def run(args: argparse.Namespace) -> int:
 
         console = Console(no_color=True, width=140)
     print_summary(report, console)
-    return 0 if not report.get("error") else 1
+    return report, rd.path

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from automl_vision.commands import add_plugin_option
+from automl_vision.commands import add_json_option, add_plugin_option, human_text_to_stderr, print_json
 
 HELP = "export the model of a finished search as ONNX, TorchScript or a safetensors state dict, verified at once"
 
@@ -29,6 +29,7 @@ def add_parser(sub) -> None:
     p.add_argument("--tolerance", type=float, default=None, metavar="ATOL",
                    help="largest allowed difference of any probability between the export and PyTorch (default: 1e-4)")
     add_plugin_option(p)
+    add_json_option(p, "the files written, the format, the model and the verification result")
     p.set_defaults(func=run)
 
 
@@ -37,16 +38,37 @@ def run(args: argparse.Namespace) -> int:
 
     from automl_vision.export import TOLERANCE, ExportVerificationError, export
 
-    try:
-        meta = export(args.run_dir, args.fmt, args.out, model=args.model,
-                      tolerance=TOLERANCE if args.tolerance is None else args.tolerance,
-                      log=lambda msg: print(msg, file=sys.stderr), plugins=args.plugin)
-    except ExportVerificationError as exc:
-        print(f"automl-vision export: verification failed: {exc}", file=sys.stderr)
-        return 1
-    v = meta["verified"]
-    print(f"exported {meta['description']} as {args.fmt} -> {meta['path']}")
-    print(f"preprocessing -> {meta['preprocessing_path']}")
-    print(f"verified with {v['runtime']} on {v['images']} real images (batches of {v['images']} and 1): largest "
-          f"probability difference {v['max_abs_diff']:.2g} (tolerance {v['tolerance']:g})")
+    with human_text_to_stderr(args.json):
+        try:
+            meta = export(args.run_dir, args.fmt, args.out, model=args.model,
+                          tolerance=TOLERANCE if args.tolerance is None else args.tolerance,
+                          log=lambda msg: print(msg, file=sys.stderr), plugins=args.plugin)
+        except ExportVerificationError as exc:
+            # nothing was written: no document on stdout, as for a usage error
+            print(f"automl-vision export: verification failed: {exc}", file=sys.stderr)
+            return 1
+        v = meta["verified"]
+        print(f"exported {meta['description']} as {args.fmt} -> {meta['path']}")
+        print(f"preprocessing -> {meta['preprocessing_path']}")
+        print(f"verified with {v['runtime']} on {v['images']} real images (batches of {v['images']} and 1): largest "
+              f"probability difference {v['max_abs_diff']:.2g} (tolerance {v['tolerance']:g})")
+    if args.json:
+        from pathlib import Path
+
+        path, sidecar = (str(Path(p).resolve()) for p in (meta["path"], meta["preprocessing_path"]))
+        print_json({
+            "command": "export",
+            "format": args.fmt,
+            "path": path,
+            "preprocessing_path": sidecar,
+            "files": [path, sidecar],
+            "bytes": Path(path).stat().st_size,
+            "model": meta["model"],
+            "description": meta["description"],
+            "classes": meta["classes"],
+            "image_size": meta["image_size"],
+            "in_chans": meta["in_chans"],
+            "verified": v,
+            "seconds": meta.get("seconds"),
+        })
     return 0

@@ -9,8 +9,9 @@ import io
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
-from automl_vision.commands import add_plugin_option
+from automl_vision.commands import add_json_option, add_plugin_option, human_text_to_stderr, print_json
 
 HELP = "classify images (files, folders or glob patterns) with the model of a finished search"
 
@@ -34,6 +35,8 @@ def add_parser(sub) -> None:
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps or auto (default: cpu)")
     p.add_argument("--batch-size", type=int, default=64, metavar="N", help="images per forward pass (default: 64)")
     add_plugin_option(p)
+    add_json_option(p, "the CSV written, the model used, how many images were predicted and skipped, and the "
+                       "predictions per class; needs --out FILE")
     p.set_defaults(func=run)
 
 
@@ -86,6 +89,20 @@ def _printable(path: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from automl_vision.types import UsageError
+
+    if args.json and args.out == "-":
+        raise UsageError("--json writes its document to standard output, so the CSV cannot go there too: "
+                         "give --out FILE with --json")
+    with human_text_to_stderr(args.json):
+        code, summary = _predict(args)
+    if args.json:
+        print_json(summary)
+    return code
+
+
+def _predict(args: argparse.Namespace) -> tuple[int, dict[str, Any]]:
+    """Write the CSV and tell the user on stderr; (exit status, the ``--json`` document)."""
     from automl_vision.predict import Predictor, decode_batch
     from automl_vision.rundir import atomic_write_text
     from automl_vision.types import UsageError
@@ -153,4 +170,26 @@ def run(args: argparse.Namespace) -> int:
               "(column 'error')", file=sys.stderr)
         for path, problem in [(r[0], r[-1]) for r in rows if r[-1]][:5]:
             print(f"  {path}: {problem}", file=sys.stderr)
-    return 0 if n_ok else 1
+    per_class = dict.fromkeys(predictor.classes, 0)
+    for row in rows:
+        if not row[-1]:
+            per_class[row[1]] += 1
+    d = predictor.deliverable
+    members = d.members or [{"trial": d.specs[0].get("trial"), "weight": 1.0}]
+    summary = {
+        "command": "predict",
+        "out": "-" if args.out == "-" else str(Path(args.out).expanduser().resolve()),
+        "run_dir": str(Path(args.run_dir).expanduser().resolve()),
+        "model": {"kind": predictor.kind, "description": predictor.describe(),
+                  "members": [{"trial": m.get("trial"), "weight": m.get("weight")} for m in members],
+                  "tta": bool(predictor.module.tta), "temperature": predictor.module.temperature,
+                  "image_size": predictor.image_size},
+        "images": len(rows),
+        "predicted": n_ok,
+        "skipped": failed,
+        "per_class": per_class,
+        "skipped_files": [{"path": _printable(r[0]), "error": _printable(r[-1])} for r in rows if r[-1]],
+        "top_k": k,
+        "non_utf8_names": undecodable,
+    }
+    return (0 if n_ok else 1), summary

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import re
-from pathlib import Path
-from typing import Any
 
-from automl_vision.commands import add_plugin_option
+from automl_vision.commands import add_json_option, add_plugin_option, human_text_to_stderr, print_json, report_document
 from automl_vision.settings import settings_from_options
 
 HELP = "run (or resume) a model search on a folder of labelled images"
@@ -171,19 +168,24 @@ def add_parser(sub) -> None:
                    help="class-per-folder image tree, a tree with train/ val/ [test/], a .csv manifest, or NAME:LOCATION "
                         "for a plugin's dataset source")
     add_search_options(p)
+    add_json_option(p, "the run directory and the final report: deliverable, best trial and model, validation "
+                       "and test metrics with their intervals, final fit, test_evaluations")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    import os
     import sys
 
     from automl_vision.search.run import run_search
 
-    import os
-
-    options = {k: v for k, v in vars(args).items() if k not in ("data", "out", "func", "command", "overwrite")}
+    options = {k: v for k, v in vars(args).items()
+               if k not in ("data", "out", "func", "command", "overwrite", "json")}
     options["storage"] = args.storage or os.environ.get("AUTOML_VISION_STORAGE") or None  # docs/environment.md
     settings = settings_from_options(args.data, args.out, **options)
-    report = run_search(settings, argv=sys.argv, plain=True if args.plain else None, overwrite=args.overwrite)
+    with human_text_to_stderr(args.json):
+        report = run_search(settings, argv=sys.argv, plain=True if args.plain else None, overwrite=args.overwrite)
+    if args.json:
+        print_json(report_document("search", settings.run_dir, report))
     # a search that delivers nothing (no trial finished with a score) is a failure a script must see
     return 1 if report.get("error") else 0
