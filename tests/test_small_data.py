@@ -142,3 +142,47 @@ def test_flip_tta_is_dropped_only_when_validation_says_it_hurts():
     much_worse = _probs(np.arange(200) % 3 != 0, y)
     assert not significantly_better(y, good, slightly_worse)  # one image: TTA is kept
     assert significantly_better(y, good, much_worse)
+
+
+def test_a_final_fit_stopped_by_the_deadline_at_the_end_of_its_schedule_is_kept(tmp_path, tiny_run):
+    """A final fit that a busy machine pushes past the deadline in its last tenth is delivered
+    (its learning rate has decayed); one stopped earlier is not (the search's model is)."""
+    import shutil
+
+    from automl_vision.data.prepare import reload_prepared
+    from automl_vision.plugins import run_plugin_manager
+    from automl_vision.rundir import RunDir
+    from automl_vision.search.final import FINAL_FIT_KEEP_FROM, retrain
+    from automl_vision.training.device import choose
+    from automl_vision.training.trainer import BudgetExceeded
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    rd = RunDir(run)
+    pm = run_plugin_manager(rd.read_run() or {}, [])
+    data = reload_prepared(rd, pm)
+    number = int(json.loads((run / "final" / "report.json").read_text())["best_trial"])
+    idx = np.sort(np.concatenate([data.split_index[s] for s in ("train", "val", "test")]))
+    path = choose("cpu", "fp32", "off")
+    batch = json.loads((rd.trial_dir(number) / "config.json").read_text())["batch_size"]
+    steps_per_epoch = max(1, len(idx) // min(batch, len(idx)))
+    total = 10 * steps_per_epoch
+
+    def abort_after(steps):
+        count = [0]
+
+        def abort():
+            count[0] += 1
+            return "time budget reached" if count[0] >= steps else None
+        return abort
+
+    late = int(total * 0.95)
+    info = retrain(rd, number, data, pm, path, idx, 10, run / "late", "final_fit", lambda m: None,
+                   abort=abort_after(late), warm=True, keep_from=FINAL_FIT_KEEP_FROM)
+    assert "stopped" in info and info["epochs"] == 10
+    spec = json.loads((run / "late" / "model.json").read_text())
+    assert spec["final_fit"]["stopped"] == info["stopped"] and (run / "late" / "weights.safetensors").exists()
+    with pytest.raises(BudgetExceeded) as exc:
+        retrain(rd, number, data, pm, path, idx, 10, run / "early", "final_fit", lambda m: None,
+                abort=abort_after(total // 2), warm=True, keep_from=FINAL_FIT_KEEP_FROM)
+    assert 0.4 < exc.value.progress < 0.6 and not (run / "early").exists()

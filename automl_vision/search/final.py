@@ -100,16 +100,18 @@ def trial_config(config: dict[str, Any], epochs: int):
 
 def retrain(run_dir: RunDir, number: int, data: PreparedData, pm: PluginManager, path: ExecPath,
             idx: np.ndarray, epochs: int, out, kind: str, log: Callable[[str], None], plan=None,
-            abort=None, warm: bool = False) -> dict[str, Any]:
+            abort=None, warm: bool = False, keep_from: float | None = None) -> dict[str, Any]:
     """Train trial ``number``'s configuration once more, on the images ``idx``, into ``out``.
 
     The seed (so the initial weights), the normalisation and every hyperparameter are the
     trial's; ``epochs`` sets the schedule (``plan``/``abort`` as in :func:`train`). With
     ``warm`` training starts from the trial's trained weights instead (a warm restart of
     its schedule). The model's ``model.json`` gets ``kind`` (``refit`` or ``final_fit``)
-    with what was done.
+    with what was done. With ``keep_from``, a run that ``abort`` stops after that share
+    of its schedule's steps is kept (its learning rate has all but reached the end of its
+    decay); otherwise :class:`BudgetExceeded` propagates.
     """
-    from automl_vision.training.trainer import TensorData, train
+    from automl_vision.training.trainer import BudgetExceeded, TensorData, train
 
     tdir = run_dir.trial_dir(number)
     spec = read_json(tdir / "model.json")
@@ -124,11 +126,22 @@ def retrain(run_dir: RunDir, number: int, data: PreparedData, pm: PluginManager,
                                      mean=spec["mean"], std=spec["std"])
     torch.manual_seed(cfg.seed)  # the same initial weights as the trial
     model = load_model(tdir, pm)[0] if warm else build_model(spec, pm)
-    result = train(model, cfg, tensors, path, plan=plan, abort=abort)
-    info = {"of_trial": number, "epochs": result.epochs_run, "images": int(len(idx)), "seconds": time.time() - t0,
+    stopped = None
+    try:
+        result = train(model, cfg, tensors, path, plan=plan, abort=abort)
+        net, epochs_run = result.model, result.epochs_run
+    except BudgetExceeded as exc:
+        if keep_from is None or exc.model is None or exc.progress < keep_from:
+            raise
+        net, epochs_run = exc.model, exc.epochs
+        stopped = f"{exc} at {exc.progress:.0%} of its schedule (kept: its learning rate had decayed)"
+        log(f"{kind.replace('_', ' ')}: stopped by the time budget at {exc.progress:.0%} of its schedule; kept")
+    info = {"of_trial": number, "epochs": epochs_run, "images": int(len(idx)), "seconds": time.time() - t0,
             "warm_start": warm}
-    save_model(out, result.model.to("cpu"), {**spec, kind: info})
-    write_json(out / "config.json", {**config, "epochs": result.epochs_run, f"{kind}_of": number})
+    if stopped:
+        info["stopped"] = stopped
+    save_model(out, net.to("cpu"), {**spec, kind: info})
+    write_json(out / "config.json", {**config, "epochs": epochs_run, f"{kind}_of": number})
     return info
 
 
@@ -160,6 +173,10 @@ def refit_trial(run_dir: RunDir, number: int, data: PreparedData, pm: PluginMana
 # a cap of 400 left half the budget unspent while a hand-written loop ran 661 epochs and won
 FINAL_FIT_EPOCH_CAP = 1000
 MIN_FINAL_FIT_EPOCHS = 3
+# a final fit stopped by the deadline after this share of its (re)planned schedule is delivered: its
+# cosine learning rate is within 3% of the end of its decay. Below it the search's own model is
+# delivered (on a machine that got busy mid-run, a final fit was thrown away 6 minutes into it)
+FINAL_FIT_KEEP_FROM = 0.9
 
 
 def epoch_seconds_on(run_dir: RunDir, number: int, n_images: int, n_train: int) -> float | None:
@@ -221,7 +238,7 @@ def final_fit(run_dir: RunDir, number: int, data: PreparedData, pm: PluginManage
         f"(a warm restart of its schedule, about {format_duration(epochs * per_epoch)})")
     try:
         info = retrain(run_dir, number, data, pm, path, idx, epochs, out, "final_fit", log, plan=plan, abort=abort,
-                       warm=True)
+                       warm=True, keep_from=FINAL_FIT_KEEP_FROM)
     except BudgetExceeded as exc:
         shutil.rmtree(out, ignore_errors=True)
         return {"skipped": f"the final fit ran past the time budget ({exc}); the search's model is delivered"}

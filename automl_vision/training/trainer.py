@@ -110,7 +110,16 @@ class TrainResult:
 
 
 class BudgetExceeded(Exception):
-    """The search's hard time limit was reached in the middle of an epoch."""
+    """The search's hard time limit was reached in the middle of an epoch.
+
+    ``model`` is the network as it stood (its EMA when one was kept), ``progress`` the
+    share of the (re)planned schedule's steps done and ``epochs`` the epochs begun: a
+    caller may keep a run that was stopped at the very end of its schedule.
+    """
+
+    def __init__(self, reason: str, model: nn.Module | None = None, progress: float = 0.0, epochs: int = 0):
+        super().__init__(reason)
+        self.model, self.progress, self.epochs = model, progress, epochs
 
 
 class _PinnedBatches:
@@ -296,7 +305,8 @@ def train(
             if abort is not None:  # every step: the time budget is a hard limit
                 reason = abort()
                 if reason:
-                    raise BudgetExceeded(reason)
+                    raise BudgetExceeded(reason, ema.module if ema is not None else model,
+                                         step / max(1, steps_plan["total"]), epoch)
         train_loss = float(loss_sum) / steps_per_epoch
         if not math.isfinite(train_loss):
             raise NonFiniteLoss(f"training loss became {train_loss} in epoch {epoch} (lr {cfg.lr:.3g}); the trial is pruned")
