@@ -117,6 +117,44 @@ def plan_budget(requested_regime: str, n_images: int, time_budget: float | None,
     return BudgetPlan(regime, why, started, float(time_budget), steps, fit)
 
 
+# ------------------------------------------------------------------ resolution
+# photo resolutions the search trains at on CPU, cheapest first (a side of S costs (S/64)^2 of 64 px)
+CPU_IMAGE_SIZES = (64, 96, 128)
+# a resolution above 64 px is chosen only when the final fit can still run this many epochs at it:
+# at 64 px a final fit stops gaining past a few hundred epochs (FINAL_FIT_EPOCH_CAP, search/final.py) while
+# the hand-written loop trained at 128 px beats itself at 64 px on a few hundred 2-class photos (issue #18)
+MIN_EPOCHS_AT_SIZE = 500
+# images per second of the reference CNN's training at 64 px per image per second of the device probe
+# (training/device.py: _measure, a smaller network at 32 px): 1950 against 3967 on a 2-core AMX Xeon
+PROBE_TO_TRAINING = 0.5
+
+
+def choose_image_size(native_side: float, n_images: int, time_budget: float | None, regime: str,
+                      probe_images_per_second: float | None) -> tuple[int, str]:
+    """(side, why): the training resolution of a CPU search of photos.
+
+    64 px unless the budget buys more: in the small-data regime with a time budget, the
+    largest of :data:`CPU_IMAGE_SIZES` (never above the photos' own median side) at which
+    the final fit, the delivered model's training on every image, still affords
+    :data:`MIN_EPOCHS_AT_SIZE` epochs at the measured speed of this machine. A few hundred
+    photos in 10 minutes are trained at 128 px; a few thousand at 64.
+    """
+    base = CPU_IMAGE_SIZES[0]
+    if regime != "small" or not time_budget or not probe_images_per_second or n_images <= 0:
+        return base, f"{base} px (the CPU default: compute is the limit)"
+    seconds = FINAL_FIT_SHARE * float(time_budget)
+    per_second = PROBE_TO_TRAINING * float(probe_images_per_second)
+    for side in sorted(CPU_IMAGE_SIZES, reverse=True):
+        epochs = seconds * per_second * (base / side) ** 2 / n_images
+        if side <= native_side and (side == base or epochs >= MIN_EPOCHS_AT_SIZE):
+            if side == base:
+                break
+            return side, (f"{side} px: the final fit affords about {epochs:.0f} epochs of {n_images} images at it "
+                          f"(at least {MIN_EPOCHS_AT_SIZE}) on this machine")
+    return base, (f"{base} px (the CPU default: at a higher resolution the final fit would afford fewer than "
+                  f"{MIN_EPOCHS_AT_SIZE} epochs of {n_images} images)")
+
+
 class Pace:
     """How long the epochs of one training run take, for cutting its schedule to a deadline.
 

@@ -71,9 +71,13 @@ def versions() -> dict[str, str]:
     }
 
 
-def auto_image_sizes(dataset: Dataset, device: str) -> list[int]:
-    """Pick the resolution from the images: small images are upsampled a little, photos
-    are trained at 64 px on CPU (where compute is the limit) and 96 px on a GPU."""
+def auto_image_sizes(dataset: Dataset, path, requested_regime: str,
+                     time_budget: float | None) -> tuple[list[int], str]:
+    """(sizes, why): the resolution from the images, the budget and this machine. Small
+    images are upsampled a little; photos are trained at 96 px on a GPU; on CPU at 64 px
+    unless the final fit of a small folder can afford more (:func:`budget.choose_image_size`)."""
+    from automl_vision.search.budget import choose_image_size, resolve_regime
+
     sides = []
     for s in dataset.samples[:: max(1, len(dataset.samples) // 64)][:64]:
         if s.array is not None:
@@ -86,8 +90,13 @@ def auto_image_sizes(dataset: Dataset, device: str) -> list[int]:
             continue
     median = statistics.median(sides) if sides else 64
     if median <= 40:
-        return [32]
-    return [96] if device.startswith("cuda") else [64]
+        return [32], f"32 px (the images' median side is {median:.0f} px)"
+    if path.device.startswith("cuda"):
+        return [96], "96 px (photos on a GPU)"
+    regime = resolve_regime(requested_regime, len(dataset.samples), time_budget)[0]
+    speed = (path.measured or {}).get(path.precision + ("+cl" if path.channels_last else ""))
+    side, why = choose_image_size(median, len(dataset.samples), time_budget, regime, speed)
+    return [side], why
 
 
 # what a search writes before run.json: a start interrupted that early resumes like any run
@@ -284,8 +293,14 @@ def run_search(settings: SearchSettings, argv: list[str] | None = None, plain: b
     dataset = load_dataset(settings.data, pm)
     path = choose(settings.device, settings.precision, settings.channels_last)
     apply_gpu_options(path, settings.options)
+    size_why = None
     if not settings.image_sizes:
-        settings.image_sizes = auto_image_sizes(dataset, path.device)
+        # a resumed run keeps the resolution it chose: its trials and its cache are at that size
+        earlier = ((previous_run(RunDir(settings.run_dir), overwrite) or {}).get("settings") or {}).get("image_sizes")
+        if earlier:
+            settings.image_sizes = [int(x) for x in earlier]
+        else:
+            settings.image_sizes, size_why = auto_image_sizes(dataset, path, settings.regime, settings.time_budget)
     max_epochs = settings.max_epochs or PRESETS[settings.preset]["max_epochs"]
     run_dir = RunDir(settings.run_dir)
     run_dir.path.mkdir(parents=True, exist_ok=True)
@@ -295,6 +310,8 @@ def run_search(settings: SearchSettings, argv: list[str] | None = None, plain: b
     log = progress.log
     log(f"automl-vision {__version__}: searching {settings.data} -> {run_dir.path}")
     log(f"execution path: {path.describe()}")
+    if size_why:
+        log(f"image size: {size_why}")
     data = prepare(dataset, run_dir, settings.image_sizes[0], seed=settings.seed, log=log)
     counts = {k: int(sum(v.values())) for k, v in data.report["counts"].items()}
     log(
