@@ -28,7 +28,35 @@ ENV_STORAGE = "AUTOML_VISION_DASHBOARD_STORAGE"
 ENV_STUDY = "AUTOML_VISION_DASHBOARD_STUDY"
 ENV_REFRESH = "AUTOML_VISION_DASHBOARD_REFRESH"
 
-STATES = ("COMPLETE", "PRUNED", "RUNNING", "FAIL", "WAITING")
+# The states the dashboard shows. Optuna's, plus two it derives from the run files (the
+# run directory format does not change): SKIPPED, a trial the search did not train because
+# the time left could not pay for its first epochs (stored as PRUNED with the reason
+# search/costs.py writes, "not started: ..."), and NOT_RUN, a configuration queued
+# (portfolio, re-queued) that a finished search never started (stored as WAITING).
+STATES = ("COMPLETE", "PRUNED", "SKIPPED", "RUNNING", "FAIL", "WAITING", "NOT_RUN")
+STATE_LABELS = {"COMPLETE": "complete", "PRUNED": "pruned", "SKIPPED": "skipped (no time)", "RUNNING": "running",
+                "FAIL": "failed", "WAITING": "waiting", "NOT_RUN": "not run", "UNKNOWN": "unknown"}
+STATE_COLOURS = {"complete": "#2e7d32", "pruned": "#f9a825", "skipped (no time)": "#8d6e63", "running": "#1565c0",
+                 "failed": "#c62828", "waiting": "#9e9e9e", "not run": "#cfd8dc", "unknown": "#9e9e9e",
+                 "final steps": "#6a1b9a", "outside trials": "#e0e0e0"}
+SKIPPED_REASON = "not started:"  # how search/costs.py's check_affordable begins the reason of a trial it skips
+MISSING = "—"  # how a missing value reads on every page
+
+
+def state_label(state: Any) -> str:
+    """The words a state is shown with ("skipped (no time)" for SKIPPED)."""
+    return STATE_LABELS.get(str(state), str(state).lower())
+
+
+def derive_states(df: pd.DataFrame, running: bool) -> pd.Series:
+    """The state of each leaderboard row as the dashboard shows it (see STATES)."""
+    state = df["state"].fillna("UNKNOWN").astype(str)
+    reason = df["reason"].fillna("").astype(str) if "reason" in df else pd.Series("", index=df.index)
+    epochs = pd.to_numeric(df["epochs"], errors="coerce").fillna(0) if "epochs" in df else pd.Series(0, index=df.index)
+    state = state.mask((state == "PRUNED") & reason.str.startswith(SKIPPED_REASON) & (epochs == 0), "SKIPPED")
+    if not running:
+        state = state.mask(state == "WAITING", "NOT_RUN")
+    return state
 
 
 class NotAvailable(Exception):
@@ -319,7 +347,7 @@ class RunData:
         elapsed = (end - started) if started else None
         time_budget = last.get("time_budget", settings.get("time_budget"))
         n_trials = last.get("n_trials", settings.get("n_trials"))
-        finished_trials = sum(v for k, v in self.trials_by_state().items() if k in ("COMPLETE", "PRUNED", "FAIL"))
+        finished_trials = sum(v for k, v in self.trials_by_state().items() if k in ("COMPLETE", "PRUNED", "SKIPPED", "FAIL"))
         return {
             "elapsed": elapsed,
             "time_budget": time_budget,
@@ -331,6 +359,87 @@ class RunData:
             "started": self.run.get("started"),
             "finished": finished,
         }
+
+    # -------------------------------------------------------------- timeline
+    def timeline(self) -> pd.DataFrame:
+        """One row a trial that started: trial, state, worker, model, start, end (Unix seconds), seconds.
+
+        From each trial's status.json (started, finished, worker); a trial without one yet
+        (running) from the study, else from when its config.json was written, ending now.
+        """
+        cols = ["trial", "state", "worker", "model", "start", "end", "seconds"]
+        if self.leaderboard.empty:
+            return pd.DataFrame(columns=cols)
+        study_trials = {t.number: t for t in self.study.get_trials(deepcopy=False)} if self.study is not None else {}
+        rows = []
+        for _, row in self.leaderboard.iterrows():
+            n = int(row["number"])
+            rec = self.records.get(n) or {}
+            t = study_trials.get(n)
+            start, end = rec.get("started"), rec.get("finished")
+            worker = rec.get("worker") or (t.user_attrs.get("worker") if t is not None else None)
+            if start is None and t is not None and t.datetime_start is not None:
+                start = t.datetime_start.timestamp()
+                end = t.datetime_complete.timestamp() if t.datetime_complete is not None else None
+            if start is None and self.rd is not None:
+                config = self.rd.trial_dir(n) / "config.json"
+                try:
+                    start = config.stat().st_mtime if row["state"] == "RUNNING" else None
+                except OSError:
+                    start = None
+                if start is not None and not worker:
+                    worker = (read_json(config) or {}).get("worker")
+            if start is None:
+                continue  # never started: waiting or not run
+            if end is None:
+                end = self.loaded_at if row["state"] == "RUNNING" else start
+            rows.append({"trial": n, "state": row["state"], "worker": str(worker or "unknown"),
+                         "model": str(row.get("model") or ""), "start": float(start), "end": float(end),
+                         "seconds": max(0.0, float(end) - float(start))})
+        return pd.DataFrame(rows, columns=cols).sort_values("start").reset_index(drop=True)
+
+    def final_span(self) -> tuple[float, float] | None:
+        """When the final steps (selection, TTA, calibration, test evaluation) ran, from final/report.json."""
+        f = self.final or {}
+        start, seconds = f.get("finished"), f.get("seconds")
+        if not isinstance(start, (int, float)) or not isinstance(seconds, (int, float)):
+            return None
+        return float(start), float(start) + float(seconds)
+
+    def budget_marks(self) -> dict[str, float]:
+        """The latest session's time limits: ``deadline`` (start + --time-budget) and ``trials_stop``
+        (the deadline less the reserve kept for the final steps), from run.json's budget."""
+        plan = self.run.get("budget") or {}
+        try:
+            started, budget = float(plan["started"]), float(plan["time_budget"])
+        except (KeyError, TypeError, ValueError):
+            return {}
+        reserve = float(plan.get("reserve") or 0.0)
+        return {"deadline": started + budget, "trials_stop": started + budget - reserve, "started": started}
+
+    def time_by_state(self) -> pd.DataFrame:
+        """Seconds spent per state (worker-seconds: workers in parallel add up), the final steps,
+        and, for a single session, the wall-clock time outside any trial (data preparation,
+        start-up, waiting)."""
+        tl = self.timeline()
+        rows = []
+        if not tl.empty:
+            spent = tl.groupby("state")["seconds"].agg(["sum", "count"])
+            for state in list(STATES) + [s for s in spent.index if s not in STATES]:
+                if state in spent.index:
+                    rows.append({"what": state_label(state), "seconds": float(spent.loc[state, "sum"]),
+                                 "trials": int(spent.loc[state, "count"])})
+        span = self.final_span()
+        if span:
+            rows.append({"what": "final steps", "seconds": span[1] - span[0], "trials": None})
+        sessions = self.run.get("sessions") or []
+        start = self.run.get("started")
+        end = self.run.get("finished") if not self.is_running() else self.loaded_at
+        if len(sessions) <= 1 and isinstance(start, (int, float)) and isinstance(end, (int, float)) and end > start:
+            spans = [(s, e) for s, e in zip(tl["start"], tl["end"])] + ([span] if span else [])
+            covered = _union_length([(max(s, start), min(e, end)) for s, e in spans])
+            rows.append({"what": "outside trials", "seconds": max(0.0, end - start - covered), "trials": None})
+        return pd.DataFrame(rows, columns=["what", "seconds", "trials"])
 
     # -------------------------------------------------------------- leaderboard
     def _leaderboard(self) -> pd.DataFrame:
@@ -366,7 +475,7 @@ class RunData:
         for col in ("number", "state", "model", "family", "value", "epochs", "seconds", "params_count", "aug"):
             if col not in df:
                 df[col] = np.nan if col not in ("state", "model", "family", "aug") else ""
-        df["state"] = df["state"].fillna("UNKNOWN").astype(str)
+        df["state"] = derive_states(df, self.is_running())
         df = lb.ranked(df.reset_index(drop=True), self.direction) if not df.empty else df
         return df.reset_index(drop=True)
 
@@ -590,6 +699,17 @@ class RunData:
         })
 
 
+def _union_length(spans: list[tuple[float, float]]) -> float:
+    """Seconds covered by at least one of the (start, end) spans."""
+    total, reach = 0.0, -math.inf
+    for s, e in sorted(spans):
+        s = max(s, reach)
+        if e > s:
+            total += e - s
+            reach = e
+    return total
+
+
 # ------------------------------------------------------------------ metrics helpers
 def per_class_table(y: np.ndarray, probs: np.ndarray, classes: list[str]) -> pd.DataFrame:
     from sklearn.metrics import precision_recall_fscore_support
@@ -609,7 +729,7 @@ def confusion(y: np.ndarray, probs: np.ndarray) -> np.ndarray:
 
 def fmt_seconds(seconds: float | None) -> str:
     if seconds is None or (isinstance(seconds, float) and math.isnan(seconds)):
-        return "-"
+        return MISSING
     seconds = float(seconds)
     if seconds < 90:
         return f"{seconds:.0f}s"
@@ -635,14 +755,94 @@ def compare_table(runs: list[RunData]) -> pd.DataFrame:
             "images (train/val/test)": "/".join(str(v) for v in (r.run.get("data", {}).get("counts") or {}).values()) or "-",
             "objective": f"{r.metric} ({r.direction})",
             "trials": int(sum(states.values())),
-            "complete / pruned / failed": f"{states.get('COMPLETE', 0)} / {states.get('PRUNED', 0)} / {states.get('FAIL', 0)}",
+            "complete/pruned/skipped/failed":
+                f"{states.get('COMPLETE', 0)} / {states.get('PRUNED', 0)} / {states.get('SKIPPED', 0)} / {states.get('FAIL', 0)}",
             "best trial": f"#{best['number']} {best['model']}" if best else "-",
-            f"best validation {r.metric}": round(best["value"], 4) if best else None,
+            f"best trial's validation {r.metric}": round(best["value"], 4) if best else None,
             f"best single, {split} {r.metric}": round(single[r.metric], 4) if r.metric in single else None,
             f"ensemble, {split} {r.metric}": round(ens[r.metric], 4) if r.metric in ens else None,
             "deliverable": final.get("deliverable", "-"),
             "time used": fmt_seconds(budget["elapsed"]),
             "models searched": ", ".join((r.run.get("settings") or {}).get("models") or []) or "default zoo",
+            "classes (names)": ", ".join(r.classes[:12]) + (f", … ({len(r.classes)})" if len(r.classes) > 12 else ""),
             "state": "running" if r.is_running() else "finished",
         }
-    return pd.DataFrame(rows).astype(str).replace({"None": "-", "nan": "-"})
+    table = pd.DataFrame(rows).astype(object)
+    return table.where(table.notna(), MISSING).astype(str).replace({"None": MISSING, "nan": MISSING, "-": MISSING,
+                                                                    "": MISSING})
+
+
+def dataset_differences(runs: list[RunData]) -> list[str]:
+    """Why the runs' scores are not comparable: different classes or data folders (empty: same data)."""
+    out = []
+    if len({tuple(r.classes) for r in runs}) > 1:
+        listed = "; ".join(f"{r.label}: {len(r.classes)} classes" for r in runs)
+        same_count = len({len(r.classes) for r in runs}) == 1
+        out.append(f"The runs classify different classes ({listed}{', named differently' if same_count else ''}): "
+                   "their scores are not comparable.")
+    roots = {r.label: (r.data_report.get("root") or r.run.get("data", {}).get("root")) for r in runs}
+    if len({v for v in roots.values() if v}) > 1:
+        out.append("The runs read different data folders (" + "; ".join(f"{k}: {v}" for k, v in roots.items() if v)
+                   + "): unless one is a copy of the other, their scores are not comparable.")
+    counts = {r.label: r.run.get("data", {}).get("counts") for r in runs}
+    if len({json_key(v) for v in counts.values() if v}) > 1 and not out:
+        out.append("The runs split their images differently (" + "; ".join(
+            f"{k}: {'/'.join(str(x) for x in v.values())}" for k, v in counts.items() if v) + " train/val/test).")
+    return out
+
+
+def json_key(value: Any) -> str:
+    import json
+
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+
+
+def run_dir_problem(path: str | os.PathLike) -> str | None:
+    """Why ``path`` cannot be added as a run directory (None: it is one, or a search is starting in it)."""
+    p = Path(path)
+    if not p.is_dir():
+        return f"{p} is not a directory"
+    if (p / "run.json").is_file() or (p / "trials").is_dir() or (p / "study.journal").is_file():
+        return None
+    images = 0
+    try:
+        for child in list(p.iterdir())[:200]:
+            if child.suffix.lower() in IMAGE_SUFFIXES:
+                images += 1
+            elif child.is_dir():
+                images += sum(1 for f in list(child.iterdir())[:50] if f.suffix.lower() in IMAGE_SUFFIXES)
+            if images:
+                break
+    except OSError:
+        pass
+    what = "it holds images, so it looks like a data folder" if images else "it has no run.json, trials/ or study.journal"
+    return (f"{p} is not a run directory: {what}. Give the folder that `automl-vision search --out` wrote "
+            "(it holds run.json).")
+
+
+def probability_kind(final: dict[str, Any] | None, which: str, short: bool = False) -> str:
+    """What the final probabilities of ``best`` or ``ensemble`` are, as final/report.json records:
+    "calibrated (T=0.52), flip TTA", "flip TTA", or "raw softmax" ("calibrated + TTA", "TTA", "raw" when short)."""
+    f = final or {}
+    parts = []
+    cal = (f.get("calibration") or {})
+    info = cal.get(which) or {}
+    if cal.get("requested") and isinstance(info.get("temperature"), (int, float)):
+        parts.append("calibrated" if short else f"calibrated (T={info['temperature']:.2f})")
+    if ((f.get("tta") or {}).get(which) or {}).get("used"):
+        parts.append("TTA" if short else "flip TTA")
+    return (" + " if short else ", ").join(parts) or ("raw" if short else "raw softmax")
+
+
+def varying_params(study, states: tuple[str, ...] = ("COMPLETE",)) -> dict[str, int]:
+    """Parameters of the study's trials in ``states`` with how many distinct values each takes;
+    a parameter with one value carries no information for importances or parallel coordinates."""
+    values: dict[str, set] = {}
+    for t in study.get_trials(deepcopy=False):
+        if t.state.name in states:
+            for k, v in t.params.items():
+                values.setdefault(k, set()).add(json_key(v))
+    return {k: len(v) for k, v in values.items()}

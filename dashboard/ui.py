@@ -9,13 +9,18 @@ from typing import Callable
 
 import streamlit as st
 
-from dashboard.data import Config, NotAvailable, RunData, config_from_env, redact, signature
+from dashboard.data import Config, NotAvailable, RunData, config_from_env, redact, run_dir_problem, signature
 
 log = logging.getLogger("automl_vision.dashboard")
 
 RUN_KEY = "run_choice"
 EXTRA_KEY = "extra_runs"
 REFRESH_KEY = "auto_refresh"
+# the address bar holds what a link should bring back: runs added in the sidebar (?add=PATH,
+# repeated) and the run shown when it is not the first (?run=PATH); pages add their own
+QP_ADD = "add"
+QP_RUN = "run"
+_SEEN = "_query_seen"  # the query values already applied, so a later change in the widgets wins
 
 
 def config() -> Config:
@@ -86,26 +91,86 @@ def current_run(stop: bool = True) -> RunData | None:
     return run
 
 
+def add_run(text: str) -> str | None:
+    """Add a run directory to the session's runs; returns why it was refused, or None."""
+    path = str(Path(text.strip()).expanduser().resolve())
+    problem = run_dir_problem(path)
+    if problem:
+        return problem
+    extra = st.session_state.setdefault(EXTRA_KEY, [])
+    if path not in extra and path not in config().runs:
+        extra.append(path)
+    return None
+
+
+def query_value(name: str) -> str | None:
+    """A query parameter not applied yet in this session (a link opened, the address edited), else None."""
+    value = st.query_params.get(name)
+    seen = st.session_state.setdefault(_SEEN, {})
+    if value is None or seen.get(name) == value:
+        return None
+    seen[name] = value
+    return value
+
+
+def set_query(name: str, value: str | list[str] | None) -> None:
+    """Show ``value`` in the address bar (None or empty: remove it), remembered as applied."""
+    seen = st.session_state.setdefault(_SEEN, {})
+    if value in (None, [], ""):
+        if name in st.query_params:
+            del st.query_params[name]
+        seen.pop(name, None)
+        return
+    current = st.query_params.get_all(name) if isinstance(value, list) else st.query_params.get(name)
+    if current != value:
+        st.query_params[name] = value
+    if isinstance(value, str):
+        seen[name] = value
+
+
+def _runs_from_url() -> list[str]:
+    """Add the runs a link names (?add=PATH); returns the problems of those refused."""
+    seen = st.session_state.setdefault(_SEEN, {})
+    problems = []
+    for path in st.query_params.get_all(QP_ADD):
+        if path in seen.setdefault("add_paths", []):
+            continue
+        seen["add_paths"].append(path)
+        problem = add_run(path)
+        if problem:
+            problems.append(problem)
+    return problems
+
+
 def sidebar() -> None:
     """Run selection, adding run directories to compare, and the refresh switch."""
     cfg = config()
     with st.sidebar:
+        for problem in _runs_from_url():
+            st.error(problem)
         choices = run_choices()
+        wanted = query_value(QP_RUN)
+        if wanted is not None:
+            resolved = wanted if wanted.startswith("study:") else str(Path(wanted).expanduser().resolve())
+            if resolved not in choices and not resolved.startswith("study:") and add_run(resolved) is None:
+                choices = run_choices()
+            if resolved in choices:
+                st.session_state[RUN_KEY] = resolved
         if choices:
-            st.selectbox("Run", choices, key=RUN_KEY, format_func=_run_label,
-                         help="the run directory (or study) every page shows")
+            choice = st.selectbox("Run", choices, key=RUN_KEY, format_func=_run_label,
+                                  help="the run directory (or study) every page shows")
+            set_query(QP_RUN, None if choice == choices[0] else choice)
         with st.form("add_run", clear_on_submit=True, border=False):
             new = st.text_input("Add a run directory", placeholder="/path/to/runs/other",
-                                help="another run directory to show or compare; it is only read")
+                                help="another run directory to show or compare; it is only read, and it stays "
+                                     "in the page's address (a link or a reload brings it back)")
             if st.form_submit_button("Add") and new.strip():
-                path = str(Path(new.strip()).expanduser().resolve())
-                if not Path(path).is_dir():
-                    st.error(f"{path} is not a directory")
+                problem = add_run(new)
+                if problem:
+                    st.error(problem)
                 else:
-                    extra = st.session_state.setdefault(EXTRA_KEY, [])
-                    if path not in extra and path not in cfg.runs:
-                        extra.append(path)
                     st.rerun()
+        set_query(QP_ADD, list(st.session_state.get(EXTRA_KEY, [])))
         st.toggle("Auto-refresh", key=REFRESH_KEY, value=_default_refresh(),
                   help=f"re-read the run every {cfg.refresh_seconds:g} s while a search is running")
 

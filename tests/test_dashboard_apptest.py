@@ -80,9 +80,12 @@ def test_leaderboard_lists_every_trial_filters_and_opens_a_trial(monkeypatch, ti
     assert set(filtered["state"]) == {state.lower()}
     at.multiselect(key="lb_state").set_value([]).run()
 
-    at.selectbox(key="lb_sort").set_value("trial").run()
-    at.toggle(key="lb_ascending").set_value(True).run()
-    assert list(at.dataframe[0].value["trial"]) == trial_dirs(tiny_run)
+    # one sort control, the grid's header (tests/test_dashboard_browser.py clicks it): rows come in rank order
+    assert "Sort by" not in [s.label for s in at.selectbox]
+    ranked = at.dataframe[0].value
+    assert list(ranked["rank"]) == list(range(1, len(ranked) + 1))
+    done = ranked[ranked["state"] == "complete"]
+    assert list(done["accuracy"]) == sorted(done["accuracy"], reverse=True)
 
     last = trial_dirs(tiny_run)[-1]
     at.selectbox(key="trial_pick").set_value(last).run()
@@ -170,6 +173,21 @@ def test_errors_page_confusion_gallery_and_grad_cam(monkeypatch, tiny_run):
     assert len(gallery) == min(12, n_wrong)
     assert any(c.startswith("Grad-CAM for class") for c in captions), captions
     assert "Red marks the pixels" in texts(at)
+    # every probability says what it is: the gallery's are the delivered model's, the Grad-CAM panel's the network's
+    from dashboard.data import probability_kind
+
+    final = json.loads((tiny_run / "final" / "report.json").read_text())
+    kind = probability_kind(final, "best", short=True)
+    assert kind != "raw" and all(c.endswith(f"%, {kind})") for c in gallery), gallery
+    shown = texts(at)
+    assert "raw softmax of its network, one pass: no calibration, no TTA" in shown
+    assert f"**As delivered** (best model: {probability_kind(final, 'best')}, as in the gallery)" in shown
+    # row percentages are percentages
+    at.toggle(key="cm_norm").set_value(True).run()
+    cm = json.loads(next(c for c in at.get("plotly_chart") if "cm" in c.proto.id).proto.spec)
+    assert cm["data"][0]["texttemplate"] == "%{z:.0f}%" and cm["layout"]["coloraxis"]["colorbar"]["ticksuffix"] == "%"
+    assert cm["layout"]["coloraxis"]["cmax"] == 100
+    at.toggle(key="cm_norm").set_value(False).run()
     # explain another class: the page recomputes without error
     classes = json.loads((tiny_run / "data_report.json").read_text())["classes"]
     at.selectbox(key="cam_target").set_value(classes[-1]).run()
@@ -190,7 +208,7 @@ def test_compare_runs_side_by_side(monkeypatch, tiny_run, other_run):
 
 
 # ------------------------------------------------------------------ empty and odd states
-PAGES = ["overview", "leaderboard", "insight", "ensemble", "errors", "compare"]
+PAGES = ["overview", "leaderboard", "insight", "ensemble", "errors", "compare", "timeline"]
 
 
 @pytest.mark.parametrize("page", PAGES)
@@ -224,6 +242,7 @@ def started_run(tiny_run, tmp_path) -> Path:
     ("insight", "No trial yet"),
     ("ensemble", "no final evaluation yet"),
     ("errors", "no final evaluation yet"),
+    ("timeline", "No trial has started yet"),
 ])
 def test_no_finished_trial_yet(monkeypatch, started_run, page, message):
     at = open_page(monkeypatch, [started_run], page)
@@ -245,7 +264,7 @@ def older_run(tiny_run, tmp_path) -> Path:
     return run
 
 
-@pytest.mark.parametrize("page", PAGES[:5])
+@pytest.mark.parametrize("page", [p for p in PAGES if p != "compare"])
 def test_older_run_directory_shows_what_it_can(monkeypatch, older_run, page):
     at = open_page(monkeypatch, [older_run], page)
     shown = texts(at)

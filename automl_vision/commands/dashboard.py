@@ -75,6 +75,40 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def browser_address(host: str) -> str:
+    """The address users browse to: the bound address, or this machine's name for a wildcard.
+
+    Streamlit is always given it (``browser.serverAddress``): without it, a server bound to
+    another address than loopback asks an outside service (checkip.amazonaws.com) for the
+    machine's external IP when it starts, to print a URL.
+    """
+    import socket
+
+    if host in ("0.0.0.0", "::", ""):
+        return socket.gethostname()  # local: no DNS query
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+def streamlit_options(host: str, port: int) -> list[str]:
+    """The options the Streamlit server runs with: bound where asked, headless, no outside calls.
+
+    docs/dashboard.md ("Network traffic") says what each one avoids.
+    """
+    return [
+        "--server.address", host,
+        "--server.port", str(port),
+        "--server.headless", "true",  # opens no browser, and prompts for no e-mail
+        "--server.fileWatcherType", "none",
+        "--server.runOnSave", "false",
+        "--server.maxUploadSize", "20",
+        "--browser.serverAddress", browser_address(host),
+        "--browser.serverPort", str(port),
+        "--browser.gatherUsageStats", "false",  # no usage statistics from the browser
+        "--global.developmentMode", "false",
+        "--client.toolbarMode", "viewer",
+    ]
+
+
 def run(args: argparse.Namespace) -> int:
     import os
     import sys
@@ -123,21 +157,12 @@ def run(args: argparse.Namespace) -> int:
             env[key] = value
         else:
             env.pop(key, None)
-    cmd = [
-        sys.executable, "-m", "streamlit", "run", str(app),
-        "--server.address", args.host,
-        "--server.port", str(args.port),
-        "--server.headless", "true",
-        "--server.fileWatcherType", "none",
-        "--server.runOnSave", "false",
-        "--server.maxUploadSize", "20",
-        "--browser.gatherUsageStats", "false",
-        "--global.developmentMode", "false",
-        "--client.toolbarMode", "viewer",
-    ]
+    cmd = [sys.executable, "-m", "streamlit", "run", str(app), *streamlit_options(args.host, args.port)]
     shown = f"[{args.host}]" if ":" in args.host else args.host
     url = f"http://{'127.0.0.1' if args.host in ('0.0.0.0', '::') else shown}:{args.port}"
     print(f"automl-vision dashboard: {url}  (Ctrl-C to stop)", flush=True)
+    if args.host in ("0.0.0.0", "::"):
+        print(f"from other machines: http://{browser_address(args.host)}:{args.port}", flush=True)
     if not _is_loopback(args.host):
         print(f"warning: listening on {args.host}: anyone who can reach this address sees the run, its images and "
               "file paths, and can run Grad-CAM on this machine; the dashboard has no login.", file=sys.stderr, flush=True)

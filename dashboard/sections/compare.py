@@ -8,15 +8,16 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from dashboard import ui
-from dashboard.data import compare_table
+from dashboard.data import MISSING, compare_table, dataset_differences
 
 
 def body() -> None:
     st.title("Compare runs")
     choices = ui.run_choices()
     if len(choices) < 2:
-        st.info("Comparing needs two or more runs: add another run directory in the sidebar, or start the dashboard "
-                "with several, e.g. `automl-vision dashboard runs/a runs/b`.")
+        st.info("Comparing needs two or more runs: add another run directory in the sidebar (it stays in the page's "
+                "address, so a reload or a shared link keeps it), or start the dashboard with several, e.g. "
+                "`automl-vision dashboard runs/a runs/b`.")
         return
     picked = st.multiselect("Runs", choices, default=choices, key="cmp_runs", format_func=ui._run_label)
     runs, problems = [], []
@@ -31,10 +32,15 @@ def body() -> None:
     if len(runs) < 2:
         st.info("Pick at least two runs that have data.")
         return
-    st.dataframe(compare_table(runs), width="stretch", height=38 + 35 * 14)
+    for problem in dataset_differences(runs):
+        st.warning(problem)
     metrics = {r.metric for r in runs}
     if len(metrics) > 1:
-        st.caption(f"⚠️ The runs optimise different objectives ({', '.join(sorted(metrics))}): compare with care.")
+        st.warning(f"The runs optimise different objectives ({', '.join(sorted(metrics))}): compare with care.")
+    table = compare_table(runs)
+    st.dataframe(table, width="stretch", height=38 + 35 * len(table), placeholder=MISSING)
+    st.caption("skipped: trials not trained for lack of time. Best trial's score: its own network; best single and "
+               "ensemble: the delivered models (with TTA or calibration where the run kept them).")
 
     st.subheader("Best validation score so far, by trial")
     fig = go.Figure()
@@ -53,8 +59,10 @@ def body() -> None:
                                  line=dict(color=px.colors.qualitative.D3[i % len(px.colors.qualitative.D3)])))
     if longest <= 20:
         fig.update_xaxes(dtick=1)
-    fig.update_layout(xaxis_title="complete trials", yaxis_title="best validation score", height=380,
-                      margin=dict(l=10, r=10, t=30, b=10), legend=dict(orientation="h"))
+    # the legend above the plot: below it, it would cover the axis title
+    fig.update_layout(xaxis_title="complete trials", yaxis_title="best validation score (trials' own networks)",
+                      height=400, margin=dict(l=10, r=10, t=40, b=10),
+                      legend=dict(orientation="h", yanchor="bottom", y=1.02, x=0))
     st.plotly_chart(fig, width="stretch", key="cmp_history")
 
     rows = []
@@ -71,7 +79,8 @@ def body() -> None:
         st.subheader("Final evaluation")
         fig = px.bar(pd.DataFrame(rows), x="metric", y="value", color="run", pattern_shape="model", barmode="group",
                      height=380)
-        fig.update_layout(margin=dict(l=10, r=10, t=30, b=10), yaxis_range=[0, 1])
+        fig.update_layout(margin=dict(l=10, r=10, t=40, b=10), yaxis_range=[0, 1],
+                          legend=dict(orientation="h", yanchor="bottom", y=1.02, x=0))
         st.plotly_chart(fig, width="stretch", key="cmp_final")
 
 

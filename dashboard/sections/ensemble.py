@@ -8,7 +8,7 @@ import plotly.express as px
 import streamlit as st
 
 from dashboard import ui
-from dashboard.data import NotAvailable, RunData, per_class_table
+from dashboard.data import NotAvailable, RunData, per_class_table, probability_kind
 
 
 def comparison(final: dict) -> pd.DataFrame:
@@ -135,8 +135,13 @@ def body() -> None:
     st.dataframe(table.style.format("{:.4f}", na_rep="-").apply(
         lambda r: ["font-weight: bold" if r.name == metric else "" for _ in r], axis=1),
         width="stretch", height=38 + 35 * len(table))
-    st.caption(f"Objective: {metric} ({final.get('direction', run.direction)}), in bold. The test split was used "
-               "once, after the model was chosen on validation.")
+    best = run.best()
+    own = (f" (trial #{best['number']}'s own network scored {best['value']:.4f} on validation: the Overview and "
+           "Leaderboard show the networks alone)") if best and best["number"] == final.get("best_trial") else ""
+    st.caption(f"Objective: {metric} ({final.get('direction', run.direction)}), in bold. Scores of the models as "
+               f"delivered: best single model {probability_kind(final, 'best')}, ensemble "
+               f"{probability_kind(final, 'ensemble')}{own}. The test split was used once, after the model was "
+               "chosen on validation.")
 
     st.subheader("Per-class metrics")
     splits = ["validation", "test"] if final.get("has_test") else ["validation"]

@@ -11,7 +11,7 @@ import plotly.express as px
 import streamlit as st
 
 from dashboard import ui
-from dashboard.data import NotAvailable, RunData, confusion, per_class_table
+from dashboard.data import NotAvailable, RunData, confusion, per_class_table, probability_kind
 
 GALLERY_PX = 112
 
@@ -60,17 +60,27 @@ def body() -> None:
                      format_func=lambda w: f"best single model (trial #{final.get('best_trial')})" if w == "best" else "ensemble",
                      key="err_model")
     probs, labels = run.test_arrays(which)
-    st.caption(f"On the held-out test split: {len(labels)} images, accuracy {(probs.argmax(1) == labels).mean():.4f}.")
+    kind = probability_kind(final, which)
+    st.caption(f"On the held-out test split: {len(labels)} images, accuracy {(probs.argmax(1) == labels).mean():.4f}. "
+               f"Probabilities on this page are the {'ensemble' if which == 'ensemble' else 'best model'}'s as "
+               f"delivered: {kind} (final/test_probs_{which}.npy).")
 
     left, right = st.columns([3, 2])
     with left:
         st.subheader("Confusion matrix")
-        normalise = st.toggle("Show row percentages", key="cm_norm")
+        normalise = st.toggle("Show row percentages", key="cm_norm",
+                              help="each row as percentages of that true class's test images (its recall on the diagonal)")
         cm = confusion(labels, probs)
-        shown = cm / np.clip(cm.sum(axis=1, keepdims=True), 1, None) if normalise else cm
         names = classes if len(classes) == cm.shape[0] else [str(i) for i in range(cm.shape[0])]
-        fig = px.imshow(shown, x=names, y=names, text_auto=".2f" if normalise else True, color_continuous_scale="Blues",
-                        labels=dict(x="predicted", y="true", color="share" if normalise else "images"), aspect="auto")
+        if normalise:
+            shown = 100.0 * cm / np.clip(cm.sum(axis=1, keepdims=True), 1, None)
+            fig = px.imshow(shown, x=names, y=names, color_continuous_scale="Blues", zmin=0, zmax=100, aspect="auto",
+                            labels=dict(x="predicted", y="true", color="% of row"))
+            fig.update_traces(texttemplate="%{z:.0f}%", hovertemplate="true %{y}, predicted %{x}: %{z:.1f}%<extra></extra>")
+            fig.update_coloraxes(colorbar_ticksuffix="%")
+        else:
+            fig = px.imshow(cm, x=names, y=names, text_auto=True, color_continuous_scale="Blues", aspect="auto",
+                            labels=dict(x="predicted", y="true", color="images"))
         fig.update_layout(height=120 + 32 * len(names), margin=dict(l=10, r=10, t=10, b=10),
                           xaxis_type="category", yaxis_type="category")
         st.plotly_chart(fig, width="stretch", key="cm")
@@ -80,6 +90,8 @@ def body() -> None:
                      hide_index=True, width="stretch")
 
     st.subheader("Most confidently wrong test images")
+    short = probability_kind(final, which, short=True)
+    st.caption(f"Each caption's percentage is the predicted class's probability as delivered ({kind}).")
     n = st.slider("How many", 4, 48, 12, step=4, key="gallery_n")
     wrong = run.confidently_wrong(which, top=n)
     if wrong.empty:
@@ -90,16 +102,16 @@ def body() -> None:
             with cols[i % 6]:
                 try:
                     img = run.image(r.key)
-                    st.image(_show(img), caption=f"true {r.true} → predicted {r.predicted} ({r.confidence:.0%})")
+                    st.image(_show(img), caption=f"true {r.true} → predicted {r.predicted} ({r.confidence:.0%}, {short})")
                 except NotAvailable as exc:
                     st.caption(f"{r.key}: {exc}")
                 st.caption(f"`{r.key}`")
 
     st.divider()
-    gradcam(run, final, wrong)
+    gradcam(run, final, wrong, which, probs)
 
 
-def gradcam(run: RunData, final: dict, wrong: pd.DataFrame) -> None:
+def gradcam(run: RunData, final: dict, wrong: pd.DataFrame, which: str, delivered: np.ndarray) -> None:
     st.subheader("Grad-CAM: which pixels drove the decision")
     trials = run.model_trials()
     if not trials:
@@ -164,7 +176,14 @@ def gradcam(run: RunData, final: dict, wrong: pd.DataFrame) -> None:
         y = np.load(run.rd.final_dir / "test_labels.npy", allow_pickle=False)
         idx = keys.index(key)
         truth = f"**True class:** {names[int(y[idx])]}  \n" if idx < len(y) else ""
-    c.markdown(truth + "**Model's top classes:**  \n" + "  \n".join(f"{names[i]}: {sal.probs[i]:.1%}" for i in top))
+    c.markdown(truth + f"**Trial #{trial}'s top classes** (raw softmax of its network, one pass: no calibration, "
+               "no TTA):  \n" + "  \n".join(f"{names[i]}: {sal.probs[i]:.1%}" for i in top))
+    if key in keys and (trial == final.get("best_trial") or which == "ensemble"):
+        idx = keys.index(key)
+        if idx < len(delivered):
+            who = "ensemble" if which == "ensemble" else "best model"
+            c.markdown(f"**As delivered** ({who}: {probability_kind(final, which)}, as in the gallery):  \n"
+                       + "  \n".join(f"{names[i]}: {delivered[idx, i]:.1%}" for i in np.argsort(-delivered[idx])[:3]))
     c.caption(f"Explained class: {names[sal.target]}. Red marks the pixels whose features raised this class's score "
               f"most, blue those that did not (layer `{sal.layer}`, a {sal.grid[0]}×{sal.grid[1]} grid upsampled "
               "to the image).")

@@ -10,10 +10,7 @@ import streamlit as st
 
 from automl_vision import leaderboard as lb
 from dashboard import ui
-from dashboard.data import fmt_seconds
-
-STATE_COLOURS = {"COMPLETE": "#2e7d32", "PRUNED": "#f9a825", "RUNNING": "#1565c0", "FAIL": "#c62828",
-                 "WAITING": "#9e9e9e", "UNKNOWN": "#9e9e9e"}
+from dashboard.data import MISSING, STATE_COLOURS, fmt_seconds, state_label
 
 
 def body() -> None:
@@ -28,17 +25,18 @@ def body() -> None:
     budget = run.budget()
     states = run.trials_by_state()
     c1, c2, c3, c4 = st.columns(4)
-    c1.metric(f"Best validation {run.metric}", f"{best['value']:.4f}" if best else "-",
-              help="best complete trial by the search objective, on the validation split")
-    c1.caption(f"trial #{best['number']} · {best['model']}" if best else "no complete trial yet")
+    c1.metric(f"Best validation {run.metric}", f"{best['value']:.4f}" if best else MISSING,
+              help="the best complete trial's own network on the validation split, without TTA or calibration "
+                   "(the Ensemble page's validation figures are the delivered models', with TTA where kept)")
+    c1.caption(f"trial #{best['number']} · {best['model']} · raw, no TTA" if best else "no complete trial yet")
     c2.metric("Trials", sum(states.values()))
-    c2.caption(" · ".join(f"{n} {s.lower()}" for s, n in states.items()) or "none started yet")
-    time_text = fmt_seconds(budget["elapsed"])
-    if budget["time_budget"]:
-        time_text += f" of {fmt_seconds(budget['time_budget'])}"
-    c3.metric("Time used", time_text)
+    c2.caption(" · ".join(f"{n} {state_label(s)}" for s, n in states.items()) or "none started yet")
+    # the value stays short so that it is never cut; the budget goes in the caption
+    c3.metric("Time used", fmt_seconds(budget["elapsed"]))
     if budget["time_fraction"] is not None:
         c3.progress(budget["time_fraction"])
+    if budget["time_budget"]:
+        c3.caption(f"of a {fmt_seconds(budget['time_budget'])} time budget")
     trials_text = f"{budget['finished_trials']}" + (f" of {budget['n_trials']}" if budget["n_trials"] else "")
     c4.metric("Trials finished (budget)", trials_text)
     if budget["trial_fraction"] is not None:
@@ -102,11 +100,11 @@ def body() -> None:
     with right:
         st.subheader("Trials by state")
         if states:
-            df = pd.DataFrame({"state": list(states), "trials": list(states.values())})
+            df = pd.DataFrame({"state": [state_label(s) for s in states], "trials": list(states.values())})
             fig = px.bar(df, x="trials", y="state", orientation="h", color="state", color_discrete_map=STATE_COLOURS,
                          height=60 + 40 * len(df), text="trials")
             fig.update_layout(showlegend=False, margin=dict(l=10, r=10, t=10, b=10))
-            st.plotly_chart(fig, width="stretch", config={"displayModeBar": False})
+            st.plotly_chart(fig, width="stretch", key="states", config={"displayModeBar": False})
         else:
             st.write("No trial yet.")
         settings = run.run.get("settings") or {}
@@ -114,8 +112,15 @@ def body() -> None:
             st.subheader("Search settings")
             shown = {k: settings.get(k) for k in ("preset", "models", "metric", "pruner", "image_sizes", "max_epochs",
                                                     "time_budget", "n_trials", "seed", "device", "storage")}
+            # what the search resolved where the command left it to the defaults
+            shown["models"] = ", ".join(map(str, settings.get("models") or [])) or "default zoo (no --models)"
+            if settings.get("max_epochs") is None and run.run.get("max_epochs") is not None:
+                shown["max_epochs"] = f"{run.run['max_epochs']} (the search's choice)"
+            if settings.get("time_budget"):
+                shown["time_budget"] = f"{fmt_seconds(settings['time_budget'])} ({settings['time_budget']:g} s)"
             shown["execution"] = (run.run.get("exec_path") or {}).get("reason", "")
-            st.dataframe(pd.DataFrame({"value": {k: str(v) for k, v in shown.items()}}), width="stretch")
+            st.dataframe(pd.DataFrame({"value": {k: MISSING if v in (None, "", []) else str(v)
+                                                 for k, v in shown.items()}}), width="stretch")
             with st.expander("Command and versions"):
                 st.code(" ".join(map(str, run.run.get("command") or [])), language="bash")
                 st.json(run.run.get("versions") or {}, expanded=False)
