@@ -18,8 +18,37 @@ from automl_vision import __version__
 COMMANDS = ("search", "worker", "ensemble", "predict", "export", "leaderboard", "dashboard", "plugins", "space")
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """An argparse parser whose usage errors are one line: what is wrong, a close match when
+    there is one, and the ``--help`` to read (argparse prints its whole usage block first,
+    and Python 3.11's has no "did you mean")."""
+
+    def error(self, message: str):  # type: ignore[override]
+        import difflib
+        import re
+
+        bad = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+        if bad:
+            choices = re.findall(r"'([^']*)'", bad.group(2))
+            close = difflib.get_close_matches(bad.group(1), choices, n=1, cutoff=0.6)
+            message = message[: bad.start()] + f"invalid choice: {bad.group(1)!r}" + (
+                f" (did you mean {close[0]!r}?)" if close else f" (choose from {', '.join(choices)})")
+        self.exit(2, f"{self.prog}: error: {message}; see '{self.prog} --help'\n")
+
+    def unknown_options(self, extras: list[str]):
+        """Refuse arguments no option took, suggesting the closest option of this command."""
+        import difflib
+
+        known = [o for action in self._actions for o in action.option_strings]
+        parts = []
+        for extra in extras:
+            close = difflib.get_close_matches(extra.split("=", 1)[0], known, n=1, cutoff=0.6) if extra.startswith("-") else []
+            parts.append(f"{extra} (did you mean {close[0]}?)" if close else extra)
+        self.error(f"unrecognized arguments: {' '.join(parts)}")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="automl-vision",
         description="AutoML model selection for image classification: an Optuna search over timm backbones "
         "and custom CNNs, augmentation and training hyperparameters, with real PyTorch training.",
@@ -66,7 +95,11 @@ def _dispatch(argv: list[str] | None) -> int:
     from automl_vision.types import UsageError
 
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        commands = next((a.choices for a in parser._actions if isinstance(a, argparse._SubParsersAction)), {})
+        # sub-commands are parsed with parse_known_args: the command whose option was misspelt answers
+        commands.get(getattr(args, "command", None) or "", parser).unknown_options(extras)
     if not getattr(args, "command", None):
         parser.print_help()
         return 2

@@ -30,7 +30,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from automl_vision.predict import Deliverable, ProbabilityModel, load_deliverable, open_run
+from automl_vision.predict import Deliverable, ProbabilityModel, load_deliverable
+from automl_vision.rundir import open_run
 from automl_vision.rundir import RunDir, path_inside, write_json
 from automl_vision.types import UsageError
 

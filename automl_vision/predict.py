@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from automl_vision.data.images import ImageDecodeError, decode
-from automl_vision.rundir import DamagedRunFileError, RunDir, path_inside, read_model_spec
+from automl_vision.rundir import DamagedRunFileError, RunDir, open_run, path_inside, read_model_spec
 from automl_vision.types import UsageError
 
 MODEL_CHOICES = "auto, best, ensemble or trial:N"
@@ -130,19 +130,6 @@ class Deliverable:
         if self.kind == "best":
             return f"best single model: trial {self.specs[0].get('trial')} ({self.specs[0].get('label', '')}){tail}"
         return f"{self.kind} ({self.specs[0].get('label', '')}){tail}"
-
-
-def open_run(run_dir: str | os.PathLike) -> RunDir:
-    """The run directory, or a UsageError that says what is wrong with the path."""
-    rd = RunDir(run_dir)
-    if not rd.path.exists():
-        raise UsageError(f"{rd.path}: no such run directory. Give the --out folder of an automl-vision search.")
-    if not rd.path.is_dir():
-        raise UsageError(f"{rd.path}: not a directory. Give the --out folder of an automl-vision search.")
-    if not rd.exists():
-        raise UsageError(f"{rd.path}: not an automl-vision run directory (no run.json). "
-                         "Give the --out folder of an automl-vision search.")
-    return rd
 
 
 def _no_model_message(rd: RunDir) -> str:

@@ -500,3 +500,17 @@ class RunDir:
 
     def read_ensemble(self) -> dict[str, Any] | None:
         return read_json(self.path / "ensemble.json", ENSEMBLE_SCHEMA)
+
+
+def open_run(run_dir: str | os.PathLike) -> RunDir:
+    """The run directory, or a UsageError that says what is wrong with the path (cheap: commands
+    call it before importing torch, so a mistyped path is refused at once)."""
+    rd = RunDir(run_dir)
+    if not rd.path.exists():
+        raise UsageError(f"{rd.path}: no such run directory. Give the --out folder of an automl-vision search.")
+    if not rd.path.is_dir():
+        raise UsageError(f"{rd.path}: not a directory. Give the --out folder of an automl-vision search.")
+    if not rd.exists():
+        raise UsageError(f"{rd.path}: not an automl-vision run directory (no run.json). "
+                         "Give the --out folder of an automl-vision search.")
+    return rd

@@ -270,3 +270,38 @@ def test_search_takes_its_storage_from_the_environment(digits_dir, tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert journal.stat().st_size > 0 and not (out / "study.journal").exists()
     assert read_json(out / "run.json")["settings"]["storage"] == str(journal)
+
+
+# ------------------------------------------------------------------ option errors (issue #20)
+@pytest.mark.parametrize("argv, needles", [
+    (["search", "data", "--time-budjet", "3m"], ["automl-vision search: error:", "--time-budjet",
+                                                  "did you mean --time-budget?", "automl-vision search --help"]),
+    (["predikt", "run", "x"], ["invalid choice: 'predikt'", "did you mean 'predict'?"]),
+    (["search", "data", "--regime", "tiny"], ["--regime", "choose from auto, small, standard"]),
+    (["predict"], ["the following arguments are required: RUN_DIR, IMAGES", "automl-vision predict --help"]),
+])
+def test_option_errors_are_one_line_with_a_close_match(argv, needles):
+    """argparse printed its whole usage block first, and a misspelt option of a sub-command got
+    the top-level usage with no suggestion."""
+    proc = subprocess.run([sys.executable, "-m", "automl_vision.cli", *argv], capture_output=True, text=True,
+                          env=cli_env(), timeout=60)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    for needle in needles:
+        assert needle in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("argv", [["predict", "{missing}", "x"], ["export", "{missing}", "--format", "onnx",
+                                                                    "--out", "m.onnx"],
+                                  ["ensemble", "{missing}"], ["leaderboard", "{missing}"]])
+def test_a_mistyped_run_dir_is_refused_before_torch_is_imported(argv, tmp_path):
+    """Every command spent 4-5 s importing PyTorch (20 s on a busy machine) before saying the
+    path was wrong."""
+    code = ("import sys; from automl_vision.cli import main; rc = main(sys.argv[1:]); "
+            "print('torch' in sys.modules); sys.exit(rc)")
+    args = [a.replace("{missing}", str(tmp_path / "no-such-run")) for a in argv]
+    proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=cli_env(),
+                          timeout=120, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert "no such run directory" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert proc.stdout.strip() == "False"

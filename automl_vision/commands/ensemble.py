@@ -57,9 +57,12 @@ def run(args: argparse.Namespace) -> int:
 
 def _rebuild(args: argparse.Namespace) -> tuple[dict[str, Any], Path]:
     """Rebuild and write the final report, print its summary; (report, run directory)."""
+    from automl_vision.rundir import open_run
+
+    open_run(args.run_dir)  # before torch is imported: a mistyped path is refused at once
     from automl_vision.data.prepare import reload_prepared
     from automl_vision.plugins import require_registered, run_plugin_manager
-    from automl_vision.predict import open_run
+    from automl_vision.rundir import open_run
     from automl_vision.rundir import read_model_spec
     from automl_vision.search.final import finalize, print_summary
     from automl_vision.training.device import choose

@@ -36,6 +36,9 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     import sys
 
+    from automl_vision.rundir import open_run
+
+    open_run(args.run_dir)  # before torch is imported: a mistyped path is refused at once
     from automl_vision.export import TOLERANCE, ExportVerificationError, export
 
     with human_text_to_stderr(args.json):

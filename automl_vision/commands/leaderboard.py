@@ -27,10 +27,11 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from automl_vision import leaderboard as lb
-    from automl_vision.predict import open_run
+    from automl_vision.rundir import open_run
 
-    rd = open_run(args.run_dir)
+    rd = open_run(args.run_dir)  # before pandas is imported: a mistyped path is refused at once
+    from automl_vision import leaderboard as lb
+
     info = rd.read_run() or {}
     metric = (info.get("objectives") or [(info.get("settings") or {}).get("metric") or "accuracy"])[0]
     direction = (info.get("directions") or ["maximize"])[0]

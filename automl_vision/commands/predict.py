@@ -94,6 +94,9 @@ def run(args: argparse.Namespace) -> int:
     if args.json and args.out == "-":
         raise UsageError("--json writes its document to standard output, so the CSV cannot go there too: "
                          "give --out FILE with --json")
+    from automl_vision.rundir import open_run
+
+    open_run(args.run_dir)  # before torch is imported: a mistyped path is refused at once
     with human_text_to_stderr(args.json):
         code, summary = _predict(args)
     if args.json:
