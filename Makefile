@@ -4,13 +4,18 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 BUDGET ?= 3m
+# PyPI's torch for Linux is the CUDA build (about 6.4 GB installed, 3.2 GB of it NVIDIA libraries). On a
+# machine without a GPU, the CPU-only wheels are much smaller:
+#   make demo TORCH_INDEX=https://download.pytorch.org/whl/cpu
+TORCH_INDEX ?=
 
 .PHONY: demo test test-slow install clean
 
 $(BIN)/automl-vision: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test]'
+	$(if $(TORCH_INDEX),$(BIN)/pip install -q --index-url $(TORCH_INDEX) torch torchvision)
+	$(BIN)/pip install -q -e .
 	touch $@
 
 install: $(BIN)/automl-vision
@@ -24,10 +29,12 @@ demo: install
 # Installs the test dependencies (Python packages, and PostgreSQL and Chromium from
 # Debian's packages when missing) and runs the whole default test suite.
 test: install
+	$(BIN)/pip install -q -e '.[test]'
 	bash scripts/install-test-deps.sh
 	$(BIN)/python -m pytest
 
 test-slow: install
+	$(BIN)/pip install -q -e '.[test]'
 	$(BIN)/python -m pytest -m slow
 
 clean:

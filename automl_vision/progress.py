@@ -18,6 +18,7 @@ class LogProgress:
         self.prefix = f"[{worker}] " if worker else ""
         self.best: float | None = None
         self.best_trial: int | None = None
+        self.planned: dict[int, int] = {}  # each trial's schedule as last shown, to say when it changes
 
     def __enter__(self):
         return self
@@ -34,10 +35,20 @@ class LogProgress:
         print(f"{self.prefix}{msg}", file=self.stream, flush=True)
 
     def trial_start(self, number: int, label: str, epochs: int) -> None:
+        self.planned[number] = epochs
         self.log(f"trial {number}: {label}, up to {epochs} epochs{self._left()}")
 
+    def schedule_note(self, number: int, epochs: int) -> str:
+        """`` (schedule 20 -> 7 epochs: time budget)`` the first time a trial's schedule changes."""
+        before = self.planned.get(number, epochs)
+        self.planned[number] = epochs
+        if before == epochs:
+            return ""
+        return f" (schedule {'set' if epochs > before else 'cut'} from {before} to {epochs} epochs by the time budget)"
+
     def epoch(self, number: int, epoch: int, epochs: int, metric: str, value: float, seconds: float) -> None:
-        self.log(f"trial {number} epoch {epoch}/{epochs}: val {metric} {value:.4f} ({seconds:.1f}s)")
+        note = self.schedule_note(number, epochs)
+        self.log(f"trial {number} epoch {epoch}/{epochs}: val {metric} {value:.4f} ({seconds:.1f}s){note}")
 
     def trial_end(self, record: dict[str, Any], best: float | None, best_trial: int | None) -> None:
         self.best, self.best_trial = best, best_trial
@@ -62,7 +73,8 @@ class RichProgress(LogProgress):
         self.console = Console()
         self.n_trials = n_trials
         self.state = {"trial": "-", "epoch": "-", "last": "-"}
-        self.live = Live(self._render(), console=self.console, refresh_per_second=2, transient=True)
+        # get_renderable: redrawn twice a second, so "time left" runs on through a long epoch
+        self.live = Live(console=self.console, refresh_per_second=2, transient=True, get_renderable=self._render)
 
     def __enter__(self):
         self.live.__enter__()
@@ -84,16 +96,20 @@ class RichProgress(LogProgress):
         return t
 
     def _update(self) -> None:
-        self.live.update(self._render())
+        self.live.refresh()
 
     def log(self, msg: str) -> None:
         self.console.print(f"{self.prefix}{msg}", highlight=False)
 
     def trial_start(self, number: int, label: str, epochs: int) -> None:
+        self.planned[number] = epochs
         self.state.update(trial=f"{number}: {label}", epoch=f"0/{epochs}")
         self._update()
 
     def epoch(self, number: int, epoch: int, epochs: int, metric: str, value: float, seconds: float) -> None:
+        note = self.schedule_note(number, epochs)
+        if note:
+            self.log(f"trial {number}:{note}")
         self.state["epoch"] = f"{epoch}/{epochs}  val {metric} {value:.4f}  ({seconds:.1f}s/epoch)"
         self._update()
 

@@ -211,3 +211,27 @@ def test_a_trial_with_mixup_cutmix_and_erasing_trains_the_same_whatever_ran_befo
     finally:
         torch.set_num_threads(threads)
     np.testing.assert_allclose(probs[0], probs[1], rtol=0, atol=1e-6)
+
+
+def test_progress_says_why_a_schedule_changes_and_keeps_time_left_running():
+    """Issue #20: epoch denominators changed mid-trial (1/20, then 3/7) without a word, and the
+    live panel's "time left" stood still through a long epoch."""
+    import io
+    import time as _time
+
+    from automl_vision.progress import LogProgress, RichProgress
+
+    lp = LogProgress(stream=io.StringIO(), deadline=_time.time() + 60)
+    lp.trial_start(0, "cnn", 20)
+    lp.epoch(0, 1, 20, "accuracy", 0.5, 0.1)
+    lp.epoch(0, 2, 7, "accuracy", 0.6, 0.1)
+    lp.epoch(0, 3, 7, "accuracy", 0.6, 0.1)
+    lines = lp.stream.getvalue().splitlines()
+    assert "schedule" not in lines[1] and "cut from 20 to 7 epochs by the time budget" in lines[2]
+    assert "schedule" not in lines[3]  # said once
+    rp = RichProgress(deadline=_time.time() + 3600)
+    first = rp.live.get_renderable()
+    rp.deadline -= 120  # two minutes pass with no event: the panel's next draw shows it
+    text = [str(cell) for col in rp.live.get_renderable().columns for cell in col._cells]
+    before = [str(cell) for col in first.columns for cell in col._cells]
+    assert text != before and any("58m" in t for t in text)
