@@ -87,3 +87,20 @@ def test_the_core_never_imports_the_command_line_or_a_builtin_plugin():
                     and (module, target) not in KNOWN_BUILTIN_REACH):
                 wrong.append((module, target))
     assert not wrong, f"imports against the layering: {sorted(wrong)}"
+
+
+def test_the_dashboard_is_a_reader_inside_the_package():
+    """Issue #19/#20: the dashboard installed as a top-level package named ``dashboard`` (it
+    collided with anything else of that name, and app.py edited sys.path/sys.modules to cope).
+    It now lives in ``automl_vision.dashboard``, and only the command that starts it imports it:
+    data flows from the search to the run directory to the dashboard, never back."""
+    assert not (ROOT / "dashboard").exists()
+    assert (ROOT / PACKAGE / "dashboard" / "app.py").is_file()
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert '"dashboard*"' not in pyproject
+    assert "sys.path" not in (ROOT / PACKAGE / "dashboard" / "app.py").read_text()
+    graph = _graph(top_level_only=False)
+    reach = sorted((m, t) for m, targets in graph.items() for t in targets
+                   if t.startswith(f"{PACKAGE}.dashboard") and not m.startswith(f"{PACKAGE}.dashboard")
+                   and m != f"{PACKAGE}.commands.dashboard")
+    assert not reach, f"the core reaches into the dashboard: {reach}"

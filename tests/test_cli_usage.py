@@ -238,7 +238,7 @@ def test_every_third_party_import_is_a_declared_dependency():
                      [node.module] if isinstance(node, ast.ImportFrom) and node.module and not node.level else [])
             for name in names:
                 top = name.split(".")[0]
-                if top in sys.stdlib_module_names or top in ("automl_vision", "dashboard"):
+                if top in sys.stdlib_module_names or top == "automl_vision":
                     continue
                 owners = {d.lower().replace("_", "-") for d in dists.get(top, [top])}
                 if not owners & declared:

@@ -17,8 +17,8 @@ import pytest
 pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
-from dashboard import APP  # noqa: E402
-from dashboard.data import ENV_RUNS, ENV_STORAGE, ENV_STUDY, RunData  # noqa: E402
+from automl_vision.dashboard import APP  # noqa: E402
+from automl_vision.dashboard.data import ENV_RUNS, ENV_STORAGE, ENV_STUDY, RunData  # noqa: E402
 
 TIMEOUT = 180  # the machine running the tests may be busy; this is a limit, not a measurement
 
@@ -174,7 +174,7 @@ def test_errors_page_confusion_gallery_and_grad_cam(monkeypatch, tiny_run):
     assert any(c.startswith("Grad-CAM for class") for c in captions), captions
     assert "Red marks the pixels" in texts(at)
     # every probability says what it is: the gallery's are the delivered model's, the Grad-CAM panel's the network's
-    from dashboard.data import probability_kind
+    from automl_vision.dashboard.data import probability_kind
 
     final = json.loads((tiny_run / "final" / "report.json").read_text())
     kind = probability_kind(final, "best", short=True)

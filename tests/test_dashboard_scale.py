@@ -19,8 +19,8 @@ import pytest
 pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
-from dashboard import APP  # noqa: E402
-from dashboard.data import ENV_RUNS, ENV_STORAGE, ENV_STUDY, RunData, state_label  # noqa: E402
+from automl_vision.dashboard import APP  # noqa: E402
+from automl_vision.dashboard.data import ENV_RUNS, ENV_STORAGE, ENV_STUDY, RunData, state_label  # noqa: E402
 
 TIMEOUT = 180
 T0 = 1_700_000_000.0  # when the big search started

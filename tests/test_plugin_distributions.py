@@ -85,9 +85,7 @@ def _copy_project(dst: Path) -> Path:
     dst.mkdir(parents=True)
     for name in ("pyproject.toml", "README.md"):
         shutil.copy2(ROOT / name, dst / name)
-    for package in ("automl_vision", "dashboard"):
-        if (ROOT / package).is_dir():
-            _copy_tree(ROOT / package, dst / package)
+    _copy_tree(ROOT / "automl_vision", dst / "automl_vision")
     return dst
 
 
@@ -149,8 +147,8 @@ def test_each_distribution_passes_its_own_tests_against_the_installed_packages(v
 DASHBOARD_CHECK = """
 import os, sys
 from streamlit.testing.v1 import AppTest
-from dashboard import APP
-from dashboard.data import ENV_RUNS
+from automl_vision.dashboard import APP
+from automl_vision.dashboard.data import ENV_RUNS
 os.environ[ENV_RUNS] = sys.argv[1]
 at = AppTest.from_file(str(APP), default_timeout=240).run()
 for page in ("leaderboard", "insight", "ensemble", "errors"):

@@ -135,7 +135,7 @@ def test_an_ensemble_member_outside_the_run_is_refused(run_copy, tmp_path, capsy
 
 
 def test_the_dashboard_refuses_an_image_key_that_leaves_the_data_folder(run_copy, tmp_path):
-    from dashboard.data import NotAvailable, RunData
+    from automl_vision.dashboard.data import NotAvailable, RunData
 
     data = tmp_path / "data"
     (data / "a").mkdir(parents=True)

@@ -54,9 +54,7 @@ def _copy_project(dst: Path) -> Path:
     dst.mkdir(parents=True)
     for name in ("pyproject.toml", "README.md"):
         shutil.copy2(ROOT / name, dst / name)
-    for package in ("automl_vision", "dashboard"):
-        if (ROOT / package).is_dir():
-            _copy_tree(ROOT / package, dst / package)
+    _copy_tree(ROOT / "automl_vision", dst / "automl_vision")
     return dst
 
 

@@ -138,12 +138,10 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("the dashboard needs Streamlit: pip install streamlit") from None
     _check_port(args.host, args.port)
 
-    import dashboard
-    from dashboard.data import ENV_REFRESH, ENV_RUNS, ENV_STORAGE, ENV_STUDY
+    from automl_vision.dashboard import APP
+    from automl_vision.dashboard.data import ENV_REFRESH, ENV_RUNS, ENV_STORAGE, ENV_STUDY
 
-    # __path__ rather than __file__: an editable install made before dashboard/ had an
-    # __init__.py maps it as a namespace package, which has no __file__
-    app = Path(list(dashboard.__path__)[0]).resolve() / "app.py"
+    app = APP.resolve()
     if not app.is_file():
         raise UsageError(f"the dashboard app is missing from the installation ({app}); reinstall automl-vision")
     env = dict(os.environ)

@@ -9,8 +9,8 @@ import plotly.express as px
 import streamlit as st
 
 from automl_vision import leaderboard as lb
-from dashboard import ui
-from dashboard.data import MISSING, STATE_COLOURS, fmt_seconds, state_label
+from automl_vision.dashboard import ui
+from automl_vision.dashboard.data import MISSING, STATE_COLOURS, fmt_seconds, state_label
 
 
 def body() -> None:

@@ -10,8 +10,8 @@ import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
 
-from dashboard import ui
-from dashboard.data import MISSING, STATE_COLOURS, STATES, RunData, fmt_seconds, state_label
+from automl_vision.dashboard import ui
+from automl_vision.dashboard.data import MISSING, STATE_COLOURS, STATES, RunData, fmt_seconds, state_label
 
 FINAL = "final steps"
 

@@ -6,8 +6,8 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from dashboard import ui
-from dashboard.data import MISSING, RunData, fmt_seconds, per_class_table, state_label
+from automl_vision.dashboard import ui
+from automl_vision.dashboard.data import MISSING, RunData, fmt_seconds, per_class_table, state_label
 
 PICK = "trial_pick"
 QP_TRIAL = "trial"  # ?trial=N opens that trial's detail: a link to share

@@ -7,8 +7,8 @@ import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
 
-from dashboard import ui
-from dashboard.data import MISSING, compare_table, dataset_differences
+from automl_vision.dashboard import ui
+from automl_vision.dashboard.data import MISSING, compare_table, dataset_differences
 
 
 def body() -> None:

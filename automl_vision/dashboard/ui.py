@@ -9,7 +9,7 @@ from typing import Callable
 
 import streamlit as st
 
-from dashboard.data import Config, NotAvailable, RunData, config_from_env, redact, run_dir_problem, signature
+from automl_vision.dashboard.data import Config, NotAvailable, RunData, config_from_env, redact, run_dir_problem, signature
 
 log = logging.getLogger("automl_vision.dashboard")
 

@@ -10,8 +10,8 @@ import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
 
-from dashboard import ui
-from dashboard.data import RunData, signature, state_label, varying_params
+from automl_vision.dashboard import ui
+from automl_vision.dashboard.data import RunData, signature, state_label, varying_params
 
 
 SLICE_BELOW = 5  # complete trials under which importances mean little: slice plots instead

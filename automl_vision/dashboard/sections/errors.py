@@ -10,8 +10,8 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from dashboard import ui
-from dashboard.data import NotAvailable, RunData, confusion, per_class_table, probability_kind
+from automl_vision.dashboard import ui
+from automl_vision.dashboard.data import NotAvailable, RunData, confusion, per_class_table, probability_kind
 
 GALLERY_PX = 112
 
