@@ -158,6 +158,10 @@ ENSEMBLE_SCHEMA = {
     "selected?": bool,
 }
 DATA_REPORT_SCHEMA = {"root?": str}
+# a trial's config.json: what a refit or a final fit trains again from
+CONFIG_SCHEMA = {"family": str, "model_params": dict, "image_size": int, "batch_size": int, "lr": NUMBER,
+                 "epochs": int, "seed": int, "aug?": dict}
+REPORT_SCHEMA = {"test_evaluations?": int, "best_trial?": int}
 
 # what to do about a damaged file, by file name
 _REMEDIES = {

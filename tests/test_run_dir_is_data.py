@@ -269,3 +269,22 @@ def test_written_files_honour_the_umask(tmp_path, umask, mode):
     for name in ("a.bin", "b.json"):
         assert stat.S_IMODE((tmp_path / name).stat().st_mode) == mode, name
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.bin", "b.json"]  # no temporary file left
+
+
+def test_run_files_the_search_and_final_steps_read_are_schema_checked(run_copy, tmp_path, capsys, digits_dir):
+    """Issue #23: run.json on resume, a trial's config.json and model.json for a refit, and the
+    previous final/report.json were only checked to be JSON; an edited one gave a traceback."""
+    _edit(run_copy.run_json, lambda d: d.update(settings="cnn"))
+    proc = run_cli("search", digits_dir, "--out", run_copy.path, *TINY)  # resuming the run
+    _one_line_error(proc.returncode, proc.stderr, "search", str(run_copy.run_json), "settings is a string")
+    _edit(run_copy.run_json, lambda d: d.update(settings={}))
+    best = int(json.loads((run_copy.final_dir / "report.json").read_text())["best_trial"])
+    config = run_copy.trial_dir(best) / "config.json"
+    _edit(config, lambda d: d.update(lr="fast"))
+    code = cli.main(["ensemble", str(run_copy.path), "--device", "cpu", "--plain", "--refit"])
+    _one_line_error(code, capsys.readouterr().err, "ensemble", str(config), "lr is a string")
+    _edit(config, lambda d: d.update(lr=0.01))
+    report = run_copy.final_dir / "report.json"
+    _edit(report, lambda d: d.update(test_evaluations="many"))
+    code = cli.main(["ensemble", str(run_copy.path), "--device", "cpu", "--plain"])
+    _one_line_error(code, capsys.readouterr().err, "ensemble", str(report), "test_evaluations is a string")

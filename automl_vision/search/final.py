@@ -40,7 +40,8 @@ from automl_vision.models import build_model, load_model, save_model, write_prep
 from automl_vision.plugins import PluginManager
 from automl_vision.predict import ProbabilityModel
 from automl_vision.progress import make_console
-from automl_vision.rundir import FINAL_FIT, RunDir, read_json, write_json, write_npy
+from automl_vision.rundir import (CONFIG_SCHEMA, FINAL_FIT, MODEL_SCHEMA, REPORT_SCHEMA, RunDir, read_json, write_json,
+                                  write_npy)
 from automl_vision.settings import format_duration
 from automl_vision.training.device import ExecPath
 from automl_vision.types import UsageError
@@ -114,8 +115,8 @@ def retrain(run_dir: RunDir, number: int, data: PreparedData, pm: PluginManager,
     from automl_vision.training.trainer import BudgetExceeded, TensorData, train
 
     tdir = run_dir.trial_dir(number)
-    spec = read_json(tdir / "model.json")
-    config = read_json(tdir / "config.json")
+    spec = read_json(tdir / "model.json", MODEL_SCHEMA)
+    config = read_json(tdir / "config.json", CONFIG_SCHEMA)
     if not config or not spec:
         raise RuntimeError(f"trial {number} has no config.json or model.json to train again from")
     cfg = trial_config(config, epochs)
@@ -157,11 +158,11 @@ def refit_trial(run_dir: RunDir, number: int, data: PreparedData, pm: PluginMana
     out = run_dir.path / REFIT / tdir.name
     status = run_dir.read_trial(number) or {}
     epochs = int(status.get("epochs") or len(run_dir.read_history(number)) or 1)
-    done = read_json(out / "model.json")
+    done = read_json(out / "model.json", MODEL_SCHEMA)
     if done and (done.get("refit") or {}).get("of_trial") == number and (out / "weights.safetensors").exists():
         return {"trial": number, "dir": f"{REFIT}/{tdir.name}", "epochs": epochs, "reused": True, "seconds": 0.0}
     idx = np.sort(np.concatenate([data.split_index["train"], data.split_index["val"]]))
-    log(f"refit: trial {number} ({(read_json(tdir / 'model.json') or {}).get('label', '')}) on {len(idx)} "
+    log(f"refit: trial {number} ({(read_json(tdir / 'model.json', MODEL_SCHEMA) or {}).get('label', '')}) on {len(idx)} "
         f"train+val images for {epochs} epochs")
     info = retrain(run_dir, number, data, pm, path, idx, epochs, out, "refit", log)
     return {"trial": number, "dir": f"{REFIT}/{tdir.name}", "epochs": epochs, "reused": False,
@@ -209,7 +210,7 @@ def final_fit(run_dir: RunDir, number: int, data: PreparedData, pm: PluginManage
 
     out = run_dir.path / FINAL_FIT
     idx = np.sort(np.concatenate([data.split_index[name] for name in ("train", "val", "test")]))
-    done = read_json(out / "model.json")
+    done = read_json(out / "model.json", MODEL_SCHEMA)
     if done and (done.get("final_fit") or {}).get("of_trial") == number and (out / "weights.safetensors").exists():
         return {**done["final_fit"], "dir": FINAL_FIT, "reused": True}
     per_epoch = epoch_seconds_on(run_dir, number, len(idx), len(data.split_index["train"]))
@@ -318,7 +319,7 @@ def significantly_better(y: np.ndarray, a: np.ndarray, b: np.ndarray, level: flo
 
 def trained_with_flips(run_dir: RunDir, number: int) -> bool:
     """Whether trial ``number`` trained on horizontally flipped images (its augmentation)."""
-    config = read_json(run_dir.trial_dir(number) / "config.json") or {}
+    config = read_json(run_dir.trial_dir(number) / "config.json", CONFIG_SCHEMA) or {}
     return bool((config.get("aug") or {}).get("flip"))
 
 
@@ -328,7 +329,7 @@ def test_touches(run_dir: RunDir) -> dict[str, Any]:
     warning from the second time on: choices made after seeing a test score (another
     ``ensemble`` call, other options) make the next one optimistic. Counted in
     ``final/report.json``, which every scoring rewrites."""
-    previous = read_json(run_dir.final_dir / "report.json") or {}
+    previous = read_json(run_dir.final_dir / "report.json", REPORT_SCHEMA) or {}
     count = int(previous.get("test_evaluations") or (1 if previous.get("best_test") else 0)) + 1
     if count == 1:
         return {"test_evaluations": 1}
@@ -565,7 +566,7 @@ def deliver_final_fit(run_dir: RunDir, best_n: int, data: PreparedData, pm: Plug
     if "skipped" in info:
         log(f"final fit skipped: {info['skipped']}")
         return info
-    fitted = read_json(run_dir.path / FINAL_FIT / "model.json") or {}
+    fitted = read_json(run_dir.path / FINAL_FIT / "model.json", MODEL_SCHEMA) or {}
     write_best(run_dir, run_dir.path / FINAL_FIT, run_dir.trial_dir(best_n),
                {**fitted, "temperature": temperature, "tta": tta, "source": FINAL_FIT})
     return info

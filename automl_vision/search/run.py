@@ -28,7 +28,7 @@ from automl_vision.data.prepare import prepare
 from automl_vision.data.sources import load_dataset, reloadable
 from automl_vision.plugins import PluginManager, get_plugin_manager
 from automl_vision.progress import make_progress
-from automl_vision.rundir import DamagedRunFileError, RunDir, read_json, write_json
+from automl_vision.rundir import RUN_SCHEMA, DamagedRunFileError, RunDir, check_schema, read_json, write_json
 from automl_vision.search.interrupts import check_interrupt
 from automl_vision.search.objective import DISK_FULL, Budget, Objective
 from automl_vision.search.study import local_storage_file, open_study, redact
@@ -108,11 +108,16 @@ def previous_run(run_dir: RunDir, overwrite: bool = False) -> dict[str, Any] | N
     ``overwrite``) when the file there is someone else's or damaged."""
     try:
         info = read_json(run_dir.run_json)
+        if not (isinstance(info, dict) and "layout_version" in info):
+            return None  # someone else's file: check_out says so
+        problem = check_schema(info, RUN_SCHEMA)
+        if problem:  # ours, but edited: what a resumed search would read from it must be there
+            raise DamagedRunFileError(run_dir.run_json, problem)
     except DamagedRunFileError:
         if overwrite:
             return None
         raise
-    return info if isinstance(info, dict) and "layout_version" in info else None
+    return info
 
 
 def check_out(run_dir: RunDir, study_name: str, overwrite: bool) -> None:
@@ -259,7 +264,7 @@ def run_worker(study: optuna.Study, objective: Objective, budget: Budget, n_tria
     run_dir = objective.run_dir
 
     def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        record = read_json(run_dir.trial_dir(trial.number) / "status.json") or {"number": trial.number}
+        record = run_dir.read_trial(trial.number) or {"number": trial.number}
         record["state"] = trial.state.name
         lb.write(run_dir, study)
         best_v, best_n = None, None

@@ -35,7 +35,7 @@ from typing import Callable
 
 import optuna
 
-from automl_vision.rundir import RunDir, read_json, write_json
+from automl_vision.rundir import DamagedRunFileError, RunDir, read_json, write_json
 from automl_vision.search.interrupts import check_interrupt, watch_interrupts
 from automl_vision.search.study import count_finished, heartbeat_config, is_rdb, retried_numbers
 from automl_vision.types import UsageError
@@ -299,7 +299,11 @@ def _fail_status(run_dir: RunDir, trial: optuna.trial.FrozenTrial, reason: str) 
     tdir = run_dir.trial_dir(trial.number)
     if not tdir.exists():
         return
-    record = read_json(tdir / "status.json") or {"number": trial.number, "worker": trial.user_attrs.get("worker", "")}
+    try:
+        record = run_dir.read_trial(trial.number)
+    except DamagedRunFileError:  # whatever a dead worker left is replaced
+        record = None
+    record = record or {"number": trial.number, "worker": trial.user_attrs.get("worker", "")}
     if record.get("state") == "FAIL" and record.get("reason"):
         return
     record.update(state="FAIL", reason=reason, finished=time.time())
@@ -332,7 +336,7 @@ def recover_stale_trials(study: optuna.Study, log: Callable[[str], None], run_di
             # failed trial's status.json agree, whoever failed it
             if t.state != FAIL or not run_dir.trial_dir(t.number).exists():
                 continue
-            status = read_json(run_dir.trial_dir(t.number) / "status.json") or {}
+            status = run_dir.read_trial(t.number) or {}
             if status.get("state") == "FAIL":
                 continue
             reason = f"worker {t.user_attrs.get('worker', '?')} died (no heartbeat for {beat.grace:.0f}s)"
