@@ -3,10 +3,15 @@
 Grad-CAM (Selvaraju et al., 2017) weights the feature maps of a late convolutional
 layer by the gradient of the class score with respect to them, averaged over space,
 keeps the positive part and upsamples it to the input. The layer is found
-automatically: the last module, in execution order, whose output is a 4-D activation
-``(N, C, H, W)`` with more than one spatial position. That is the last convolutional
-stage of the custom CNNs and of timm's convolutional backbones, just before global
-pooling; a model that has no such activation is refused with a clear message.
+automatically (:func:`find_target_layer`): the last module, in execution order, whose
+output is a spatial grid over the image, a 4-D activation ``(N, C, h, w)`` whose two
+sides shrink the input's by the same factor, at least :data:`MIN_GRID` positions a
+side. That is the last convolutional stage of the custom CNNs and of timm's
+convolutional backbones, just before global pooling; when that stage is coarser (a
+2x2 grid at 64 px), the stage before it is used and the result says so. A 4-D tensor
+that is not such a grid (a vision transformer's attention heads x tokens) is never
+used, and a model whose only grid is its input embedding (a transformer's patch
+embedding) is refused with a clear message.
 
 The gradients are real: the model runs forward and backward once, on CPU by default.
 """
@@ -27,6 +32,14 @@ class ExplainError(Exception):
     """The model cannot be explained with Grad-CAM (no spatial activation found)."""
 
 
+# the fewest positions a side of the explained activation should have: a 2x2 map upsampled over
+# the image is a flat tint (resnet10t's last stage at 64 px), not a localisation
+MIN_GRID = 3
+# a grid found only in the first part of the network (by execution order) is the input embedding
+# of a transformer, not a late convolutional stage: its map says little about the decision
+LATE_SHARE = 0.5
+
+
 @dataclass
 class Saliency:
     """The result of :func:`grad_cam`.
@@ -38,6 +51,9 @@ class Saliency:
         probs: the model's softmax probabilities for the image.
         layer: the name of the module whose activation was used.
         grid: the spatial size ``(h, w)`` of that activation, i.e. the map's real resolution.
+        note: why that layer rather than the last spatial one, when it is not ("" otherwise).
+        empty: no position raised the target's score (the map is all zero): the model sees
+            no positive evidence for that class in the image.
     """
 
     cam: np.ndarray
@@ -45,6 +61,8 @@ class Saliency:
     probs: np.ndarray
     layer: str
     grid: tuple[int, int]
+    note: str = ""
+    empty: bool = False
 
 
 def to_input(image: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
@@ -63,19 +81,39 @@ def to_input(image: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> 
     return (x - m) / s
 
 
-def find_target_layer(model: nn.Module, x: torch.Tensor) -> tuple[str, tuple[int, int]]:
-    """The name and spatial size of the last module producing a spatial 4-D activation."""
-    seen: list[tuple[str, tuple[int, int]]] = []
+def _is_image_grid(shape: tuple[int, int], size: tuple[int, int]) -> bool:
+    """Whether an activation's ``(h, w)`` is a grid over an input of ``size``: both sides
+    shrunk by about the same factor (a transformer's heads x tokens is not)."""
+    (h, w), (height, width) = shape, size
+    if h * w <= 1 or h > height or w > width:
+        return False
+    fh, fw = height / h, width / w
+    return abs(fh - fw) <= 0.25 * max(fh, fw)
+
+
+def find_target_layer(model: nn.Module, x: torch.Tensor) -> tuple[str, tuple[int, int], str]:
+    """(name, grid, note) of the layer to explain: the last module whose output is a grid
+    over the image with at least :data:`MIN_GRID` positions a side (or, when there is none,
+    the finest grid there is), late enough in the network to be more than its input
+    embedding. ``note`` says when that is not simply the last grid.
+
+    Raises:
+        ExplainError: the model has no such layer.
+    """
+    order: list[str] = []
+    grids: list[tuple[int, str, tuple[int, int]]] = []
     hooks = []
+    size = (int(x.shape[-2]), int(x.shape[-1]))
     for name, module in model.named_modules():
         if not name:
             continue
 
         def hook(mod, inputs, output, name=name):
+            order.append(name)
             if isinstance(output, torch.Tensor) and output.dim() == 4:
-                h, w = output.shape[-2:]
-                if h * w > 1:
-                    seen.append((name, (int(h), int(w))))
+                grid = (int(output.shape[-2]), int(output.shape[-1]))
+                if _is_image_grid(grid, size):
+                    grids.append((len(order), name, grid))
 
         hooks.append(module.register_forward_hook(hook))
     try:
@@ -84,12 +122,29 @@ def find_target_layer(model: nn.Module, x: torch.Tensor) -> tuple[str, tuple[int
     finally:
         for h in hooks:
             h.remove()
-    if not seen:
+    if not grids:
         raise ExplainError(
-            "the model has no spatial 4-D activation (N, C, H, W with H*W > 1), so Grad-CAM has nothing to "
-            "localise; this happens with non-convolutional models or inputs so small that every feature map is 1x1"
+            "the model has no activation that is a spatial grid over the image (N, C, h, w), so Grad-CAM has "
+            "nothing to localise; this happens with non-convolutional models or inputs so small that every "
+            "feature map is 1x1"
         )
-    return seen[-1]
+    late = [g for g in grids if g[0] > LATE_SHARE * len(order)]
+    if not late:
+        raise ExplainError(
+            f"the only spatial grid of this model is early in the network ({grids[-1][1]}, "
+            f"{grids[-1][2][0]}x{grids[-1][2][1]}), e.g. a vision transformer's patch embedding: its later layers "
+            "work on tokens, so Grad-CAM on a convolutional stage cannot show what drove the decision"
+        )
+    last = late[-1]
+    fine = [g for g in late if min(g[2]) >= MIN_GRID]
+    if fine and fine[-1] is not last:
+        chosen = fine[-1]
+        note = (f"the last stage ({last[1]}) is a {last[2][0]}x{last[2][1]} grid, too coarse to localise anything; "
+                f"the stage before it ({chosen[1]}, {chosen[2][0]}x{chosen[2][1]}) is explained instead")
+        return chosen[1], chosen[2], note
+    note = "" if min(last[2]) >= MIN_GRID else (
+        f"the finest late grid of this model at {size[0]}x{size[1]} px is {last[2][0]}x{last[2][1]}: the map is coarse")
+    return last[1], last[2], note
 
 
 def grad_cam(model: nn.Module, x: torch.Tensor, target: int | None = None, layer: str | None = None) -> Saliency:
@@ -112,8 +167,9 @@ def grad_cam(model: nn.Module, x: torch.Tensor, target: int | None = None, layer
     x = x.detach().to(next(model.parameters()).device, dtype=next(model.parameters()).dtype)
     if x.dim() != 4 or x.shape[0] != 1:
         raise ExplainError(f"expected one image as a (1, C, H, W) tensor, got shape {tuple(x.shape)}")
+    note = ""
     if layer is None:
-        layer, grid = find_target_layer(model, x)
+        layer, _grid, note = find_target_layer(model, x)
     modules = dict(model.named_modules())
     if layer not in modules:
         raise ExplainError(f"no module named {layer!r} in the model")
@@ -144,7 +200,13 @@ def grad_cam(model: nn.Module, x: torch.Tensor, target: int | None = None, layer
     # an all-zero map means no location raised the score; keep it zero rather than amplifying noise
     cam = cam / top if top > 0 else torch.zeros_like(cam)
     return Saliency(cam=cam.cpu().numpy().astype(np.float32), target=int(target), probs=probs, layer=layer,
-                    grid=tuple(act.shape[-2:]))
+                    grid=tuple(act.shape[-2:]), note=note, empty=top <= 0)
+
+
+def colour_bar(width: int = 256, height: int = 12) -> np.ndarray:
+    """The overlay's colour scale as an RGB ``uint8`` strip, lowest contribution on the left."""
+    lut = _turbo_lut()[np.linspace(0, 255, width).astype(int)]
+    return np.repeat(lut[None, :, :], height, axis=0)
 
 
 @lru_cache(maxsize=1)

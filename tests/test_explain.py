@@ -110,21 +110,44 @@ def test_a_trial_model_from_a_real_search_is_explained(tiny_run):
     assert not np.allclose(a.cam, b.cam)
 
 
-def test_timm_backbone_uses_its_last_convolutional_stage():
+def test_timm_backbone_uses_its_last_convolutional_stage_unless_it_is_too_coarse():
+    """Issue #22: on resnet at 64 px the last stage is a 2x2 grid and the overlay a flat tint."""
     timm = pytest.importorskip("timm")
     torch.manual_seed(0)
-    model = timm.create_model("resnet18", pretrained=False, num_classes=3, in_chans=3)
-    x = torch.randn(1, 3, 64, 64)
-    layer, grid = find_target_layer(model.eval(), x)
-    assert layer.startswith("layer4"), layer
-    assert grid == (2, 2)
-    sal = grad_cam(model, x)
-    assert sal.cam.shape == (64, 64) and sal.layer == layer
+    model = timm.create_model("resnet18", pretrained=False, num_classes=3, in_chans=3).eval()
+    x = torch.randn(1, 3, 128, 128)
+    layer, grid, note = find_target_layer(model, x)
+    assert layer.startswith("layer4") and grid == (4, 4) and note == "", (layer, grid, note)
+    small = torch.randn(1, 3, 64, 64)
+    layer, grid, note = find_target_layer(model, small)
+    assert layer.startswith("layer3") and grid == (4, 4), (layer, grid)
+    assert "2x2" in note and "too coarse" in note
+    sal = grad_cam(model, small)
+    assert sal.cam.shape == (64, 64) and sal.layer == layer and sal.note == note
+
+
+def test_a_vision_transformer_is_refused_not_explained_on_its_attention_heads():
+    """Issue #22: on a ViT the layer picked was an attention norm (heads x tokens), a meaningless map."""
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=3, img_size=64).eval()
+    with pytest.raises(ExplainError, match="patch embedding"):
+        grad_cam(vit, torch.randn(1, 3, 64, 64))
+
+
+def test_a_class_with_no_positive_evidence_is_an_empty_map_that_says_so():
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+    with torch.no_grad():
+        model[6].weight.copy_(torch.tensor([[-1.0] * 4, [1.0] * 4]))  # class 0: every feature counts against it
+    x = torch.rand(1, 1, 16, 16)
+    assert grad_cam(model, x, target=0).empty and not grad_cam(model, x, target=0).cam.any()
+    assert grad_cam(model, x, target=1).empty is False
 
 
 def test_a_model_without_spatial_activation_is_refused_clearly():
     mlp = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 4))
-    with pytest.raises(ExplainError, match="no spatial 4-D activation"):
+    with pytest.raises(ExplainError, match="spatial grid"):
         grad_cam(mlp, torch.randn(1, 3, 8, 8))
     with pytest.raises(ExplainError, match="out of range"):
         grad_cam(SmallCNN(), torch.randn(1, 1, 8, 8), target=5)

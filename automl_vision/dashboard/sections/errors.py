@@ -168,9 +168,19 @@ def gradcam(run: RunData, final: dict, wrong: pd.DataFrame, which: str, delivere
         return
     names = spec.get("classes") or classes
     top = np.argsort(-sal.probs)[:3]
+    from automl_vision.explain import colour_bar
+
+    if sal.note:
+        st.info(f"Grad-CAM layer: {sal.note}.")
+    if sal.empty:
+        st.warning(f"No part of the image raised the score of class {names[sal.target]}: the map is empty (the "
+                   "network sees no positive evidence for this class here), so the overlay shows no colour.")
     a, b, c = st.columns([2, 2, 3])
-    a.image(_show(image, 224), caption=f"{Path(key).name} at {size} px (as the model sees it)")
-    b.image(over, caption=f"Grad-CAM for class {names[sal.target]}")
+    # the same width for both, so that a pixel of the map lies over the same pixel of the image
+    a.image(_show(image, 224), caption=f"{Path(key).name} at {size} px (as the model sees it)", use_container_width=True)
+    b.image(over, caption=f"Grad-CAM for class {names[sal.target]}", use_container_width=True)
+    b.image(colour_bar(), caption="colour scale: least (left, dark blue) to most (right, dark red) contribution",
+            use_container_width=True)
     truth = ""
     if key in keys and run.final and (run.rd.final_dir / "test_labels.npy").is_file():
         y = np.load(run.rd.final_dir / "test_labels.npy", allow_pickle=False)
@@ -184,8 +194,9 @@ def gradcam(run: RunData, final: dict, wrong: pd.DataFrame, which: str, delivere
             who = "ensemble" if which == "ensemble" else "best model"
             c.markdown(f"**As delivered** ({who}: {probability_kind(final, which)}, as in the gallery):  \n"
                        + "  \n".join(f"{names[i]}: {delivered[idx, i]:.1%}" for i in np.argsort(-delivered[idx])[:3]))
-    c.caption(f"Explained class: {names[sal.target]}. Red marks the pixels whose features raised this class's score "
-              f"most, blue those that did not (layer `{sal.layer}`, a {sal.grid[0]}×{sal.grid[1]} grid upsampled "
+    c.caption(f"Explained class: {names[sal.target]}. Dark red marks the pixels whose features raised this class's "
+              f"score most, dark blue those that did not (Turbo colour scale, above; layer `{sal.layer}`, a "
+              f"{sal.grid[0]}×{sal.grid[1]} grid upsampled "
               "to the image).")
 
 
