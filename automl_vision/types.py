@@ -103,8 +103,9 @@ class SearchContext:
         image_size: side of the square input, in pixels.
         num_train: number of training images.
         device: ``"cpu"``, ``"cuda"``, ...
-        options: family-specific settings from the search space file or the command
-            line (for example the list of timm architectures to search).
+        options: settings from the search space file or the command line.
+        models: this family's models that the user named (``--models`` items that the
+            family's ``resolve_models`` claimed, resolved); empty: the family's own choice.
     """
 
     num_classes: int
@@ -113,6 +114,7 @@ class SearchContext:
     num_train: int = 0
     device: str = "cpu"
     options: dict[str, Any] = field(default_factory=dict)
+    models: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -135,6 +137,21 @@ class ModelFamily:
             ``{"low": ..., "high": ...}`` for a numeric range. Choices and fixed values
             are sampled as ``<family>.<name>`` (e.g. ``vit.optimizer``); ranges keep the
             name. The user's ``--space`` file overrides the recipe.
+        resolve_models: optional ``resolve_models(names, what) -> list[str]``: the family
+            offers named models. ``--models`` items that are not family names are given to
+            the families that have it (in registration order; the first that does not raise
+            claims an item): it expands names and wildcards into its model names, or raises
+            :class:`UsageError` (``what`` names the option or file key, with close matches).
+            The family's ``suggest`` finds the resolved names in ``SearchContext.models``.
+        default_models: optional ``default_models(image_size, preset) -> list[str]``: the
+            models searched when none is named (checked before a ``--pretrained`` search).
+        model_param: the family's parameter whose values are model names (e.g.
+            ``timm.arch``): a space file's values for it go through ``resolve_models``.
+        param_values: closed sets of values of the family's categorical parameters, for the
+            checks of a space file (e.g. ``{"cnn.block": ["plain", "residual"]}``); a
+            parameter not listed accepts values of the type of its choices.
+        pretrained: the family's ``build`` takes ``pretrained=True`` and can start from
+            published weights (``--pretrained``, ``--weights``).
     """
 
     name: str
@@ -143,6 +160,11 @@ class ModelFamily:
     describe: Callable[[dict[str, Any]], str] | None = None
     description: str = ""
     recipe: dict[str, Any] = field(default_factory=dict)
+    resolve_models: Callable[[list[str], str], list[str]] | None = None
+    default_models: Callable[[int, str], list[str]] | None = None
+    model_param: str = ""
+    param_values: dict[str, list[Any]] = field(default_factory=dict)
+    pretrained: bool = False
 
     def label(self, params: dict[str, Any]) -> str:
         """Short human name of the model built from ``params``."""

@@ -9,14 +9,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = "automl_vision"
 
-# the built-in timm and CNN families are still privileged in these lazy imports (issue #19:
-# families should claim their model names and space-file values through the hook contract)
-KNOWN_BUILTIN_REACH = {
-    ("automl_vision.search.space", "automl_vision.builtin.timm_backbones"),
-    ("automl_vision.search.space_file", "automl_vision.builtin.custom_cnn"),
-    ("automl_vision.search.space_file", "automl_vision.builtin.timm_backbones"),
-    ("automl_vision.training.pretrained", "automl_vision.builtin.timm_backbones"),
-}
+# issue #19: the built-in timm and CNN families were privileged by four lazy imports from the core;
+# families now claim model names, defaults and parameter values through ModelFamily's fields
+KNOWN_BUILTIN_REACH: set[tuple[str, str]] = set()
 
 
 def _modules() -> dict[str, Path]:

@@ -477,7 +477,7 @@ def test_models_naming_a_family_whose_plugin_is_missing_lists_the_loaded_familie
     with pytest.raises(UsageError, match=r"Model families loaded: cnn, timm \(a plugin's family needs its plugin"):
         families_and_models(settings, pm)
     pm.add_plugin(sys.modules.setdefault("automl_vision_test_mixer_family", _plugin_with_a_mixer_family()), name="mixer")
-    assert families_and_models(settings, pm) == (["mixer"], [])
+    assert families_and_models(settings, pm) == (["mixer"], {})
 
 
 def _plugin_with_a_mixer_family():

@@ -27,12 +27,12 @@ def _sampled(n: int, **options) -> list[dict]:
     pm = get_plugin_manager()
     settings = settings_from_options("data", image_size=[32, 64], n_trials=n, **options)
     space_file.apply(settings, pm)
-    families, timm_models = families_and_models(settings, pm)
+    families, named = families_and_models(settings, pm)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
     out = []
     for _ in range(n):
         trial = study.ask()
-        cfg = sample(trial, settings, pm, families, timm_models, 5, 3, 500, "cpu", 3)
+        cfg = sample(trial, settings, pm, families, named, 5, 3, 500, "cpu", 3)
         out.append({"params": dict(trial.params), "cfg": cfg})
         study.tell(trial, 0.5)
     return out
@@ -189,9 +189,9 @@ def test_same_seed_same_trial_sequence_and_portfolio_first(tmp_path, digits_dir)
     # the portfolio's entries that fit the space ran first, in order, then the sampler
     pm = get_plugin_manager()
     settings = settings_from_options("data", image_size=[16], models="cnn", n_trials=1)
-    families, timm_models = families_and_models(settings, pm)
+    families, named = families_and_models(settings, pm)
     num_train = json.loads((tmp_path / "a" / "run.json").read_text())["data"]["counts"]["train"]
-    space = explore(settings, pm, families, timm_models, num_classes=10, in_chans=1, num_train=num_train)
+    space = explore(settings, pm, families, named, num_classes=10, in_chans=1, num_train=num_train)
     fitting = [(e["name"], fit_entry(e["params"], space)) for e in load_portfolio()]
     fitting = [(n, p) for n, p in fitting if p is not None]
     assert len(fitting) >= 2
@@ -304,12 +304,12 @@ def _recipe_plugin_manager():
 def _sample_with(pm, n: int, **options) -> list[dict]:
     settings = settings_from_options("data", image_size=[16], n_trials=n, models="cnn,vit", **options)
     space_file.apply(settings, pm)
-    families, timm_models = families_and_models(settings, pm)
+    families, named = families_and_models(settings, pm)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=3))
     out = []
     for _ in range(n):
         trial = study.ask()  # one study for both families: Optuna must accept every distribution
-        cfg = sample(trial, settings, pm, families, timm_models, 5, 3, 500, "cpu", 3)
+        cfg = sample(trial, settings, pm, families, named, 5, 3, 500, "cpu", 3)
         out.append({"params": dict(trial.params), "cfg": cfg})
         study.tell(trial, 0.5)
     return out
@@ -347,3 +347,71 @@ def test_the_kit_catches_a_misspelt_recipe_key():
     family.recipe = {"optimiser": ["adamw"]}
     with pytest.raises(PluginCheckError, match="recipe key 'optimiser' is not a parameter of the training space"):
         check_model_family(family, trials=1)
+
+
+def _named_models_plugin_manager():
+    """The built-ins plus a third-party family that offers named models (``tiny-a``, ``tiny-b``)
+    and declares the values of its categorical parameter, as the built-in timm and CNN do."""
+    import fnmatch
+    import types
+
+    from torch import nn
+
+    from automl_vision import hookimpl
+    from automl_vision.plugins import PluginManager
+    from automl_vision.types import ModelFamily
+
+    names = ["tiny-a", "tiny-b"]
+
+    def resolve(items, what):
+        out = [n for item in items for n in names if fnmatch.fnmatchcase(n, item)]
+        if not out:
+            raise UsageError(f"{what}: no zoo2 model matches {items}")
+        return out
+
+    def suggest(trial, ctx):
+        return {"zoo2.arch": trial.suggest_categorical("zoo2.arch", ctx.models or names),
+                "zoo2.act": trial.suggest_categorical("zoo2.act", ["relu", "gelu"])}
+
+    module = types.ModuleType("automl_vision_test_named_family")
+
+    @hookimpl
+    def register_model_families(register):
+        register(ModelFamily("zoo2", suggest=suggest, resolve_models=resolve, model_param="zoo2.arch",
+                             param_values={"zoo2.act": ["relu", "gelu"]},
+                             build=lambda p, in_chans, image_size, num_classes: nn.Sequential(
+                                 nn.Flatten(), nn.Linear(in_chans * image_size * image_size, num_classes))))
+
+    module.register_model_families = register_model_families
+    pm = PluginManager().load(entry_points=False)
+    pm.add_plugin(module, name="zoo2")
+    return pm
+
+
+def test_a_plugin_family_claims_its_model_names_like_the_builtins(tmp_path):
+    """Issue #19: any --models name that was not a family was assumed to be timm's, and the
+    space file's checks hard-coded the cnn.* values; a third-party family could offer neither."""
+    pm = _named_models_plugin_manager()
+    settings = settings_from_options("data", image_size=[16], models="tiny-*,cnn,resnet18")
+    families, named = families_and_models(settings, pm)
+    assert families == ["cnn", "timm", "zoo2"] and named == {"timm": ["resnet18"], "zoo2": ["tiny-a", "tiny-b"]}
+    settings = settings_from_options("data", image_size=[16], models="tiny-b")
+    families, named = families_and_models(settings, pm)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(5):
+        trial = study.ask()
+        cfg = sample(trial, settings, pm, families, named, 3, 3, 100, "cpu", 2)
+        assert cfg.family == "zoo2" and cfg.model_params["zoo2.arch"] == "tiny-b"  # the family saw ctx.models
+        study.tell(trial, 0.5)
+    with pytest.raises(UsageError, match="no zoo2 model matches"):
+        families_and_models(settings_from_options("data", models="nothing-like-it"), pm)
+    for text, ok in (("zoo2.arch: [tiny-a]\n", True), ("zoo2.arch: [tiny-z]\n", False),
+                     ("zoo2.act: [gelu]\n", True), ("zoo2.act: [tanh]\n", False)):
+        space = tmp_path / "space.yaml"
+        space.write_text(text)
+        settings = settings_from_options("data", image_size=[16], models="zoo2", space=str(space))
+        if ok:
+            space_file.apply(settings, pm)
+        else:
+            with pytest.raises(UsageError, match="no zoo2 model matches|not a possible value"):
+                space_file.apply(settings, pm)

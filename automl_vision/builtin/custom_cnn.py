@@ -156,6 +156,8 @@ FAMILY = ModelFamily(
     build=build,
     describe=describe,
     description="searchable custom CNN (plain or residual blocks, stages, width, kernel, norm, activation)",
+    param_values={"cnn.block": ["plain", "residual"], "cnn.norm": ["batch", "group"], "cnn.act": list(ACTIVATIONS),
+                  "cnn.pool": ["avg", "avgmax"], "cnn.down": list(DOWNSAMPLING)},
 )
 
 

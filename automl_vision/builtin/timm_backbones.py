@@ -63,7 +63,7 @@ def suggest(trial, ctx: SearchContext) -> dict[str, Any]:
     # The choices must not depend on the trial's image size: Optuna keeps one list of
     # choices per parameter for the whole study. The smallest searched size decides.
     smallest = int(ctx.options.get("min_image_size") or ctx.image_size)
-    models = ctx.options.get("timm_models") or default_models(smallest, ctx.options.get("preset", "balanced"))
+    models = ctx.models or default_models(smallest, ctx.options.get("preset", "balanced"))
     params: dict[str, Any] = {"timm.arch": trial.suggest_categorical("timm.arch", list(models))}
     params["timm.drop_rate"] = trial.suggest_float("timm.drop_rate", 0.0, 0.3)
     return params
@@ -93,6 +93,10 @@ FAMILY = ModelFamily(
     build=build,
     describe=describe,
     description="timm backbones: a curated zoo by default, any timm name or pattern with --models",
+    resolve_models=resolve_models,
+    default_models=default_models,
+    model_param="timm.arch",
+    pretrained=True,
 )
 
 

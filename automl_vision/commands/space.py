@@ -47,9 +47,9 @@ def run(args: argparse.Namespace) -> int:
                                      space=args.space, plugin=args.plugin, n_trials=1)
     settings.options["image_size_given"] = bool(args.image_size)
     pm = get_plugin_manager(settings.plugins)
-    families, timm_models = families_and_models(settings, pm)
+    families, named = families_and_models(settings, pm)
     space_file.apply(settings, pm)
-    params = explore(settings, pm, families, timm_models, num_train=args.num_train)
+    params = explore(settings, pm, families, named, num_train=args.num_train)
     entries = []
     if args.portfolio:
         from automl_vision.search.portfolio import fit_entry, load_portfolio

@@ -120,7 +120,7 @@ class Objective:
         self.objectives = objectives
         self.max_epochs = max_epochs
         self.run_dir = RunDir(settings.run_dir)
-        self.families, self.timm_models = space.families_and_models(settings, pm)
+        self.families, self.named_models = space.families_and_models(settings, pm)
         self._tensors: dict[int, TensorData] = {}
         self.worker = worker_id()
         self.trial_seconds = trial_seconds(settings, budget.search_seconds)
@@ -151,7 +151,7 @@ class Objective:
         direction = self.pm.metrics.get(objective_metric).direction
         try:
             cfg = space.sample(
-                trial, self.settings, self.pm, self.families, self.timm_models, len(self.data.classes),
+                trial, self.settings, self.pm, self.families, self.named_models, len(self.data.classes),
                 self.data.in_chans, len(self.data.split_index["train"]), self.path.device, self.max_epochs,
             )
             family = self.pm.model_families.get(cfg.family)

@@ -70,13 +70,13 @@ def check_compatible(study: optuna.Study, space: dict[str, Param]) -> None:
 
 
 def warm_start(study: optuna.Study, settings: SearchSettings, pm: PluginManager, families: list[str],
-               timm_models: list[str], num_classes: int, in_chans: int, num_train: int, device: str,
+               named: dict[str, list[str]], num_classes: int, in_chans: int, num_train: int, device: str,
                log: Callable[[str], None] = print) -> list[str]:
     """Check the space against the study; enqueue the portfolio into a new study.
 
     Returns the names of the entries enqueued.
     """
-    space = explore(settings, pm, families, timm_models, num_classes, in_chans, num_train, device)
+    space = explore(settings, pm, families, named, num_classes, in_chans, num_train, device)
     if study.get_trials(deepcopy=False):
         check_compatible(study, space)
         return []

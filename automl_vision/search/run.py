@@ -372,7 +372,7 @@ def run_search(settings: SearchSettings, argv: list[str] | None = None, plain: b
     objective = Objective(settings, data, pm, path, budget, progress, objectives, max_epochs)
     from automl_vision.search.portfolio import warm_start
 
-    warm_start(study, settings, pm, objective.families, objective.timm_models, len(data.classes), data.in_chans,
+    warm_start(study, settings, pm, objective.families, objective.named_models, len(data.classes), data.in_chans,
                len(data.split_index["train"]), path.device, log)
     check_interrupt()  # a Ctrl-C swallowed during start-up (e.g. inside a library's import) stops before any trial
     interrupted: KeyboardInterrupt | None = None

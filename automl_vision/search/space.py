@@ -120,41 +120,52 @@ _MISSING = object()
 
 
 # ------------------------------------------------------------------ what the space is
-def families_and_models(settings: SearchSettings, pm: PluginManager) -> tuple[list[str], list[str]]:
-    """Split ``--models`` into model families and timm names/patterns (resolved)."""
-    if not settings.models:
-        return list(pm.model_families), []
-    families: list[str] = []
-    timm_names: list[str] = []
-    for item in settings.models:
-        if item in pm.model_families:
-            families.append(item)
-        else:
-            timm_names.append(item)
-    if timm_names:
-        if "timm" not in pm.model_families:
-            raise UsageError(f"--models {','.join(timm_names)}: the timm family is not loaded")
-        from automl_vision.builtin.timm_backbones import resolve_models
+def families_and_models(settings: SearchSettings, pm: PluginManager) -> tuple[list[str], dict[str, list[str]]]:
+    """Split ``--models`` into model families and the models they claim:
+    ``(families, {family: resolved model names})``.
 
-        try:
-            timm_names = resolve_models(timm_names)
-        except UsageError as exc:
+    An item that is not a family's name is offered to the families that name models
+    (``ModelFamily.resolve_models``), in registration order; the first that resolves it
+    claims it, and joins the families searched.
+    """
+    if not settings.models:
+        return list(pm.model_families), {}
+    families: list[str] = []
+    named: dict[str, list[str]] = {}
+    others = [item for item in settings.models if item not in pm.model_families]
+    families = [item for item in settings.models if item in pm.model_families]
+    resolvers = [f for f in pm.model_families.values() if f.resolve_models is not None]
+    if others and not resolvers:
+        raise UsageError(f"--models {','.join(others)}: not a model family ({', '.join(pm.model_families)}), and no "
+                         "loaded family takes model names (a plugin's family needs its plugin installed or given "
+                         "with --plugin; see 'automl-vision plugins')")
+    for item in others:
+        first_error = None
+        for fam in resolvers:
+            try:
+                names = fam.resolve_models([item], "--models")
+            except UsageError as exc:
+                first_error = first_error or exc
+                continue
+            named.setdefault(fam.name, []).extend(n for n in names if n not in named.get(fam.name, []))
+            if fam.name not in families:
+                families.append(fam.name)
+            break
+        else:
             # the name may be a plugin's family that is not installed: say which families exist
-            raise UsageError(f"{exc} Model families loaded: {', '.join(pm.model_families)} (a plugin's family needs "
-                             f"its plugin installed or given with --plugin; see 'automl-vision plugins').") from None
-        if "timm" not in families:
-            families.append("timm")
-    return families, timm_names
+            raise UsageError(f"{first_error} Model families loaded: {', '.join(pm.model_families)} (a plugin's "
+                             "family needs its plugin installed or given with --plugin; see 'automl-vision "
+                             "plugins').") from None
+    return families, named
 
 
 def context(settings: SearchSettings, num_classes: int, in_chans: int, image_size: int, num_train: int,
-            device: str, timm_models: list[str]) -> SearchContext:
+            device: str, models: list[str] | None = None) -> SearchContext:
+    """What a family sees while it suggests; ``models``: the names it claimed in ``--models``."""
     options = dict(settings.options)
     options["preset"] = settings.preset
     options["min_image_size"] = min(settings.image_sizes) if settings.image_sizes else image_size
-    if timm_models:
-        options["timm_models"] = timm_models
-    return SearchContext(num_classes, in_chans, image_size, num_train, device, options)
+    return SearchContext(num_classes, in_chans, image_size, num_train, device, options, list(models or []))
 
 
 def batch_choices(num_train: int) -> list[int]:
@@ -167,13 +178,13 @@ def aug_presets(settings: SearchSettings) -> list[str] | None:
     return settings.options.get("aug_presets") or PRESETS.get(settings.preset, {}).get("aug_presets")
 
 
-def sample(trial, settings: SearchSettings, pm: PluginManager, families: list[str], timm_models: list[str],
+def sample(trial, settings: SearchSettings, pm: PluginManager, families: list[str], named: dict[str, list[str]],
            num_classes: int, in_chans: int, num_train: int, device: str, max_epochs: int) -> TrialConfig:
     """One configuration, sampled define-by-run (the space file applied)."""
     trial = SpaceTrial(trial, settings.options.get("space"))
     image_size = int(trial.suggest_categorical("image_size", [int(s) for s in settings.image_sizes]))
     family = trial.suggest_categorical("family", list(families))
-    ctx = context(settings, num_classes, in_chans, image_size, num_train, device, timm_models)
+    ctx = context(settings, num_classes, in_chans, image_size, num_train, device, named.get(family))
     family_obj = pm.model_families.get(family)
     model_params: dict[str, Any] = family_obj.suggest(trial, ctx)
     if not isinstance(model_params, dict):
@@ -357,7 +368,7 @@ class Recorder:
 
 
 def explore(settings: SearchSettings, pm: PluginManager, families: list[str] | None = None,
-            timm_models: list[str] | None = None, num_classes: int = 10, in_chans: int = 3,
+            named: dict[str, list[str]] | None = None, num_classes: int = 10, in_chans: int = 3,
             num_train: int = 1000, device: str = "cpu", max_runs: int = 5000) -> dict[str, Param]:
     """The effective space: every parameter that some configuration uses, with its
     distribution and the categorical values it depends on.
@@ -370,8 +381,8 @@ def explore(settings: SearchSettings, pm: PluginManager, families: list[str] | N
     of runs linear in the number of values. A parameter's condition is the set of
     values of a categorical or small int parameter with which it always appears.
     """
-    if families is None or timm_models is None:
-        families, timm_models = families_and_models(settings, pm)
+    if families is None or named is None:
+        families, named = families_and_models(settings, pm)
     if not settings.image_sizes:
         settings = SearchSettings.from_dict({**settings.as_dict(), "image_sizes": [64]})
     runs: list[dict[str, Any]] = []
@@ -381,7 +392,7 @@ def explore(settings: SearchSettings, pm: PluginManager, families: list[str] | N
     while queue and len(runs) < max_runs:
         assignment = queue.pop(0)
         rec = Recorder(assignment)
-        sample(rec, settings, pm, families, timm_models, num_classes, in_chans, num_train, device,
+        sample(rec, settings, pm, families, named, num_classes, in_chans, num_train, device,
                settings.max_epochs or 1)
         runs.append(rec.params)
         for name, param in rec.seen.items():

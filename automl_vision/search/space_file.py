@@ -35,25 +35,23 @@ from automl_vision.types import UsageError
 RANGE_KEYS = ("low", "high", "log", "step")
 
 def _universes(pm: PluginManager) -> dict[str, list[Any]]:
-    from automl_vision.builtin import custom_cnn
     from automl_vision.search.space import LR_RANGES, SCHEDULES
     from automl_vision.training.augment import PRESETS as AUG_PRESETS
 
-    # Closed sets of values for the built-in categorical parameters. A parameter not listed
-    # here (e.g. a plugin family's) accepts values of the same type as its default choices.
-    return {
+    # Closed sets of values for the categorical parameters: the core's, and those each family
+    # declares (ModelFamily.param_values). A parameter not listed accepts values of the type
+    # of its default choices.
+    universes: dict[str, list[Any]] = {
         "family": list(pm.model_families),
         "optimizer": list(LR_RANGES),
         "schedule": list(SCHEDULES),
         "aug.preset": [*AUG_PRESETS, "custom"],
         "aug.auto": ["none", "trivial", "rand"],
         "aug.mix": ["none", "mixup", "cutmix", "both"],
-        "cnn.block": ["plain", "residual"],
-        "cnn.norm": ["batch", "group"],
-        "cnn.act": list(custom_cnn.ACTIVATIONS),
-        "cnn.pool": ["avg", "avgmax"],
-        "cnn.down": list(custom_cnn.DOWNSAMPLING),
     }
+    for family in pm.model_families.values():
+        universes.update({name: list(values) for name, values in family.param_values.items()})
+    return universes
 
 
 # Sensible bounds for numeric values, so that a typo (lr 3 instead of 3e-3) is caught.
@@ -180,7 +178,7 @@ def _known_params(settings: SearchSettings, pm: PluginManager):
     }
     probe = SearchSettings.from_dict({**settings.as_dict(), "models": [], "image_sizes": settings.image_sizes or [64],
                                       "options": {**settings.options, "space": permissive}})
-    return space.explore(probe, pm, families=list(pm.model_families), timm_models=[])
+    return space.explore(probe, pm, families=list(pm.model_families), named={})
 
 
 def _typed(key: str, value: Any, like: list[Any], name: str) -> Any:
@@ -214,12 +212,11 @@ def _categorical(key: str, name: str, value: Any, param, universe: list[Any] | N
     values = value if isinstance(value, list) else [value]
     if not values:
         raise UsageError(f"{key}: empty list; give at least one choice")
-    if name == "timm.arch":
-        from automl_vision.builtin.timm_backbones import resolve_models
-
+    owner = next((f for f in pm.model_families.values() if f.model_param == name and f.resolve_models), None)
+    if owner is not None:  # a family's model names (timm.arch): the family resolves them
         if not all(isinstance(v, str) for v in values):
-            raise UsageError(f"{key}: timm architectures are names or patterns like 'resnet*'")
-        return resolve_models(values, what=key)
+            raise UsageError(f"{key}: {owner.name} models are names or patterns like 'resnet*'")
+        return owner.resolve_models(values, key)
     out = []
     for i, v in enumerate(values):
         where = f"{key}[{i}]" if isinstance(value, list) else key

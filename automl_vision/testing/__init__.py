@@ -132,6 +132,18 @@ def check_model_family(
     what = f"model family {family.name!r}"
     if not isinstance(family, ModelFamily):
         _fail(what, f"expected a ModelFamily, got {type(family).__name__}")
+    prefix = family.name + "."
+    for key, values in family.param_values.items():
+        if not key.startswith(prefix) or not isinstance(values, (list, tuple)) or not values:
+            _fail(what, f"param_values[{key!r}] must name one of its own parameters ({prefix}<name>) and list its "
+                        "possible values")
+    if family.model_param and (not family.model_param.startswith(prefix) or family.resolve_models is None):
+        _fail(what, f"model_param {family.model_param!r} must be one of its own parameters ({prefix}<name>) and "
+                    "needs resolve_models to check a space file's model names")
+    if family.default_models is not None:
+        defaults = family.default_models(image_size, "balanced")
+        if not isinstance(defaults, list) or not all(isinstance(n, str) for n in defaults):
+            _fail(what, "default_models(image_size, preset) must return a list of model names (str)")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
     sampled = []
@@ -146,11 +158,14 @@ def check_model_family(
                 json.dumps(params)
             except (TypeError, ValueError) as exc:
                 _fail(what, f"suggest() returned parameters that are not JSON values ({exc}); they are stored in config.json")
-            prefix = family.name + "."
             for key in list(params) + list(trial.params):
                 if not key.startswith(prefix):
                     _fail(what, f"parameter {key!r} must be named {prefix}<name> so that it never clashes with "
                                 f"training hyperparameters or other families")
+            for key, values in family.param_values.items():
+                if key in trial.params and trial.params[key] not in values:
+                    _fail(what, f"suggest() sampled {key}={trial.params[key]!r}, which its param_values "
+                                f"({list(values)}) do not list: a space file could not ask for it")
             torch.manual_seed(seed)
             model = family.build(params, in_chans=chans, image_size=image_size, num_classes=num_classes)
             if not isinstance(model, torch.nn.Module):

@@ -260,9 +260,13 @@ def configure(settings: SearchSettings, pm, log=print) -> None:
     else:
         from automl_vision.search.space import families_and_models
 
-        if "timm" not in pm.model_families:
+        # published weights come from timm's hub: the family that builds timm models (and says it
+        # takes pretrained weights) is asked for its model names, through its ModelFamily fields
+        timm_family = pm.model_families.get("timm") if "timm" in pm.model_families else None
+        if timm_family is None or not timm_family.pretrained:
             raise UsageError(f"--{modes[0].replace('_', '-')}: the timm family is not loaded")
-        families, timm_models = families_and_models(settings, pm)
+        families, named = families_and_models(settings, pm)
+        timm_models = named.get("timm", [])
         if modes[0] == "weights":
             files = weight_files(o["weights"], timm_models)
             for arch, path in files.items():
@@ -273,19 +277,21 @@ def configure(settings: SearchSettings, pm, log=print) -> None:
                 log(f"--weights: searching {', '.join(files)} (the models with weight files)")
         else:
             if not settings.models:
-                settings.models = ["timm"]  # the custom CNN has no pretrained weights
-            _, timm_models = families_and_models(settings, pm)
-            from automl_vision.builtin.timm_backbones import default_models
-
-            archs = timm_models or default_models(min(settings.image_sizes or [64]), settings.preset)
-            if "timm.arch" in (o.get("space") or {}):
-                from automl_vision.builtin.timm_backbones import resolve_models
-
-                raw = o["space"]["timm.arch"]
-                archs = resolve_models([str(a) for a in (raw if isinstance(raw, list) else [raw])], what="space: timm.arch")
+                # families without published weights (the custom CNN) would train from scratch
+                settings.models = [f.name for f in pm.model_families.values() if f.pretrained]
+            _, named = families_and_models(settings, pm)
+            archs = named.get("timm") or (timm_family.default_models(min(settings.image_sizes or [64]), settings.preset)
+                                          if timm_family.default_models else [])
+            param = timm_family.model_param
+            if param and param in (o.get("space") or {}) and timm_family.resolve_models:
+                raw = o["space"][param]
+                archs = timm_family.resolve_models([str(a) for a in (raw if isinstance(raw, list) else [raw])],
+                                                   f"space: {param}")
             init["hub"] = check_pretrained(archs)
-            if "cnn" in families:
-                log("--pretrained: custom CNN trials train from scratch; timm backbones start from timm's weights")
+            scratch = [f for f in families if not pm.model_families.get(f).pretrained]
+            if scratch:
+                log(f"--pretrained: {', '.join(scratch)} trials train from scratch (no published weights); timm "
+                    "backbones start from timm's weights")
     if init.get("hub") == "offline" or o.get("init", {}).get("hub") == "offline":
         _go_offline()
     o["init"] = init
