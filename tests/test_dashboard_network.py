@@ -70,3 +70,24 @@ def test_without_the_address_streamlit_would_call_out():
             if not pair[0].startswith("--browser.server") for x in pair]
     calls, _ = outside_calls(opts)
     assert any("checkip.amazonaws.com" in c for c in calls)
+
+
+def test_a_websocket_from_another_origin_is_refused_without_asking_anyone():
+    """Streamlit asks checkip.amazonaws.com when a page of another origin connects, whatever the
+    options; the dashboard's launcher (automl_vision.dashboard.serve) answers for it."""
+    probe = PROBE.replace("assert server_util.is_url_from_allowed_origins(sys.argv[2])",
+                          "from automl_vision.dashboard.serve import no_outside_calls\n"
+                          "no_outside_calls()\n"
+                          "assert not server_util.is_url_from_allowed_origins('http://elsewhere.example:8080')\n"
+                          "assert server_util.is_url_from_allowed_origins(sys.argv[2])")
+    proc = subprocess.run([sys.executable, "-c", probe, json.dumps(streamlit_options("0.0.0.0", 8765)),
+                           f"http://{browser_address('0.0.0.0')}:8765"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(next(x for x in proc.stdout.splitlines() if x.startswith("CALLS="))[6:]) == []
+    # and without the launcher, the same connection does make the call
+    bare = PROBE.replace("assert server_util.is_url_from_allowed_origins(sys.argv[2])",
+                         "server_util.is_url_from_allowed_origins('http://elsewhere.example:8080')")
+    proc = subprocess.run([sys.executable, "-c", bare, json.dumps(streamlit_options("0.0.0.0", 8765)), "x"],
+                          capture_output=True, text=True, timeout=120)
+    calls = json.loads(next(x for x in proc.stdout.splitlines() if x.startswith("CALLS="))[6:])
+    assert any("checkip.amazonaws.com" in c for c in calls)

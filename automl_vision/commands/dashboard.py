@@ -155,7 +155,8 @@ def run(args: argparse.Namespace) -> int:
             env[key] = value
         else:
             env.pop(key, None)
-    cmd = [sys.executable, "-m", "streamlit", "run", str(app), *streamlit_options(args.host, args.port)]
+    # Streamlit's own `streamlit run`, with its one call to an outside service answered here (dashboard/serve.py)
+    cmd = [sys.executable, "-m", "automl_vision.dashboard.serve", "run", str(app), *streamlit_options(args.host, args.port)]
     shown = f"[{args.host}]" if ":" in args.host else args.host
     url = f"http://{'127.0.0.1' if args.host in ('0.0.0.0', '::') else shown}:{args.port}"
     print(f"automl-vision dashboard: {url}  (Ctrl-C to stop)", flush=True)
