@@ -173,9 +173,9 @@ def settings_from_options(data: str, out: str | None = None, **o: Any):
     options["calibrate"] = o.get("calibrate") is not False
     preset = o.get("preset") or "balanced"
     if o.get("space"):
-        from automl_vision.search import space_file
+        from automl_vision.search.space_yaml import load as load_space
 
-        options["space"] = space_file.load(o["space"])
+        options["space"] = load_space(o["space"])
         options["space_file"] = str(o["space"]) if not isinstance(o["space"], dict) else "space"
         options["image_size_given"] = bool(sizes)
     if o.get("portfolio") is False:
@@ -189,7 +189,7 @@ def settings_from_options(data: str, out: str | None = None, **o: Any):
     device = o.get("device") or "auto"
     workers = 1
     if o.get("devices") or (o.get("workers") or 1) > 1:
-        from automl_vision.search.workers import plan_devices
+        from automl_vision.training.device import plan_devices
 
         devices = plan_devices(o.get("devices"), o.get("workers"), device)
         workers = len(devices)

@@ -99,3 +99,29 @@ def test_the_dashboard_is_a_reader_inside_the_package():
                    if t.startswith(f"{PACKAGE}.dashboard") and not m.startswith(f"{PACKAGE}.dashboard")
                    and m != f"{PACKAGE}.commands.dashboard")
     assert not reach, f"the core reaches into the dashboard: {reach}"
+
+
+def test_no_import_cycle_even_through_lazy_imports():
+    """Issue #19: ``search/run.py`` and ``search/workers.py`` imported each other, one of them
+    mid-file (``noqa: E402``) and one inside ``join_study``. Lazy imports count here too, except
+    a package's ``__init__`` reaching its own modules (the Python API's lazy entry points)."""
+    graph = _graph(top_level_only=False)
+    for name in list(graph):
+        if (ROOT / PACKAGE / Path(*name.split(".")[1:]) / "__init__.py").exists():
+            graph[name] = {t for t in graph[name] if not t.startswith(name + ".")}
+    state: dict[str, int] = {}
+    cycles = []
+
+    def visit(node: str, path: list[str]) -> None:
+        state[node] = 1
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                cycles.append(" -> ".join(path[path.index(nxt):] + [nxt]))
+            elif not state.get(nxt):
+                visit(nxt, path + [nxt])
+        state[node] = 2
+
+    for module in sorted(graph):
+        if not state.get(module):
+            visit(module, [module])
+    assert not cycles, "import cycles: " + "; ".join(cycles)

@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     if args.plugin:
         # loaded with the study's own plugins, exactly as $AUTOML_VISION_PLUGINS is (the fingerprint check applies)
         plugins_into_env(os.environ, args.plugin)
-    from automl_vision.search.workers import join_study
+    from automl_vision.search.join import join_study
 
     join_study(storage, args.study_name, device=args.device, run_dir=args.run_dir, data=args.data,
                threads=args.threads, name=args.name, precision=args.precision, channels_last=args.channels_last, n_trials=args.n_trials, time_budget=time_budget,

@@ -32,6 +32,9 @@ from automl_vision.rundir import RUN_SCHEMA, DamagedRunFileError, RunDir, check_
 from automl_vision.search.interrupts import check_interrupt
 from automl_vision.search.objective import DISK_FULL, Budget, Objective
 from automl_vision.search.study import local_storage_file, open_study, redact
+# dead workers' trials (recover_stale_trials, journal file and database storages), the trial loop
+# and worker processes: see automl_vision/search/workers.py
+from automl_vision.search.workers import recover_stale_trials, run_parallel, trial_loop
 from automl_vision.settings import PRESETS, SearchSettings, check_seed, format_duration
 from automl_vision.training.device import apply_gpu_options, choose
 from automl_vision.types import Dataset, UsageError
@@ -214,7 +217,7 @@ def check_settings(settings: SearchSettings, pm: PluginManager) -> list[str]:
         raise UsageError("no model family is available; check --models and the installed plugins")
     from automl_vision.data.cache import memory_limit
     from automl_vision.search import space_file
-    from automl_vision.training.pretrained import configure as configure_weights
+    from automl_vision.search.init_plan import configure as configure_weights
 
     memory_limit()  # a malformed AUTOML_VISION_DATA_MEMORY_MIB stops here, before any work
     configure_weights(settings, pm)  # --pretrained/--weights/--init-from; may fix the searched model
@@ -233,10 +236,6 @@ def directions_for(objectives: list[str], pm: PluginManager) -> list[str]:
             raise UsageError("--metric/--objectives: " + pm.metrics.unknown_message(name)
                              + " Extra objectives: latency, params, macs.")
     return out
-
-
-# dead workers' trials: see automl_vision/search/workers.py (journal file and database storages)
-from automl_vision.search.workers import recover_stale_trials  # noqa: E402
 
 
 def requeue_interrupted(study: optuna.Study, log) -> int:
@@ -278,8 +277,6 @@ def run_worker(study: optuna.Study, objective: Objective, budget: Budget, n_tria
         pm.on_trial_end(str(run_dir.path), trial, record)
 
     # several workers may share the study: see workers.trial_loop (exact --n-trials, dead workers)
-    from automl_vision.search.workers import trial_loop
-
     return trial_loop(study, objective, budget, n_trials, [after_trial], progress.log)
 
 
@@ -380,8 +377,6 @@ def run_search(settings: SearchSettings, argv: list[str] | None = None, plain: b
         try:
             parallel_ok = False
             if settings.workers > 1:
-                from automl_vision.search.workers import run_parallel
-
                 parallel_ok = run_parallel(settings, study, log)
             if not parallel_ok:  # one worker, or finish what workers that died left
                 run_worker(study, objective, budget, settings.n_trials, pm, progress, directions[0])

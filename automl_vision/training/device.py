@@ -242,3 +242,52 @@ def choose(device: str = "auto", precision: str = "auto", channels_last: str = "
     if dev == "mps":
         return ExecPath("mps", "fp32" if precision == "auto" else precision, channels_last == "on", "Apple MPS")
     return choose_cpu_path(precision, channels_last)
+
+
+def plan_devices(devices: str | None, workers: int | None, device: str = "auto") -> list[str]:
+    """One device a worker, from ``--devices`` and ``--workers``.
+
+    Args:
+        devices: ``None``, ``"auto"`` (every CUDA device, else the CPU), ``"cpu"`` or a
+            comma-separated list such as ``"cuda:0,cuda:1"``.
+        workers: number of worker processes; with several devices they are assigned
+            round-robin (two workers per GPU with ``--workers 4`` on two GPUs).
+        device: the ``--device`` option, used when ``devices`` is not given.
+
+    Returns:
+        One device string a worker. Raises UsageError for a device that is not there.
+    """
+    if workers is not None and workers < 1:
+        raise UsageError(f"--workers {workers}: must be at least 1")
+    if devices is None or devices.strip() == "":
+        if not workers or workers == 1:
+            return [device]
+        base = resolve_device(device)
+        if base == "cuda":
+            import torch
+
+            pool = [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+        else:
+            pool = [base]
+    elif devices.strip() == "auto":
+        import torch
+
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        pool = [f"cuda:{i}" for i in range(count)] or ["cpu"]
+    else:
+        pool = []
+        for name in (d.strip() for d in devices.split(",")):
+            if not name:
+                continue
+            if name == "auto":
+                raise UsageError("--devices: 'auto' cannot be combined with other devices")
+            resolved = resolve_device(name)
+            if resolved == "cuda":
+                resolved = "cuda:0"
+            if resolved in pool and resolved != "cpu":
+                raise UsageError(f"--devices: {name} is listed twice; use --workers N for several workers a device")
+            pool.append(resolved)
+        if not pool:
+            raise UsageError(f"--devices {devices!r}: expected auto, cpu or a list such as cuda:0,cuda:1")
+    n = workers or len(pool)
+    return [pool[i % len(pool)] for i in range(n)]
