@@ -163,14 +163,20 @@ class Objective:
                 record["portfolio"] = trial.user_attrs["portfolio"]
             trial.set_user_attr("worker", self.worker)
             data = self.tensors(cfg.image_size)
-            # the initial weights depend on the seed and the trial only (not on what ran before)
-            torch.manual_seed(cfg.seed)
-            try:
-                model = family.build(cfg.model_params, in_chans=self.data.in_chans, image_size=cfg.image_size,
-                                     num_classes=len(self.data.classes))
-            except Exception as exc:
-                raise RuntimeError(f"model family {cfg.family!r} failed to build {label}: {type(exc).__name__}: {exc}") from exc
-            self._initialise(model, cfg, record)  # --pretrained / --weights / --init-from
+
+            def build() -> torch.nn.Module:
+                # the initial weights depend on the seed and the trial only (not on what ran before)
+                torch.manual_seed(cfg.seed)
+                try:
+                    net = family.build(cfg.model_params, in_chans=self.data.in_chans, image_size=cfg.image_size,
+                                       num_classes=len(self.data.classes))
+                except Exception as exc:
+                    raise RuntimeError(f"model family {cfg.family!r} failed to build {label}: "
+                                       f"{type(exc).__name__}: {exc}") from exc
+                self._initialise(net, cfg, record)  # --pretrained / --weights / --init-from
+                return net
+
+            model = build()
             # the budget: estimate the trial's cost first and skip it when it cannot finish in time
             from automl_vision.search import costs
 
@@ -235,40 +241,33 @@ class Objective:
                     return "time budget reached"
                 return None
 
-            oom = None
-            try:
-                result = train(model, cfg, data, self.path, on_epoch=on_epoch, plan=plan, abort=abort)
-            except Exception as exc:
-                if not is_out_of_memory(exc):
-                    raise
-                oom = first_line(exc)  # leave the except block first: its traceback holds the memory
-            if oom is not None:
-                # retried once at half the batch size (and half the learning rate, as sampled
-                # per batch size); a second OOM fails the trial, never the worker
-                old_batch = cfg.batch_size
+            # out of memory: retried once at half the batch size (and half the learning rate, as
+            # sampled per batch size); a second one fails the trial, never the worker
+            first_batch = cfg.batch_size
+            for attempt in (1, 2):
+                oom = None
+                try:
+                    result = train(model, cfg, data, self.path, on_epoch=on_epoch, plan=plan, abort=abort)
+                    break
+                except Exception as exc:
+                    if not is_out_of_memory(exc):
+                        raise
+                    oom = first_line(exc)  # leave the except block first: its traceback holds the memory
                 del model
                 free_device_memory(self.path)
-                if old_batch <= 2:
-                    raise TrialOutOfMemory(f"out of memory at batch size {old_batch}: {oom}")
-                cfg.batch_size, cfg.lr = old_batch // 2, cfg.lr * (old_batch // 2) / old_batch
-                note = f"out of memory at batch size {old_batch}; retried at batch size {cfg.batch_size}"
+                if attempt == 2:
+                    raise TrialOutOfMemory(f"out of memory at batch size {first_batch} and again at "
+                                           f"{cfg.batch_size}: {oom}")
+                if first_batch <= 2:
+                    raise TrialOutOfMemory(f"out of memory at batch size {first_batch}: {oom}")
+                cfg.batch_size, cfg.lr = first_batch // 2, cfg.lr * (first_batch // 2) / first_batch
+                note = f"out of memory at batch size {first_batch}; retried at batch size {cfg.batch_size}"
                 self.progress.log(f"trial {trial.number}: {note}")
                 record["oom_retry"] = note
                 trial.set_user_attr("oom_retry", note)
                 history.clear()
                 write_json(tdir / "config.json", {**cfg.as_dict(), "worker": self.worker, "oom_retry": note})
-                model = family.build(cfg.model_params, in_chans=self.data.in_chans, image_size=cfg.image_size,
-                                     num_classes=len(self.data.classes))
-                self._initialise(model, cfg, record)
-                try:
-                    result = train(model, cfg, data, self.path, on_epoch=on_epoch, plan=plan, abort=abort)
-                except Exception as exc2:
-                    if not is_out_of_memory(exc2):
-                        raise
-                    free_device_memory(self.path)
-                    raise TrialOutOfMemory(
-                        f"out of memory at batch size {old_batch} and again at {cfg.batch_size}: {first_line(exc2)}"
-                    ) from exc2
+                model = build()
             metrics = {k[4:]: v for k, v in history[-1].items() if k.startswith("val_")}
             spec = {
                 "family": cfg.family,
