@@ -34,7 +34,8 @@ from automl_vision.search.objective import DISK_FULL, Budget, Objective
 from automl_vision.search.study import local_storage_file, open_study, redact
 # dead workers' trials (recover_stale_trials, journal file and database storages), the trial loop
 # and worker processes: see automl_vision/search/workers.py
-from automl_vision.search.workers import recover_stale_trials, run_parallel, trial_loop
+from automl_vision.search.loop import trial_loop
+from automl_vision.search.workers import recover_stale_trials, run_parallel
 from automl_vision.settings import PRESETS, SearchSettings, check_seed, format_duration
 from automl_vision.training.device import apply_gpu_options, choose
 from automl_vision.types import Dataset, UsageError
@@ -276,7 +277,7 @@ def run_worker(study: optuna.Study, objective: Objective, budget: Budget, n_tria
         progress.trial_end(record, best_v, best_n)
         pm.on_trial_end(str(run_dir.path), trial, record)
 
-    # several workers may share the study: see workers.trial_loop (exact --n-trials, dead workers)
+    # several workers may share the study: see loop.trial_loop (exact --n-trials, dead workers)
     return trial_loop(study, objective, budget, n_trials, [after_trial], progress.log)
 
 

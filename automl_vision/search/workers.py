@@ -15,9 +15,7 @@ top of it:
   once: on a database through Optuna's heartbeat and ``RetryFailedTrialCallback``; on the
   journal file (which has no heartbeat in Optuna) when the worker's process is gone from
   this host or its heartbeat file is older than the grace period;
-* :func:`trial_loop` is the worker's loop: it starts trials until ``--n-trials`` trials
-  are finished or the time budget ends, and waits for trials running elsewhere instead of
-  leaving the study unfinished when one of them might still die.
+* the worker's loop over trials, which relies on these, is :func:`automl_vision.search.loop.trial_loop`.
 """
 
 from __future__ import annotations
@@ -36,8 +34,7 @@ from typing import Callable
 import optuna
 
 from automl_vision.rundir import DamagedRunFileError, RunDir, read_json, write_json
-from automl_vision.search.interrupts import check_interrupt, watch_interrupts
-from automl_vision.search.study import count_finished, heartbeat_config, is_rdb, retried_numbers
+from automl_vision.search.study import heartbeat_config, is_rdb, retried_numbers
 from automl_vision.training.device import plan_devices  # noqa: F401  (one device a worker, from --devices/--workers)
 
 RUNNING = optuna.trial.TrialState.RUNNING
@@ -321,79 +318,3 @@ def recover_stale_trials(study: optuna.Study, log: Callable[[str], None], run_di
 
 
 # ------------------------------------------------------------------ the worker's loop
-def trial_loop(study: optuna.Study, objective, budget, n_trials: int | None, callbacks: list, log: Callable[[str], None],
-               poll: float | None = None) -> int:
-    """Run trials of ``study`` until ``n_trials`` count as finished or the budget ends.
-
-    A file lock in the run directory makes "count the trials, then take the next one" one
-    step among the workers that share the run directory, so together they run exactly
-    ``n_trials`` trials. When the remaining trials are running on other workers, this
-    worker waits for them (one may die and be re-queued) rather than leaving. Returns the
-    number of trials this worker ran.
-    """
-    from filelock import FileLock
-
-    run_dir = objective.run_dir
-    run_dir.path.mkdir(parents=True, exist_ok=True)
-    beat = heartbeat_config()
-    poll = poll or min(2.0, beat.interval)
-    gate = FileLock(str(run_dir.path / ".trial-start.lock"))
-    ran = 0
-    waiting_logged = False
-    check_interrupt()  # noted before the loop (during start-up): watch_interrupts starts afresh
-    with watch_interrupts(), WorkerHeartbeat(run_dir, objective.worker, objective.path.device, beat.interval) as heartbeat:
-        while True:
-            check_interrupt()  # a Ctrl-C swallowed where it landed still stops the loop
-            gate.acquire()
-            held = True
-            try:
-                recover_stale_trials(study, log, run_dir)
-                if n_trials is not None:
-                    trials = study.get_trials(deepcopy=False)
-                    done = count_finished(trials)
-                    if done >= n_trials:
-                        break
-                    running = sum(t.state == RUNNING for t in trials)
-                    if done + running >= n_trials:
-                        gate.release()
-                        held = False
-                        if not waiting_logged:
-                            log(f"waiting for {running} trial(s) running on other workers")
-                            waiting_logged = True
-                        if budget.deadline is not None and budget.left() <= 0:
-                            break
-                        time.sleep(poll)
-                        continue
-                if not budget.can_start():
-                    if budget.deadline is not None:
-                        log("time budget: not enough time left for another trial")
-                    break
-                waiting_logged = False
-
-                def one_trial(trial: optuna.Trial):
-                    nonlocal held
-                    # the trial has its number now: let the next worker in
-                    gate.release()
-                    held = False
-                    trial.set_user_attr("worker", objective.worker)
-                    retry_of = study._storage.get_trial_system_attrs(trial._trial_id).get("failed_trial")
-                    if retry_of is not None and trial.user_attrs.get("retry_of") is None:
-                        trial.set_user_attr("retry_of", retry_of)
-                    heartbeat.trial(trial.number)
-                    try:
-                        return objective(trial)
-                    finally:
-                        heartbeat.trial(None)
-
-                study.optimize(one_trial, n_trials=1, catch=(Exception,), callbacks=callbacks, gc_after_trial=False)
-                ran += 1
-                if getattr(objective, "fatal", None) is not None:
-                    raise objective.fatal  # a full disk: stop, rather than fail every next trial the same way
-            finally:
-                if held:
-                    gate.release()
-        check_interrupt()
-    return ran
-
-
-# ------------------------------------------------------------------ joining a study
