@@ -164,7 +164,7 @@ def settings_from_options(data: str, out: str | None = None, **o: Any):
     if isinstance(models, str):
         models = [m.strip() for m in models.split(",") if m.strip()]
     options: dict[str, Any] = {"sampler": o.get("sampler") or "tpe"}
-    options.update({k: True for k in ("refit",) if o.get(k)})  # read by search/final.py
+    options.update({k: True for k in ("refit",) if o.get(k)})  # read by search/final/
     # flip TTA is tried by default (decided on validation): replayed on 18 saved runs it raised the delivered
     # test accuracy in 10 and lowered it in 1 (benchmarks/README.md)
     options["tta"] = o.get("tta") is not False

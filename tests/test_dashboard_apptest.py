@@ -149,7 +149,7 @@ def test_ensemble_page_members_weights_and_per_class(monkeypatch, tiny_run):
 
 
 def test_ensemble_page_says_what_the_final_fit_delivered(monkeypatch, tmp_path, tiny_run):
-    # the report of a small-data search: its final fit is what was delivered (written as search/final.py does)
+    # the report of a small-data search: its final fit is what was delivered (written as search/final/ does)
     run = tmp_path / "small"
     shutil.copytree(tiny_run, run)
     final = json.loads((run / "final" / "report.json").read_text())

@@ -121,7 +121,7 @@ def plan_budget(requested_regime: str, n_images: int, time_budget: float | None,
 # photo resolutions the search trains at on CPU, cheapest first (a side of S costs (S/64)^2 of 64 px)
 CPU_IMAGE_SIZES = (64, 96, 128)
 # a resolution above 64 px is chosen only when the final fit can still run this many epochs at it:
-# at 64 px a final fit stops gaining past a few hundred epochs (FINAL_FIT_EPOCH_CAP, search/final.py) while
+# at 64 px a final fit stops gaining past a few hundred epochs (FINAL_FIT_EPOCH_CAP, search/final/training.py) while
 # the hand-written loop trained at 128 px beats itself at 64 px on a few hundred 2-class photos (issue #18)
 MIN_EPOCHS_AT_SIZE = 500
 # images per second of the reference CNN's training at 64 px per image per second of the device probe

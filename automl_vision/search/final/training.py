@@ -1,0 +1,205 @@
+"""Training a chosen configuration again: ``--refit`` on train + validation, and the
+small-data regime's final fit on every labelled image."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from automl_vision.data.prepare import PreparedData
+from automl_vision.models import build_model, load_model, save_model
+from automl_vision.plugins import PluginManager
+from automl_vision.rundir import CONFIG_SCHEMA, FINAL_FIT, MODEL_SCHEMA, RunDir, read_json, write_json
+from automl_vision.settings import format_duration
+from automl_vision.training.device import ExecPath
+from automl_vision.search.final.common import REFIT, write_best
+
+
+def trial_config(config: dict[str, Any], epochs: int):
+    """The :class:`TrialConfig` of a trial's ``config.json``, with ``epochs`` epochs."""
+    from dataclasses import fields
+
+    from automl_vision.training.augment import policy_from_dict
+    from automl_vision.training.trainer import TrialConfig
+
+    names = {f.name for f in fields(TrialConfig)} - {"aug"}
+    cfg = TrialConfig(**{k: v for k, v in config.items() if k in names})
+    cfg.aug = policy_from_dict(config.get("aug") or {})
+    cfg.epochs = int(epochs)
+    return cfg
+
+
+def retrain(run_dir: RunDir, number: int, data: PreparedData, pm: PluginManager, path: ExecPath,
+            idx: np.ndarray, epochs: int, out, kind: str, log: Callable[[str], None], plan=None,
+            abort=None, warm: bool = False, keep_from: float | None = None) -> dict[str, Any]:
+    """Train trial ``number``'s configuration once more, on the images ``idx``, into ``out``.
+
+    The seed (so the initial weights), the normalisation and every hyperparameter are the
+    trial's; ``epochs`` sets the schedule (``plan``/``abort`` as in :func:`train`). With
+    ``warm`` training starts from the trial's trained weights instead (a warm restart of
+    its schedule). The model's ``model.json`` gets ``kind`` (``refit`` or ``final_fit``)
+    with what was done. With ``keep_from``, a run that ``abort`` stops after that share
+    of its schedule's steps is kept (its learning rate has all but reached the end of its
+    decay); otherwise :class:`BudgetExceeded` propagates.
+    """
+    from automl_vision.training.trainer import BudgetExceeded, TensorData, train
+
+    tdir = run_dir.trial_dir(number)
+    spec = read_json(tdir / "model.json", MODEL_SCHEMA)
+    config = read_json(tdir / "config.json", CONFIG_SCHEMA)
+    if not config or not spec:
+        raise RuntimeError(f"trial {number} has no config.json or model.json to train again from")
+    cfg = trial_config(config, epochs)
+    t0 = time.time()
+    val = data.split_index["val"][:64]  # the trainer reports on these after each epoch; nothing is decided on them
+    x_train, x_val = data.training_arrays(idx, val, cfg.image_size, log)
+    tensors = TensorData.from_arrays(x_train, data.labels[idx], x_val, data.labels[val], len(data.classes),
+                                     mean=spec["mean"], std=spec["std"])
+    torch.manual_seed(cfg.seed)  # the same initial weights as the trial
+    model = load_model(tdir, pm)[0] if warm else build_model(spec, pm)
+    stopped = None
+    try:
+        result = train(model, cfg, tensors, path, plan=plan, abort=abort)
+        net, epochs_run = result.model, result.epochs_run
+    except BudgetExceeded as exc:
+        if keep_from is None or exc.model is None or exc.progress < keep_from:
+            raise
+        net, epochs_run = exc.model, exc.epochs
+        stopped = f"{exc} at {exc.progress:.0%} of its schedule (kept: its learning rate had decayed)"
+        log(f"{kind.replace('_', ' ')}: stopped by the time budget at {exc.progress:.0%} of its schedule; kept")
+    info = {"of_trial": number, "epochs": epochs_run, "images": int(len(idx)), "seconds": time.time() - t0,
+            "warm_start": warm}
+    if stopped:
+        info["stopped"] = stopped
+    save_model(out, net.to("cpu"), {**spec, kind: info})
+    write_json(out / "config.json", {**config, "epochs": epochs_run, f"{kind}_of": number})
+    return info
+
+
+def refit_trial(run_dir: RunDir, number: int, data: PreparedData, pm: PluginManager, path: ExecPath,
+                log: Callable[[str], None]) -> dict[str, Any]:
+    """Retrain trial ``number``'s configuration on train + validation into ``refit/<n>/``.
+
+    The number of epochs is the one the trial ran (its schedule ended there), the
+    seed, normalisation and every hyperparameter are the trial's. An existing refit of
+    the same trial is reused.
+    """
+    tdir = run_dir.trial_dir(number)
+    out = run_dir.path / REFIT / tdir.name
+    status = run_dir.read_trial(number) or {}
+    epochs = int(status.get("epochs") or len(run_dir.read_history(number)) or 1)
+    done = read_json(out / "model.json", MODEL_SCHEMA)
+    if done and (done.get("refit") or {}).get("of_trial") == number and (out / "weights.safetensors").exists():
+        return {"trial": number, "dir": f"{REFIT}/{tdir.name}", "epochs": epochs, "reused": True, "seconds": 0.0}
+    idx = np.sort(np.concatenate([data.split_index["train"], data.split_index["val"]]))
+    log(f"refit: trial {number} ({(read_json(tdir / 'model.json', MODEL_SCHEMA) or {}).get('label', '')}) on {len(idx)} "
+        f"train+val images for {epochs} epochs")
+    info = retrain(run_dir, number, data, pm, path, idx, epochs, out, "refit", log)
+    return {"trial": number, "dir": f"{REFIT}/{tdir.name}", "epochs": epochs, "reused": False,
+            "seconds": info["seconds"]}
+
+
+# the most epochs a final fit runs, a bound rather than a target: on 244 photos (hymenoptera, 3 minutes)
+# a cap of 400 left half the budget unspent while a hand-written loop ran 661 epochs and won
+FINAL_FIT_EPOCH_CAP = 1000
+MIN_FINAL_FIT_EPOCHS = 3
+# a final fit stopped by the deadline after this share of its (re)planned schedule is delivered: its
+# cosine learning rate is within 3% of the end of its decay. Below it the search's own model is
+# delivered (on a machine that got busy mid-run, a final fit was thrown away 6 minutes into it)
+FINAL_FIT_KEEP_FROM = 0.9
+
+
+def epoch_seconds_on(run_dir: RunDir, number: int, n_images: int, n_train: int) -> float | None:
+    """Seconds one epoch of trial ``number``'s configuration takes on ``n_images`` images,
+    from the epochs it ran on ``n_train`` (the first epoch, with its one-off set-up, left out)."""
+    import statistics
+
+    hist = run_dir.read_history(number)
+    times = [float(h.get("train_seconds") or 0.0) for h in hist[1:]] or [float(h.get("train_seconds") or 0.0) for h in hist]
+    times = [t for t in times if t > 0]
+    if not times or n_train <= 0:
+        return None
+    # 10% over the trial's pace: a plan that runs short compresses the schedule's end (flowers, 3 minutes: 50 -> 41)
+    return 1.1 * statistics.median(times) * n_images / n_train
+
+
+def final_fit(run_dir: RunDir, number: int, data: PreparedData, pm: PluginManager, path: ExecPath,
+              seconds: float, end: float | None, log: Callable[[str], None]) -> dict[str, Any]:
+    """Train trial ``number``'s network further on every labelled image (train, validation
+    and test) into ``final_fit/``: a warm restart of its schedule from the weights the
+    search trained, for as many epochs as ``seconds`` afford (at most
+    :data:`FINAL_FIT_EPOCH_CAP`), finishing by ``end`` (absolute time; None: no limit).
+
+    Returns what was done, or ``{"skipped": why}``; an earlier final fit of the same trial
+    is reused.
+    """
+    from automl_vision.search.budget import Pace
+    from automl_vision.search.interrupts import check_interrupt
+    from automl_vision.training.trainer import BudgetExceeded
+
+    out = run_dir.path / FINAL_FIT
+    idx = np.sort(np.concatenate([data.split_index[name] for name in ("train", "val", "test")]))
+    done = read_json(out / "model.json", MODEL_SCHEMA)
+    if done and (done.get("final_fit") or {}).get("of_trial") == number and (out / "weights.safetensors").exists():
+        return {**done["final_fit"], "dir": FINAL_FIT, "reused": True}
+    per_epoch = epoch_seconds_on(run_dir, number, len(idx), len(data.split_index["train"]))
+    if per_epoch is None:
+        return {"skipped": f"trial {number} has no timed epochs to plan a final fit from"}
+    epochs = min(FINAL_FIT_EPOCH_CAP, int(seconds // max(per_epoch, 1e-6)))
+    if epochs < MIN_FINAL_FIT_EPOCHS:
+        return {"skipped": (f"not enough time left for a final fit ({seconds:.0f}s affords {epochs} epoch(s) of "
+                            f"{per_epoch:.1f}s on {len(idx)} images); the search's model is delivered")}
+
+    pace = Pace()
+
+    def plan(epochs_done: int, epoch_seconds: float) -> int:
+        # never more than planned (the trainer would stretch the schedule), fewer when epochs run slower
+        if end is None:
+            return epochs
+        return pace.epochs_that_fit(epochs_done, epoch_seconds, end - time.time(), epochs)
+
+    def abort() -> str | None:
+        check_interrupt()
+        if end is not None and time.time() > end:
+            return "time budget reached"
+        return None
+
+    log(f"final fit: trial {number}'s network trained further on all {len(idx)} labelled images for {epochs} epochs "
+        f"(a warm restart of its schedule, about {format_duration(epochs * per_epoch)})")
+    try:
+        info = retrain(run_dir, number, data, pm, path, idx, epochs, out, "final_fit", log, plan=plan, abort=abort,
+                       warm=True, keep_from=FINAL_FIT_KEEP_FROM)
+    except BudgetExceeded as exc:
+        shutil.rmtree(out, ignore_errors=True)
+        return {"skipped": f"the final fit ran past the time budget ({exc}); the search's model is delivered"}
+    return {**info, "planned_epochs": epochs, "dir": FINAL_FIT, "reused": False}
+
+
+def deliver_final_fit(run_dir: RunDir, best_n: int, data: PreparedData, pm: PluginManager, path: ExecPath, plan,
+                      respect_budget: bool, log: Callable[[str], None], temperature: float,
+                      tta: bool) -> dict[str, Any]:
+    """The small-data regime's last step: the final fit of trial ``best_n``, written to
+    ``best/`` with the temperature and test-time augmentation chosen on validation."""
+    planned = float(plan.final_fit) if plan and plan.final_fit else 0.0
+    end = None
+    if respect_budget and plan is not None and plan.deadline is not None:
+        # a few seconds to write best/ and the report after the last epoch
+        end = plan.deadline - min(10.0, 2.0 + 0.01 * float(plan.time_budget))
+        seconds = end - time.time()
+    elif planned:
+        seconds = planned
+    else:  # no budget was ever given: as long as the trial trained, on every image
+        status = run_dir.read_trial(best_n) or {}
+        seconds = float(status.get("seconds") or 0.0) * 2.0
+    info = final_fit(run_dir, best_n, data, pm, path, seconds, end, log)
+    if "skipped" in info:
+        log(f"final fit skipped: {info['skipped']}")
+        return info
+    fitted = read_json(run_dir.path / FINAL_FIT / "model.json", MODEL_SCHEMA) or {}
+    write_best(run_dir, run_dir.path / FINAL_FIT, run_dir.trial_dir(best_n),
+               {**fitted, "temperature": temperature, "tta": tta, "source": FINAL_FIT})
+    return info
