@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import time
 from pathlib import Path
 
 import numpy as np
@@ -194,3 +195,35 @@ def test_a_probe_distribution_goes_through_every_command(venv, tmp_path):
     assert meta["verified"]["max_abs_diff"] <= meta["verified"]["tolerance"]
     pages = _run([venv["python"], "-c", DASHBOARD_CHECK, str(out)], cwd=elsewhere, env=env, timeout=600)
     assert "pages ok" in pages.stdout
+
+
+def test_the_installed_package_serves_its_dashboard(venv, tmp_path):
+    """Issue #20: the dashboard is part of the installed package (automl_vision.dashboard, no
+    top-level 'dashboard'), and `automl-vision dashboard` from that install answers Streamlit's
+    health check on loopback."""
+    import urllib.request
+
+    from pgserver import free_port
+
+    found = _run([venv["python"], "-c", "import importlib.util, automl_vision.dashboard as d; "
+                  "print(d.APP.is_file(), importlib.util.find_spec('dashboard') is None, d.__file__)"],
+                 cwd=tmp_path, env=venv["env"], timeout=120).stdout.split()
+    assert found[:2] == ["True", "True"] and str(ROOT) not in found[2], found  # the copy pip installed
+    port = free_port()
+    log = (tmp_path / "dashboard.log").open("w")
+    proc = subprocess.Popen([str(venv["bin"] / "automl-vision"), "dashboard", str(tmp_path), "--port", str(port)],
+                            cwd=tmp_path, env=venv["env"], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline, answer = time.time() + 120, None
+        while time.time() < deadline and proc.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=5) as r:
+                    answer = r.read().decode()
+                    break
+            except OSError:
+                time.sleep(1)
+        assert answer == "ok", (tmp_path / "dashboard.log").read_text()[-2000:]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
