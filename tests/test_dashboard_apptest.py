@@ -172,7 +172,9 @@ def test_errors_page_confusion_gallery_and_grad_cam(monkeypatch, tiny_run):
     gallery = [c for c in captions if " → predicted " in c]
     assert len(gallery) == min(12, n_wrong)
     assert any(c.startswith("Grad-CAM for class") for c in captions), captions
-    assert "Red marks the pixels" in texts(at)
+    assert "Dark red marks the pixels" in texts(at) and "Turbo colour scale" in texts(at)
+    # the overlay has its colour bar
+    assert any(c.startswith("colour scale: least (left, dark blue)") for c in captions), captions
     # every probability says what it is: the gallery's are the delivered model's, the Grad-CAM panel's the network's
     from automl_vision.dashboard.data import probability_kind
 
