@@ -234,3 +234,36 @@ def test_a_final_fit_stopped_by_the_deadline_at_the_end_of_its_schedule_is_kept(
         retrain(rd, number, data, pm, path, idx, 10, run / "early", "final_fit", lambda m: None,
                 abort=abort_after(total // 2), warm=True, keep_from=FINAL_FIT_KEEP_FROM)
     assert 0.4 < exc.value.progress < 0.6 and not (run / "early").exists()
+
+
+def test_a_final_fit_planned_short_grows_to_the_time_it_has(tmp_path, tiny_run):
+    """The final fit is planned from the trial's pace; on sign-digits (10 minutes) 352 epochs
+    planned for 6m15s ran in 5m19s and a minute was left unused. From its second epoch its own
+    pace decides, up to the deadline."""
+    import shutil
+    import time
+
+    from automl_vision.data.prepare import reload_prepared
+    from automl_vision.plugins import run_plugin_manager
+    from automl_vision.rundir import RunDir
+    from automl_vision.search.final import final_fit
+    from automl_vision.training.device import choose
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    shutil.rmtree(run / "final_fit", ignore_errors=True)
+    rd = RunDir(run)
+    pm = run_plugin_manager(rd.read_run() or {}, [])
+    data = reload_prepared(rd, pm)
+    number = int(json.loads((run / "final" / "report.json").read_text())["best_trial"])
+    path = choose("cpu", "fp32", "off")
+    from automl_vision.search.final.training import epoch_seconds_on
+
+    n = sum(len(data.split_index[s]) for s in ("train", "val", "test"))
+    per_epoch = epoch_seconds_on(rd, number, n, len(data.split_index["train"]))
+    end = time.time() + 10.0
+    info = final_fit(rd, number, data, pm, path, seconds=4.5 * per_epoch, end=end, log=lambda m: None)
+    assert "skipped" not in info, info
+    assert info["planned_epochs"] == 4 and info["epochs"] > 4, info  # grew from its own pace
+    assert info["epochs"] <= 1000 and json.loads((run / "final_fit" / "model.json").read_text())["final_fit"]["epochs"] \
+        == info["epochs"]
