@@ -97,7 +97,7 @@ def image_files(folder: Path) -> list[tuple[Path, str]]:
 def describe_set(path: Path) -> dict[str, Any]:
     train, held = image_files(path / "train"), image_files(path / "eval")
     classes = sorted({c for _f, c in train})
-    return {"path": str(path), "classes": classes, "n_train": len(train), "n_eval": len(held),
+    return {"path": path.name, "classes": classes, "n_train": len(train), "n_eval": len(held),
             "eval_classes_not_in_train": sorted({c for _f, c in held} - set(classes))}
 
 
@@ -225,7 +225,10 @@ def run_search_arm(arm: str, set_dir: Path, run_dir: Path, seed: int, budget: fl
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     cmd = [*cli, "search", str(set_dir / "train"), "--time-budget", f"{budget:g}s", "--seed", str(seed),
            "--out", str(run_dir), "--plain", *SEARCH_ARMS[arm], *extra]
-    res: dict[str, Any] = {"command": shlex.join(cmd)}
+    # results files record no path of the machine that ran them: the set by its name, the rest by file name
+    shown = [*(["automl-vision"] if cli and cli[0].endswith("automl-vision") else cli)] + cmd[len(cli):]
+    shown = [a.replace(str(set_dir), set_dir.name).replace(str(run_dir.parent), "WORKDIR/runs") for a in shown]
+    res: dict[str, Any] = {"command": shlex.join(shown)}
     log = run_dir.with_suffix(".search.log")
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     t0 = time.perf_counter()
@@ -237,7 +240,7 @@ def run_search_arm(arm: str, set_dir: Path, run_dir: Path, seed: int, budget: fl
         rc = "timeout"
     res["search_seconds"] = time.perf_counter() - t0
     res["search_overrun_seconds"] = res["search_seconds"] - budget
-    res["search_log"] = str(log)
+    res["search_log"] = log.name
     res["states"] = count_states(run_dir)
     res["trials"] = sum(res["states"].values())
     res["report"] = read_report(run_dir)
@@ -252,7 +255,7 @@ def run_search_arm(arm: str, set_dir: Path, run_dir: Path, seed: int, budget: fl
     if proc.returncode != 0 or not preds.exists():
         res["error"] = f"predict exited with {proc.returncode}: " + (proc.stderr or proc.stdout)[-1500:]
         return res
-    res["predictions"] = str(preds)
+    res["predictions"] = preds.name
     res.update(score_predictions(preds, set_dir / "eval"))
     return res
 
@@ -551,7 +554,7 @@ def main(argv: list[str] | None = None) -> int:
             payload: dict[str, Any] = {
                 "benchmark": "small_data", "machine": machine, "quick": args.quick,
                 "settings": {"budget": budget_text, "budget_seconds": budget, "seeds": seeds, "arms": arms,
-                             "extra": extra, "cli": cli, "loop": {**LOOP, "device": device, "threads": args.threads},
+                             "extra": extra, "cli": [Path(cli[0]).name, *cli[1:]], "loop": {**LOOP, "device": device, "threads": args.threads},
                              "scoring": "accuracy over every image of <set>/eval (unpredicted = wrong)"},
                 "datasets": {},
             }
@@ -597,6 +600,7 @@ def main(argv: list[str] | None = None) -> int:
                             run_dir = work / "runs" / f"{s.name}-{budget_label(budget_text)}-s{seed}-{arm}"
                             res = run_search_arm(arm, s, run_dir, seed, budget, extra, cli)
                         res = {"arm": arm, "seed": seed, "extra": key_extra, "budget_seconds": budget,
+                               "git_commit": machine.get("git_commit"),
                                "date_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                                "load_average_before": load_before, "load_average_after": C.load_average(), **res}
                         entry["runs"].append(res)
