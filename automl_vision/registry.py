@@ -135,6 +135,10 @@ class Registry(Generic[T]):
         """``(name, object)`` for every usable name, in registration order."""
         return [(n, self._resolve(n).obj) for n in self]
 
+    def values(self) -> list[T]:
+        """The object of every usable name, in registration order."""
+        return [obj for _, obj in self.items()]
+
     def conflicts(self) -> dict[str, list[str]]:
         """Name -> the plugins that registered it, for every conflicting name."""
         return {n: [e.plugin for e in es] for n, es in self._conflicts.items()}

@@ -394,7 +394,7 @@ def test_a_plugin_family_claims_its_model_names_like_the_builtins(tmp_path):
     pm = _named_models_plugin_manager()
     settings = settings_from_options("data", image_size=[16], models="tiny-*,cnn,resnet18")
     families, named = families_and_models(settings, pm)
-    assert families == ["cnn", "timm", "zoo2"] and named == {"timm": ["resnet18"], "zoo2": ["tiny-a", "tiny-b"]}
+    assert families == ["cnn", "zoo2", "timm"] and named == {"timm": ["resnet18"], "zoo2": ["tiny-a", "tiny-b"]}
     settings = settings_from_options("data", image_size=[16], models="tiny-b")
     families, named = families_and_models(settings, pm)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
@@ -403,8 +403,8 @@ def test_a_plugin_family_claims_its_model_names_like_the_builtins(tmp_path):
         cfg = sample(trial, settings, pm, families, named, 3, 3, 100, "cpu", 2)
         assert cfg.family == "zoo2" and cfg.model_params["zoo2.arch"] == "tiny-b"  # the family saw ctx.models
         study.tell(trial, 0.5)
-    with pytest.raises(UsageError, match="no zoo2 model matches"):
-        families_and_models(settings_from_options("data", models="nothing-like-it"), pm)
+    with pytest.raises(UsageError, match="unknown timm model 'nothing-like-it'.* Model families loaded: cnn, timm, zoo2"):
+        families_and_models(settings_from_options("data", models="nothing-like-it"), pm)  # no family claims it
     for text, ok in (("zoo2.arch: [tiny-a]\n", True), ("zoo2.arch: [tiny-z]\n", False),
                      ("zoo2.act: [gelu]\n", True), ("zoo2.act: [tanh]\n", False)):
         space = tmp_path / "space.yaml"
