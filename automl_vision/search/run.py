@@ -107,6 +107,12 @@ def auto_image_sizes(dataset: Dataset, path, requested_regime: str,
 _START_FILES = re.compile(r"\.?(cache|data_report\.json|splits\.json)(\.[0-9a-f]+\.tmp)?")
 
 
+# what a resumed search reads from its run.json (the settings may be absent in a run started by an older
+# version or by hand; present, they must be what the search wrote)
+RESUME_SCHEMA = {**{k: v for k, v in RUN_SCHEMA.items() if k != "settings"}, "settings?": RUN_SCHEMA["settings"],
+                 "sessions?": [dict], "study_name?": str, "started?": (int, float)}
+
+
 def previous_run(run_dir: RunDir, overwrite: bool = False) -> dict[str, Any] | None:
     """This tool's ``run.json`` in ``run_dir``; None when there is none, or (with
     ``overwrite``) when the file there is someone else's or damaged."""
@@ -114,7 +120,7 @@ def previous_run(run_dir: RunDir, overwrite: bool = False) -> dict[str, Any] | N
         info = read_json(run_dir.run_json)
         if not (isinstance(info, dict) and "layout_version" in info):
             return None  # someone else's file: check_out says so
-        problem = check_schema(info, RUN_SCHEMA)
+        problem = check_schema(info, RESUME_SCHEMA)
         if problem:  # ours, but edited: what a resumed search would read from it must be there
             raise DamagedRunFileError(run_dir.run_json, problem)
     except DamagedRunFileError:
