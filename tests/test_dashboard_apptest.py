@@ -23,11 +23,13 @@ from automl_vision.dashboard.data import ENV_RUNS, ENV_STORAGE, ENV_STUDY, RunDa
 TIMEOUT = 180  # the machine running the tests may be busy; this is a limit, not a measurement
 
 
-def open_page(monkeypatch, runs, page: str | None = None) -> AppTest:
+def open_page(monkeypatch, runs, page: str | None = None, query: dict | None = None) -> AppTest:
     monkeypatch.setenv(ENV_RUNS, os.pathsep.join(str(r) for r in runs))
     monkeypatch.delenv(ENV_STORAGE, raising=False)
     monkeypatch.delenv(ENV_STUDY, raising=False)
-    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT).run()
+    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
+    at.query_params.update(query or {})
+    at.run()
     if page:
         at.switch_page(f"sections/{page}.py").run()
     assert not at.exception, [e.value for e in at.exception]

@@ -10,7 +10,6 @@ this is the run it would see after an hour-long search. The browser tests
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -19,10 +18,9 @@ import pytest
 pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
-from automl_vision.dashboard import APP  # noqa: E402
-from automl_vision.dashboard.data import ENV_RUNS, ENV_STORAGE, ENV_STUDY, RunData, state_label  # noqa: E402
+from automl_vision.dashboard.data import RunData, state_label  # noqa: E402
+from test_dashboard_apptest import open_page, texts  # noqa: E402  (the same page helpers)
 
-TIMEOUT = 180
 T0 = 1_700_000_000.0  # when the big search started
 BUDGET = 3600.0  # its --time-budget
 RESERVE = 120.0  # seconds kept for the final steps
@@ -161,25 +159,6 @@ def write_big_run(out: Path, n_trials: int = 120, epochs: int = 200, seed: int =
 @pytest.fixture(scope="session")
 def big_run(tmp_path_factory) -> Path:
     return write_big_run(tmp_path_factory.mktemp("runs") / "big")
-
-
-def open_page(monkeypatch, runs, page: str | None = None, query: dict | None = None) -> AppTest:
-    monkeypatch.setenv(ENV_RUNS, os.pathsep.join(str(r) for r in runs))
-    monkeypatch.delenv(ENV_STORAGE, raising=False)
-    monkeypatch.delenv(ENV_STUDY, raising=False)
-    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
-    at.query_params.update(query or {})
-    at.run()
-    if page:
-        at.switch_page(f"sections/{page}.py").run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
-
-
-def texts(at: AppTest) -> str:
-    parts = [e.value for kind in ("title", "header", "subheader", "markdown", "caption", "info", "warning", "error",
-                                  "success") for e in getattr(at, kind)]
-    return "\n".join(str(p) for p in parts)
 
 
 def chart(at: AppTest, key: str) -> dict:

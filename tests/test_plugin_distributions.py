@@ -12,18 +12,14 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import shutil
 import subprocess
-import sys
-import sysconfig
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
+from venvkit import ROOT, install_fresh
+from venvkit import run as _run
 
-ROOT = Path(__file__).resolve().parents[1]
 DISTS = {
     "automl-vision-digits": "automl_vision_digits",
     "automl-vision-mixer": "automl_vision_mixer",
@@ -31,63 +27,12 @@ DISTS = {
 }
 # a test-only distribution (not an example): its source, family and metric go through every command
 PROBE = ROOT / "tests" / "plugin_probe"
-# what the fresh environment must NOT see from the project's own environment
-HIDDEN_PREFIXES = ("automl_vision", "automl-vision", "__editable__", "distutils-precedence.pth")
-
-
-def _run(cmd: list[str], cwd: Path, env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess:
-    proc = subprocess.run([str(c) for c in cmd], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, f"{' '.join(map(str, cmd))} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    return proc
-
-
-def _copy_tree(src: Path, dst: Path) -> Path:
-    # a copy keeps the build's egg-info and build/ folders out of the shared working tree
-    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info", "build", ".pytest_cache"))
-    return dst
 
 
 @pytest.fixture(scope="module")
 def venv(tmp_path_factory):
     """A fresh venv with automl-vision and the three plugin distributions pip-installed."""
-    base = tmp_path_factory.mktemp("plugin-venv")
-    env_dir = base / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(env_dir)], check=True, timeout=120)
-    py = env_dir / "bin" / "python"
-    site = Path(subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                               check=True, capture_output=True, text=True).stdout.strip())
-
-    # the project's dependencies, shared read-only through symlinks, minus automl-vision itself
-    shared = base / "shared-deps"
-    shared.mkdir()
-    for entry in Path(sysconfig.get_paths()["purelib"]).iterdir():
-        if entry.name.startswith(HIDDEN_PREFIXES) or entry.name.endswith(".pth"):
-            continue
-        if any(entry.name.startswith(mod) for mod in DISTS.values()):
-            continue
-        (shared / entry.name).symlink_to(entry)
-    (site / "_automl_vision_test_shared_deps.pth").write_text(str(shared) + "\n")
-
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AUTOML_VISION_", "PYTHON", "VIRTUAL_ENV"))}
-    env["PATH"] = f"{env_dir / 'bin'}{os.pathsep}{env.get('PATH', '')}"
-    env["PYTHONUNBUFFERED"] = "1"
-    check = subprocess.run([str(py), "-c", "import automl_vision"], env=env, cwd=base, capture_output=True, text=True)
-    assert check.returncode != 0, "the fresh venv must not see automl-vision before it is installed"
-
-    sources = [_copy_project(base / "src" / "automl-vision")]
-    sources += [_copy_tree(ROOT / "plugins" / name, base / "src" / name) for name in DISTS]
-    sources.append(_copy_tree(PROBE, base / "src" / PROBE.name))
-    _run([py, "-m", "pip", "install", "--no-index", "--no-build-isolation", "--no-deps", "--quiet",
-          "--disable-pip-version-check", *sources], cwd=base, env=env, timeout=600)
-    return {"dir": env_dir, "python": py, "bin": env_dir / "bin", "env": env, "base": base, "sources": base / "src"}
-
-
-def _copy_project(dst: Path) -> Path:
-    dst.mkdir(parents=True)
-    for name in ("pyproject.toml", "README.md"):
-        shutil.copy2(ROOT / name, dst / name)
-    _copy_tree(ROOT / "automl_vision", dst / "automl_vision")
-    return dst
+    return install_fresh(tmp_path_factory.mktemp("plugin-venv"), [ROOT / "plugins" / name for name in DISTS] + [PROBE])
 
 
 def test_plugins_are_installed_and_found_through_their_entry_points(venv):

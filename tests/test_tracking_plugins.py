@@ -14,21 +14,17 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import shutil
 import subprocess
-import sys
-import sysconfig
 from pathlib import Path
 
 import pytest
+from venvkit import ROOT, install_fresh
+from venvkit import run as _run
 
-ROOT = Path(__file__).resolve().parents[1]
 DISTS = {
     "automl-vision-mlflow": "automl_vision_mlflow",
     "automl-vision-tensorboard": "automl_vision_tensorboard",
 }
-HIDDEN_PREFIXES = ("automl_vision", "automl-vision", "__editable__", "distutils-precedence.pth")
 # two trials of small CNNs at 16 px, two epochs each
 SEARCH = ["--n-trials", "2", "--max-epochs", "2", "--image-size", "16", "--models", "cnn", "--plain",
           "--precision", "fp32", "--channels-last", "off"]
@@ -37,55 +33,11 @@ pytest.importorskip("mlflow", reason="the test extra (mlflow-skinny) is not inst
 pytest.importorskip("tensorboard", reason="the test extra (tensorboard) is not installed")
 
 
-def _run(cmd: list, cwd: Path, env: dict[str, str], timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run([str(c) for c in cmd], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-    if check:
-        assert proc.returncode == 0, f"{' '.join(map(str, cmd))} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    return proc
-
-
-def _copy_tree(src: Path, dst: Path) -> Path:
-    # a copy keeps the build's egg-info and build/ folders out of the shared working tree
-    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info", "build", ".pytest_cache"))
-    return dst
-
-
-def _copy_project(dst: Path) -> Path:
-    dst.mkdir(parents=True)
-    for name in ("pyproject.toml", "README.md"):
-        shutil.copy2(ROOT / name, dst / name)
-    _copy_tree(ROOT / "automl_vision", dst / "automl_vision")
-    return dst
-
-
 @pytest.fixture(scope="module")
 def venv(tmp_path_factory):
     """A fresh venv with automl-vision and the two tracking distributions pip-installed."""
-    base = tmp_path_factory.mktemp("tracking-venv")
-    env_dir = base / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(env_dir)], check=True, timeout=120)
-    py = env_dir / "bin" / "python"
-    site = Path(subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                               check=True, capture_output=True, text=True).stdout.strip())
-    shared = base / "shared-deps"
-    shared.mkdir()
-    for entry in Path(sysconfig.get_paths()["purelib"]).iterdir():
-        if entry.name.startswith(HIDDEN_PREFIXES) or entry.name.endswith(".pth"):
-            continue
-        (shared / entry.name).symlink_to(entry)
-    (site / "_automl_vision_test_shared_deps.pth").write_text(str(shared) + "\n")
-
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AUTOML_VISION_", "PYTHON", "VIRTUAL_ENV", "MLFLOW_"))}
-    env["PATH"] = f"{env_dir / 'bin'}{os.pathsep}{env.get('PATH', '')}"
-    env["PYTHONUNBUFFERED"] = "1"
-    check = subprocess.run([str(py), "-c", "import automl_vision_mlflow"], env=env, cwd=base, capture_output=True)
-    assert check.returncode != 0, "the fresh venv must not see the plugin before it is installed"
-
-    sources = [_copy_project(base / "src" / "automl-vision")]
-    sources += [_copy_tree(ROOT / "plugins" / name, base / "src" / name) for name in DISTS]
-    _run([py, "-m", "pip", "install", "--no-index", "--no-build-isolation", "--no-deps", "--quiet",
-          "--disable-pip-version-check", *sources], cwd=base, env=env, timeout=600)
-    return {"dir": env_dir, "python": py, "cli": env_dir / "bin" / "automl-vision", "env": env, "base": base}
+    return install_fresh(tmp_path_factory.mktemp("tracking-venv"), [ROOT / "plugins" / name for name in DISTS],
+                         drop_env=("MLFLOW_",))
 
 
 def _search(venv, data: Path, out: Path, **env: str) -> subprocess.CompletedProcess:
