@@ -47,6 +47,54 @@ def trial_seconds(settings: "SearchSettings", search_seconds: float | None = Non
 
 
 @dataclass
+class SearchOptions:
+    """The settings past the main ones, typed: what the sampler, the weight set-up, the
+    devices and the end of the search read.
+
+    Stored in run.json (and with the study) as the dict ``settings.options``: only the
+    values that differ from these defaults are written, and a key this version does not
+    know is ignored, so older and newer run directories stay readable both ways. The
+    defaults are those of a run that did not record a value: an older run without
+    ``tta`` did not try TTA. A new search's defaults come from :func:`settings_from_options`.
+    """
+
+    sampler: str = "tpe"  # tpe, random, cmaes, nsga2 (search/study.py)
+    portfolio: bool = True  # start with the measured portfolio (search/portfolio.py)
+    # the end of the search (search/final/): the defaults of `automl-vision ensemble` on this run
+    refit: bool = False
+    tta: bool = False
+    calibrate: bool = False
+    # a space file (search/space_yaml.py), validated in place by search/space_file.py
+    space: dict[str, Any] | None = None
+    space_file: str | None = None  # where it came from, for messages
+    image_size_given: bool = False  # --image-size was given too: the file's image_size must agree
+    # initial weights (search/init_plan.py); ``init`` is what configure() resolved from them
+    pretrained: bool = False
+    weights: str | None = None
+    init_from: str | None = None
+    freeze_stages: int = 0
+    backbone_lr_scale: float | None = None
+    init: dict[str, Any] | None = None
+    # devices (training/device.py)
+    devices: list[str] | None = None  # one worker per device; None: settings.device, settings.workers
+    compile: bool = False
+    device_data: str = "auto"  # auto, on, off
+
+    def as_dict(self) -> dict[str, Any]:
+        """The values that differ from the defaults (run.json's ``settings.options``)."""
+        default = SearchOptions()
+        return {f.name: getattr(self, f.name) for f in fields(self)
+                if getattr(self, f.name) != getattr(default, f.name)}
+
+    @classmethod
+    def from_dict(cls, d: "dict[str, Any] | SearchOptions | None") -> "SearchOptions":
+        if isinstance(d, SearchOptions):
+            return d
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in (d or {}).items() if k in names})
+
+
+@dataclass
 class SearchSettings:
     data: str
     run_dir: str
@@ -68,10 +116,15 @@ class SearchSettings:
     prefer: dict[str, str] = field(default_factory=dict)  # NAME -> PLUGIN picked on a conflict
     workers: int = 1
     regime: str = "auto"  # small-data regime: auto, small or standard (search/budget.py)
-    options: dict[str, Any] = field(default_factory=dict)  # room for later settings
+    options: SearchOptions = field(default_factory=SearchOptions)
+
+    def __post_init__(self) -> None:
+        self.options = SearchOptions.from_dict(self.options)
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        d["options"] = self.options.as_dict()
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "SearchSettings":
@@ -163,28 +216,28 @@ def settings_from_options(data: str, out: str | None = None, **o: Any):
     models = o.get("models") or []
     if isinstance(models, str):
         models = [m.strip() for m in models.split(",") if m.strip()]
-    options: dict[str, Any] = {"sampler": o.get("sampler") or "tpe"}
-    options.update({k: True for k in ("refit",) if o.get(k)})  # read by search/final/
+    options = SearchOptions(sampler=o.get("sampler") or "tpe", refit=bool(o.get("refit")))
     # flip TTA is tried by default (decided on validation): replayed on 18 saved runs it raised the delivered
     # test accuracy in 10 and lowered it in 1 (benchmarks/README.md)
-    options["tta"] = o.get("tta") is not False
+    options.tta = o.get("tta") is not False
     # calibration too: one temperature never changes a prediction, and the probabilities of networks trained
     # with label smoothing and mixup are far from calibrated (digits: test ECE 0.137 -> 0.004)
-    options["calibrate"] = o.get("calibrate") is not False
+    options.calibrate = o.get("calibrate") is not False
     preset = o.get("preset") or "balanced"
     if o.get("space"):
         from automl_vision.search.space_yaml import load as load_space
 
-        options["space"] = load_space(o["space"])
-        options["space_file"] = str(o["space"]) if not isinstance(o["space"], dict) else "space"
-        options["image_size_given"] = bool(sizes)
-    if o.get("portfolio") is False:
-        options["portfolio"] = False
-    for key in ("pretrained", "weights", "init_from", "freeze_stages", "backbone_lr_scale"):
-        if o.get(key):
-            options[key] = str(o[key]) if key in ("weights", "init_from") else o[key]
+        options.space = load_space(o["space"])
+        options.space_file = str(o["space"]) if not isinstance(o["space"], dict) else "space"
+        options.image_size_given = bool(sizes)
+    options.portfolio = o.get("portfolio") is not False
+    options.pretrained = bool(o.get("pretrained"))
+    options.weights = str(o["weights"]) if o.get("weights") else None
+    options.init_from = str(o["init_from"]) if o.get("init_from") else None
+    options.freeze_stages = o.get("freeze_stages") or 0
+    options.backbone_lr_scale = o.get("backbone_lr_scale")
     metric = o.get("objectives") or o.get("metric") or "accuracy"
-    if options["sampler"] == "nsga2" and "," not in metric:
+    if options.sampler == "nsga2" and "," not in metric:
         raise UsageError("--sampler nsga2 is for multi-objective searches: add --objectives, e.g. accuracy,latency")
     device = o.get("device") or "auto"
     workers = 1
@@ -194,13 +247,11 @@ def settings_from_options(data: str, out: str | None = None, **o: Any):
         devices = plan_devices(o.get("devices"), o.get("workers"), device)
         workers = len(devices)
         if workers > 1:
-            options["devices"] = devices
+            options.devices = devices
         else:
             device = devices[0]
-    if o.get("compile"):
-        options["compile"] = True
-    if o.get("device_data") and o["device_data"] != "auto":
-        options["device_data"] = o["device_data"]
+    options.compile = bool(o.get("compile"))
+    options.device_data = o.get("device_data") or "auto"
     return SearchSettings(
         data=data,
         run_dir=str(out or Path("runs") / study_name),

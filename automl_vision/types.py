@@ -103,9 +103,14 @@ class SearchContext:
         image_size: side of the square input, in pixels.
         num_train: number of training images.
         device: ``"cpu"``, ``"cuda"``, ...
-        options: settings from the search space file or the command line.
+        options: the search's other settings as a dict (run.json's ``settings.options``,
+            plus ``preset`` and ``min_image_size`` for plugins written before those fields).
         models: this family's models that the user named (``--models`` items that the
             family's ``resolve_models`` claimed, resolved); empty: the family's own choice.
+        preset: the search preset (``fast``, ``balanced``, ``best``).
+        min_image_size: the smallest image size the search trains at. Choices that must not
+            change between trials (Optuna keeps one list per parameter) depend on this, not
+            on ``image_size``; 0 when unknown.
     """
 
     num_classes: int
@@ -115,6 +120,8 @@ class SearchContext:
     device: str = "cpu"
     options: dict[str, Any] = field(default_factory=dict)
     models: list[str] = field(default_factory=list)
+    preset: str = "balanced"
+    min_image_size: int = 0
 
 
 @dataclass

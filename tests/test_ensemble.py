@@ -248,19 +248,19 @@ def test_flip_tta_and_calibration_are_on_unless_the_search_says_no():
     from automl_vision.cli import build_parser
     from automl_vision.settings import settings_from_options
 
-    def options(*argv: str) -> dict:
+    def options(*argv: str):
         args = vars(build_parser().parse_args(["search", "data", *argv]))
         return settings_from_options(args.pop("data"), args.pop("out"), **{k: v for k, v in args.items()
                                                                            if k not in ("func", "command")}).options
 
-    assert options()["tta"] is True and options("--tta")["tta"] is True
-    assert options("--no-tta")["tta"] is False
+    assert options().tta is True and options("--tta").tta is True
+    assert options("--no-tta").tta is False
     # the Python API takes the same default
-    assert settings_from_options("data", n_trials=1).options["tta"] is True
-    assert settings_from_options("data", n_trials=1, tta=False).options["tta"] is False
-    assert options()["calibrate"] is True and options("--no-calibrate")["calibrate"] is False
-    assert settings_from_options("data", n_trials=1).options["calibrate"] is True
-    assert settings_from_options("data", n_trials=1, calibrate=False).options["calibrate"] is False
+    assert settings_from_options("data", n_trials=1).options.tta is True
+    assert settings_from_options("data", n_trials=1, tta=False).options.tta is False
+    assert options().calibrate is True and options("--no-calibrate").calibrate is False
+    assert settings_from_options("data", n_trials=1).options.calibrate is True
+    assert settings_from_options("data", n_trials=1, calibrate=False).options.calibrate is False
 
 
 def test_search_flags_reach_the_final_step(flagged_search):
@@ -314,3 +314,19 @@ def test_scoring_the_test_split_again_is_counted_and_said(run_copy, capsys):
     again = json.loads((run_copy / "final" / "report.json").read_text())
     assert again["test_evaluations"] == 2
     assert "scored 2 times" in again["test_warning"] and "scored 2 times" in " ".join(out.split())
+
+
+def test_run_json_options_keep_their_meaning_across_versions():
+    """run.json's settings.options is a dict: an older run without tta/calibrate did not try
+    them, a key a newer version wrote is ignored, and only non-default values are written."""
+    from automl_vision.settings import SearchOptions, SearchSettings, settings_from_options
+
+    old = SearchSettings.from_dict({"data": "d", "run_dir": "r", "study_name": "s",
+                                    "options": {"sampler": "random", "refit": True, "from_the_future": 1}})
+    assert (old.options.sampler, old.options.refit, old.options.tta, old.options.calibrate) == ("random", True,
+                                                                                              False, False)
+    new = settings_from_options("data", n_trials=1)
+    stored = new.as_dict()["options"]
+    assert stored == {"tta": True, "calibrate": True}
+    assert SearchSettings.from_dict(new.as_dict()).options == new.options
+    assert SearchOptions.from_dict(None) == SearchOptions()

@@ -248,7 +248,7 @@ def test_python_api_settings_accept_a_space_mapping():
     pm = get_plugin_manager()
     settings = settings_from_options("data", space={"optimizer": "sgd", "image_size": [48]}, n_trials=1)
     space_file.apply(settings, pm)
-    assert settings.options["space"]["optimizer"] == ["sgd"]
+    assert settings.options.space["optimizer"] == ["sgd"]
     assert settings.image_sizes == [48]
     with pytest.raises(UsageError, match="space: nonsense: unknown parameter"):
         space_file.apply(settings_from_options("data", space={"nonsense": 1}, n_trials=1), pm)

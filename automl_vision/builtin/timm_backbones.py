@@ -62,8 +62,8 @@ def resolve_models(patterns: list[str], what: str = "--models") -> list[str]:
 def suggest(trial, ctx: SearchContext) -> dict[str, Any]:
     # The choices must not depend on the trial's image size: Optuna keeps one list of
     # choices per parameter for the whole study. The smallest searched size decides.
-    smallest = int(ctx.options.get("min_image_size") or ctx.image_size)
-    models = ctx.models or default_models(smallest, ctx.options.get("preset", "balanced"))
+    smallest = int(ctx.min_image_size or ctx.image_size)
+    models = ctx.models or default_models(smallest, ctx.preset)
     params: dict[str, Any] = {"timm.arch": trial.suggest_categorical("timm.arch", list(models))}
     params["timm.drop_rate"] = trial.suggest_float("timm.drop_rate", 0.0, 0.3)
     return params

@@ -8,6 +8,7 @@ from typing import Any
 
 from automl_vision.commands import add_json_option, add_plugin_option, human_text_to_stderr, print_json, report_document
 from automl_vision.commands.search import _positive_int
+from automl_vision.settings import SearchOptions
 
 # automl_vision.ensemble.METHODS, spelled out: ``--help`` must not import NumPy (tests/test_ensemble.py checks they agree)
 METHODS = ("greedy", "greedy-metric", "topk")
@@ -87,7 +88,7 @@ def _rebuild(args: argparse.Namespace) -> tuple[dict[str, Any], Path]:
         tdir = rd.trial_dir(rec["number"])
         require_registered(pm, run, "model_families", read_model_spec(tdir)["family"], str(tdir / "model.json"))
     data = reload_prepared(rd, pm)
-    refit = args.refit if args.refit is not None else bool((settings.get("options") or {}).get("refit"))
+    refit = args.refit if args.refit is not None else SearchOptions.from_dict(settings.get("options")).refit
     # evaluation is always fp32; only a refit trains, on the fastest measured path
     path = choose(args.device, "auto" if refit else "fp32", "auto" if refit else "off")
     previous = rd.read_final() or {}

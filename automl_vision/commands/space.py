@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--image-size: {exc}") from None
     settings = settings_from_options(".", out=".", models=args.models, image_size=sizes, preset=args.preset,
                                      space=args.space, plugin=args.plugin, n_trials=1)
-    settings.options["image_size_given"] = bool(args.image_size)
+    settings.options.image_size_given = bool(args.image_size)
     pm = get_plugin_manager(settings.plugins)
     families, named = families_and_models(settings, pm)
     space_file.apply(settings, pm)
@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
 
     from automl_vision.progress import make_console
 
-    title = "Search space" + (f" ({settings.options.get('space_file')} applied)" if args.space else "")
+    title = "Search space" + (f" ({settings.options.space_file} applied)" if args.space else "")
     table = Table(title=title)
     table.add_column("parameter", no_wrap=True)
     table.add_column("kind")

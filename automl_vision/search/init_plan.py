@@ -1,5 +1,5 @@
 """How the trials of a search start (``--pretrained``, ``--weights``, ``--init-from``): checked
-and resolved once, before any trial, into ``settings.options["init"]``.
+and resolved once, before any trial, into ``settings.options.init``.
 
 This is planning the search, so it lives with the search; the weight files, timm's hub and
 the initialisation inside a trial are :mod:`automl_vision.training.pretrained`'s (training
@@ -19,17 +19,17 @@ from automl_vision.types import UsageError
 
 
 def configure(settings: SearchSettings, pm, log=print) -> None:
-    """Check the weight options and record in ``settings.options["init"]`` how trials
+    """Check the weight options and record in ``settings.options.init`` how trials
     start; ``--init-from`` also fixes the searched family and architecture.
 
     Idempotent: a worker re-reading the settings gets the same result.
     """
     o = settings.options
-    modes = [m for m in ("pretrained", "weights", "init_from") if o.get(m)]
+    modes = [m for m in ("pretrained", "weights", "init_from") if getattr(o, m)]
     if len(modes) > 1:
         raise UsageError("use only one of --pretrained, --weights and --init-from")
-    freeze = int(o.get("freeze_stages") or 0)
-    scale = o.get("backbone_lr_scale")
+    freeze = int(o.freeze_stages or 0)
+    scale = o.backbone_lr_scale
     if freeze < 0:
         raise UsageError(f"--freeze-stages {freeze}: must be 0 or more")
     if scale is not None and not (0 < float(scale) <= 1):
@@ -53,7 +53,7 @@ def configure(settings: SearchSettings, pm, log=print) -> None:
         families, named = families_and_models(settings, pm)
         timm_models = named.get("timm", [])
         if modes[0] == "weights":
-            files = weight_files(o["weights"], timm_models)
+            files = weight_files(o.weights, timm_models)
             for arch, path in files.items():
                 _check_fits(arch, read_state_dict(path), path)
             init["files"] = files
@@ -68,8 +68,8 @@ def configure(settings: SearchSettings, pm, log=print) -> None:
             archs = named.get("timm") or (timm_family.default_models(min(settings.image_sizes or [64]), settings.preset)
                                           if timm_family.default_models else [])
             param = timm_family.model_param
-            if param and param in (o.get("space") or {}) and timm_family.resolve_models:
-                raw = o["space"][param]
+            if param and param in (o.space or {}) and timm_family.resolve_models:
+                raw = o.space[param]
                 archs = timm_family.resolve_models([str(a) for a in (raw if isinstance(raw, list) else [raw])],
                                                    f"space: {param}")
             init["hub"] = check_pretrained(archs)
@@ -77,9 +77,9 @@ def configure(settings: SearchSettings, pm, log=print) -> None:
             if scratch:
                 log(f"--pretrained: {', '.join(scratch)} trials train from scratch (no published weights); timm "
                     "backbones start from timm's weights")
-    if init.get("hub") == "offline" or o.get("init", {}).get("hub") == "offline":
+    if init.get("hub") == "offline" or (o.init or {}).get("hub") == "offline":
         _go_offline()
-    o["init"] = init
+    o.init = init
 
 
 def _check_fits(arch: str, state: dict[str, torch.Tensor], path: str) -> None:
@@ -100,7 +100,7 @@ def _check_fits(arch: str, state: dict[str, torch.Tensor], path: str) -> None:
 def _configure_init_from(settings: SearchSettings, pm) -> dict[str, Any]:
     from automl_vision.rundir import read_json
 
-    src = Path(settings.options["init_from"])
+    src = Path(settings.options.init_from or "")
     candidates = [src / "best", src]
     model_dir = next((c for c in candidates if (c / "model.json").is_file()), None)
     if model_dir is None:
@@ -110,12 +110,12 @@ def _configure_init_from(settings: SearchSettings, pm) -> dict[str, Any]:
     if family not in pm.model_families:
         raise UsageError(f"--init-from {src}: its model family {family!r} is not loaded; load the plugin with --plugin")
     # the new search trains the same architecture: fix the family and its parameters
-    space = dict(settings.options.get("space") or {})
+    space = dict(settings.options.space or {})
     space["family"] = [family]
     for name, value in (spec.get("params") or {}).items():
         space[name] = [value] if isinstance(value, (str, bool)) or name == "timm.arch" else value
     if not settings.image_sizes:
         settings.image_sizes = [int(spec["image_size"])]
-    settings.options["space"] = space
+    settings.options.space = space
     settings.models = [family] if family != "timm" else [spec["params"]["timm.arch"]]
     return {"source": str(model_dir.resolve()), "source_classes": spec.get("classes"), "family": family}

@@ -360,7 +360,7 @@ class Objective:
 
     def _initialise(self, model, cfg, record: dict[str, Any]) -> None:
         """Start from loaded weights when the search was asked to (training/pretrained.py)."""
-        init = self.settings.options.get("init")
+        init = self.settings.options.init
         if init:
             from automl_vision.training.pretrained import initialise
 

@@ -80,11 +80,11 @@ def warm_start(study: optuna.Study, settings: SearchSettings, pm: PluginManager,
     if study.get_trials(deepcopy=False):
         check_compatible(study, space)
         return []
-    if settings.options.get("portfolio") is False or settings.options.get("sampler") == "random":
+    if not settings.options.portfolio or settings.options.sampler == "random":
         return []
     names: list[str] = []
     enqueued: list[dict[str, Any]] = []
-    for entry in load_portfolio(settings.options.get("portfolio_file")):
+    for entry in load_portfolio():
         if settings.n_trials and len(names) >= settings.n_trials:
             break  # never more than the trials asked for: they would wait ahead of a re-queued trial
         params = fit_entry(entry["params"], space)

@@ -162,10 +162,11 @@ def families_and_models(settings: SearchSettings, pm: PluginManager) -> tuple[li
 def context(settings: SearchSettings, num_classes: int, in_chans: int, image_size: int, num_train: int,
             device: str, models: list[str] | None = None) -> SearchContext:
     """What a family sees while it suggests; ``models``: the names it claimed in ``--models``."""
-    options = dict(settings.options)
-    options["preset"] = settings.preset
-    options["min_image_size"] = min(settings.image_sizes) if settings.image_sizes else image_size
-    return SearchContext(num_classes, in_chans, image_size, num_train, device, options, list(models or []))
+    smallest = min(settings.image_sizes) if settings.image_sizes else image_size
+    # the dict form stays for plugins written against it; preset and min_image_size are typed fields now
+    options = {**settings.options.as_dict(), "preset": settings.preset, "min_image_size": smallest}
+    return SearchContext(num_classes, in_chans, image_size, num_train, device, options, list(models or []),
+                         preset=settings.preset, min_image_size=smallest)
 
 
 def batch_choices(num_train: int) -> list[int]:
@@ -174,14 +175,14 @@ def batch_choices(num_train: int) -> list[int]:
 
 
 def aug_presets(settings: SearchSettings) -> list[str] | None:
-    """Augmentation presets the search chooses from: the option, else the preset's."""
-    return settings.options.get("aug_presets") or PRESETS.get(settings.preset, {}).get("aug_presets")
+    """Augmentation presets the search chooses from: the preset's (a space file narrows them)."""
+    return PRESETS.get(settings.preset, {}).get("aug_presets")
 
 
 def sample(trial, settings: SearchSettings, pm: PluginManager, families: list[str], named: dict[str, list[str]],
            num_classes: int, in_chans: int, num_train: int, device: str, max_epochs: int) -> TrialConfig:
     """One configuration, sampled define-by-run (the space file applied)."""
-    trial = SpaceTrial(trial, settings.options.get("space"))
+    trial = SpaceTrial(trial, settings.options.space)
     image_size = int(trial.suggest_categorical("image_size", [int(s) for s in settings.image_sizes]))
     family = trial.suggest_categorical("family", list(families))
     ctx = context(settings, num_classes, in_chans, image_size, num_train, device, named.get(family))

@@ -123,7 +123,7 @@ def _known_params(settings: SearchSettings, pm: PluginManager):
         "family": list(pm.model_families),
     }
     probe = SearchSettings.from_dict({**settings.as_dict(), "models": [], "image_sizes": settings.image_sizes or [64],
-                                      "options": {**settings.options, "space": permissive}})
+                                      "options": {**settings.options.as_dict(), "space": permissive}})
     return space.explore(probe, pm, families=list(pm.model_families), named={})
 
 
@@ -228,16 +228,16 @@ def _show(v: Any) -> str:
 
 
 def apply(settings: SearchSettings, pm: PluginManager) -> None:
-    """Validate ``settings.options["space"]`` in place; an ``image_size`` entry sets the
+    """Validate ``settings.options.space`` in place; an ``image_size`` entry sets the
     searched resolutions (unless ``--image-size`` was given)."""
-    raw = settings.options.get("space")
+    raw = settings.options.space
     if not raw:
         return
-    where = settings.options.get("space_file") or "space"
+    where = settings.options.space_file or "space"
     normalised = validate(raw, settings, pm, where)
-    settings.options["space"] = normalised
+    settings.options.space = normalised
     if "image_size" in normalised:
         sizes = normalised["image_size"]
-        if settings.image_sizes and not set(sizes) <= set(settings.image_sizes) and settings.options.get("image_size_given"):
+        if settings.image_sizes and not set(sizes) <= set(settings.image_sizes) and settings.options.image_size_given:
             raise UsageError(f"{where}: image_size {sizes} conflicts with --image-size {settings.image_sizes}")
         settings.image_sizes = list(sizes)

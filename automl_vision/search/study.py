@@ -232,7 +232,7 @@ def make_pruner(name: str, max_epochs: int) -> optuna.pruners.BasePruner:
 def make_sampler(settings: SearchSettings, directions: list[str]) -> optuna.samplers.BaseSampler:
     import warnings
 
-    kind = settings.options.get("sampler", "tpe")
+    kind = settings.options.sampler
     if kind == "random":
         return optuna.samplers.RandomSampler(seed=settings.seed)
     if len(directions) > 1 and kind == "nsga2":
@@ -244,7 +244,7 @@ def make_sampler(settings: SearchSettings, directions: list[str]) -> optuna.samp
             multivariate=True,
             group=True,
             constant_liar=True,
-            n_startup_trials=int(settings.options.get("n_startup_trials", 5)),
+            n_startup_trials=5,
         )
 
 

@@ -84,7 +84,7 @@ def run_parallel(settings, study: optuna.Study, log: Callable[[str], None]) -> b
     directory. Returns ``True`` when every worker ended normally; ``False`` when one
     ended abnormally (the caller then finishes what is left of the study itself).
     """
-    devices = settings.options.get("devices") or [settings.device] * settings.workers
+    devices = settings.options.devices or [settings.device] * settings.workers
     plans = plan_workers(devices)
     cores = cpu_count()
     if sum(p.device == "cpu" for p in plans) > cores:

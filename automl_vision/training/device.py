@@ -202,11 +202,11 @@ def choose_cuda_path(device: str, precision: str = "auto", channels_last: str = 
     return ExecPath(device, precision, cl, reason)
 
 
-def apply_gpu_options(path: ExecPath, options: dict) -> ExecPath:
-    """Set the optional parts of ``path`` from a search's ``settings.options``
-    (``compile``: bool, ``device_data``: auto/on/off)."""
-    path.compile = bool(options.get("compile", False))
-    mode = options.get("device_data", "auto") or "auto"
+def apply_gpu_options(path: ExecPath, options) -> ExecPath:
+    """Set the optional parts of ``path`` from a search's ``settings.options`` (a
+    SearchOptions: ``compile``, ``device_data`` auto/on/off)."""
+    path.compile = bool(options.compile)
+    mode = options.device_data or "auto"
     if mode not in ("auto", "on", "off"):
         raise UsageError(f"--device-data {mode!r}: expected auto, on or off")
     path.device_data = mode

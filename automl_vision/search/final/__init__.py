@@ -71,9 +71,9 @@ def finalize(run_dir: RunDir, data: PreparedData, pm: PluginManager, path: ExecP
     """
     t0 = time.time()
     opts = run_options(run_dir)
-    tta = bool(opts.get("tta")) if tta is None else tta
-    calibrate = bool(opts.get("calibrate")) if calibrate is None else calibrate
-    refit = bool(opts.get("refit")) if refit is None else refit
+    tta = opts.tta if tta is None else tta
+    calibrate = opts.calibrate if calibrate is None else calibrate
+    refit = opts.refit if refit is None else refit
     plan = run_plan(run_dir)
     final = bool(plan and plan.final_fit_on) if final is None else final
     if final and refit:

@@ -13,16 +13,17 @@ from automl_vision.data.prepare import PreparedData
 from automl_vision.models import write_preprocessing
 from automl_vision.predict import ProbabilityModel
 from automl_vision.rundir import RunDir, write_json
+from automl_vision.settings import SearchOptions
 from automl_vision.training.device import ExecPath
 
 
 REFIT = "refit"
 
 
-def run_options(run_dir: RunDir) -> dict[str, Any]:
-    """The final-step options the search was started with (``--refit``, ``--tta``, ``--calibrate``)."""
+def run_options(run_dir: RunDir) -> SearchOptions:
+    """The options the search was started with (the final steps read ``refit``, ``tta``, ``calibrate``)."""
     settings = (run_dir.read_run() or {}).get("settings") or {}
-    return dict(settings.get("options") or {})
+    return SearchOptions.from_dict(settings.get("options"))
 
 
 def run_plan(run_dir: RunDir):
