@@ -12,10 +12,12 @@ Two kinds of hook exist:
   metrics. Every implementation is called (plain collection semantics, no
   ``firstresult``): return values are not used, and returning something instead of
   calling ``register`` is reported as a mistake.
-* ``on_<event>(...)`` hooks are notifications sent while a search runs. Every
-  implementation is called, in load order; return values are ignored. An exception
-  raised by an event hook is logged with the plugin's name and never stops the
-  search.
+* ``on_<event>(...)`` hooks are notifications sent while a search runs, called
+  through pluggy: every implementation is called in pluggy's order (``tryfirst``
+  ones first, ``trylast`` ones last, the others last-loaded first), and hook wrappers
+  (``@hookimpl(wrapper=True)``, a generator that yields once) run around all of them.
+  Return values are ignored. An exception raised by an event hook is logged once with
+  the plugin's name and never stops the search or the other plugins' implementations.
 
 No hook is ``firstresult``: choosing between plugins (which dataset source reads a
 location, which family builds a trial's model) is done by name, so that the choice is

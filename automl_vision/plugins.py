@@ -25,13 +25,16 @@ plugins by name, and ``AUTOML_VISION_TRACE_PLUGINS=1`` prints every event hook c
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
+import inspect
 import logging
 import os
 import re
 import sys
 import time
+import types
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -127,6 +130,13 @@ class PluginManager:
     The core talks to plugins only through this class: the registries
     (:attr:`datasets`, :attr:`model_families`, :attr:`metrics`) and one typed method
     per event hook, so no untyped ``pm.hook.*`` call is spread through the code.
+
+    Event hooks (``on_search_start``, ``on_epoch_end``, ``on_trial_end``,
+    ``on_search_end``) are called through pluggy, so ``tryfirst``/``trylast`` and hook
+    wrappers (``wrapper=True``) work as pluggy documents; each plain implementation is
+    guarded, so one that raises is reported and the others still run (a plain pluggy call
+    stops at the first exception). Registration hooks are called once per plugin, as it
+    loads, so that what each plugin registered is known and a broken one is named.
     """
 
     def __init__(self) -> None:
@@ -137,6 +147,7 @@ class PluginManager:
         self.metrics: Registry[Metric] = Registry("metric")
         self.plugins: dict[str, PluginInfo] = {}
         self._event_failures: dict[tuple[str, str], int] = {}
+        self._objects: dict[int, tuple[str, Any]] = {}  # id of a registered plugin object -> its name, it
 
     # ---------------------------------------------------------------- loading
     def load(self, extra_modules: list[str] | None = None, entry_points: bool | None = None) -> "PluginManager":
@@ -236,19 +247,21 @@ class PluginManager:
         log.info("plugin %s is broken: %s", info.name, message)
 
     def _register(self, info: PluginInfo, obj: Any) -> None:
-        try:
-            self.pm.register(obj, name=info.name)
-        except ValueError:
+        if id(obj) in self._objects:
             # the same module already loaded under another name (installed, and given with --plugin
             # too): it works, once; say so instead of calling it broken
-            info.duplicate_of = self.pm.get_name(obj) if self.pm.is_registered(obj) else None
-            if info.duplicate_of is None:
-                self._error(info, f"{info.module!r} is already loaded as another plugin")
+            info.duplicate_of = self._objects[id(obj)][0]
             return
-        except pluggy.PluginValidationError as exc:
+        hooks = {name: value for name in dir(obj) if _is_hookimpl(value := _safe_getattr(obj, name))}
+        try:
+            # pluggy sees a namespace of the plugin's hook implementations, the event ones guarded
+            self.pm.register(types.SimpleNamespace(**{name: self._guard(info.name, name, fn) for name, fn in hooks.items()}),
+                             name=info.name)
+        except (ValueError, pluggy.PluginValidationError) as exc:
             self._error(info, f"invalid hook implementation: {exc}")
             return
-        info.hooks = sorted({name for name in dir(obj) if _is_hookimpl(_safe_getattr(obj, name))})
+        self._objects[id(obj)] = (info.name, obj)  # kept alive, so its id stays its own
+        info.hooks = sorted(hooks)
         unknown = [h for h in info.hooks if h not in _HOOK_NAMES]
         for hook in unknown:
             close = [h for h in _HOOK_NAMES if _close(hook, h)]
@@ -334,31 +347,43 @@ class PluginManager:
         ]
 
     # ---------------------------------------------------------------- events
-    def _notify(self, hook: str, **kwargs: Any) -> None:
-        # Each implementation is called on its own, so one that raises never stops the others (pluggy's
-        # own call would stop at the first exception), in pluggy's call order: get_hookimpls() lists them
-        # the other way round (trylast ... tryfirst), so tryfirst/trylast mean what pluggy documents.
-        # Hook wrappers are not called: an event has no result to wrap.
-        caller = getattr(self.pm.hook, hook)
-        trace = os.environ.get(ENV_TRACE, "").lower() in ("1", "true", "yes")
-        for impl in reversed(caller.get_hookimpls()):
-            if impl.hookwrapper or impl.wrapper:
-                continue
+    def _guard(self, plugin: str, hook: str, fn: Callable) -> Callable:
+        """``fn`` as pluggy calls it: an event implementation that raises is counted and
+        logged, never raised (integrations never stop a search); others are left as they are."""
+        if hook not in _EVENT_HOOKS or _impl_opts(fn).get("wrapper") or _impl_opts(fn).get("hookwrapper"):
+            return fn
+
+        @functools.wraps(fn)  # keeps pluggy's marker (tryfirst, ...) and the signature it reads
+        def guarded(*args: Any, **kwargs: Any) -> Any:
+            trace = os.environ.get(ENV_TRACE, "").lower() in ("1", "true", "yes")
             started = time.perf_counter()
             try:
-                impl.function(**{k: kwargs[k] for k in impl.argnames})
+                result = fn(*args, **kwargs)
+            except Exception as exc:
                 if trace:
-                    print(f"[plugin trace] {impl.plugin_name}.{hook}({', '.join(impl.argnames)}) "
-                          f"ok in {time.perf_counter() - started:.3f}s", file=sys.stderr)
-            except Exception as exc:  # integrations never stop a search
-                if trace:
-                    print(f"[plugin trace] {impl.plugin_name}.{hook} raised {type(exc).__name__}: {exc}", file=sys.stderr)
-                key = (impl.plugin_name, hook)
-                self._event_failures[key] = self._event_failures.get(key, 0) + 1
-                # the first failure is shown; repeats are only logged, to keep the display readable
-                level = logging.WARNING if self._event_failures[key] == 1 else logging.DEBUG
-                log.log(level, "plugin %s: hook %s raised %s: %s (the search goes on)",
-                        impl.plugin_name, hook, type(exc).__name__, exc)
+                    print(f"[plugin trace] {plugin}.{hook} raised {type(exc).__name__}: {exc}", file=sys.stderr)
+                self._failed(plugin, hook, exc)
+                return None
+            if trace:
+                print(f"[plugin trace] {plugin}.{hook}({', '.join(inspect.signature(fn).parameters)}) "
+                      f"ok in {time.perf_counter() - started:.3f}s", file=sys.stderr)
+            return result
+
+        return guarded
+
+    def _failed(self, plugin: str, hook: str, exc: BaseException) -> None:
+        key = (plugin, hook)
+        self._event_failures[key] = self._event_failures.get(key, 0) + 1
+        # the first failure is shown; repeats are only logged, to keep the display readable
+        level = logging.WARNING if self._event_failures[key] == 1 else logging.DEBUG
+        log.log(level, "plugin %s: hook %s raised %s: %s (the search goes on)", plugin, hook, type(exc).__name__, exc)
+
+    def _notify(self, hook: str, **kwargs: Any) -> None:
+        try:
+            getattr(self.pm.hook, hook)(**kwargs)
+        except Exception as exc:  # only a hook wrapper gets here: plain implementations are guarded
+            wrappers = [i.plugin_name for i in getattr(self.pm.hook, hook).get_hookimpls() if i.wrapper or i.hookwrapper]
+            self._failed(",".join(wrappers) or "?", hook, exc)
 
     def on_search_start(self, run_dir: str, settings: dict[str, Any]) -> None:
         """Tell every plugin that a search starts."""
@@ -394,6 +419,13 @@ class PluginManager:
 _HOOK_NAMES = frozenset(
     name for name in dir(hookspecs) if hasattr(getattr(hookspecs, name), hookspecs.PROJECT_NAME + "_spec")
 )
+
+
+_EVENT_HOOKS = _HOOK_NAMES - set(_REGISTER_HOOKS)
+
+
+def _impl_opts(fn: Any) -> dict[str, Any]:
+    return getattr(fn, hookspecs.PROJECT_NAME + "_impl", None) or {}
 
 
 def _close(a: str, b: str) -> bool:

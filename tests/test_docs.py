@@ -74,10 +74,10 @@ def _plugin_blocks() -> list[str]:
     return [b for b in re.findall(r"```python\n(.*?)```", GUIDE, flags=re.S) if "@hookimpl" in b]
 
 
-@pytest.mark.parametrize("index", range(3))
+@pytest.mark.parametrize("index", range(4))
 def test_guide_plugin_examples_pass_the_test_kit(index, tmp_path):
     blocks = _plugin_blocks()
-    assert len(blocks) == 3
+    assert len(blocks) == 4
     module = types.ModuleType(f"guide_example_{index}")
     exec(compile(blocks[index], f"docs/plugins.md example {index}", "exec"), module.__dict__)
     pm = check_plugin(module, name=f"guide{index}")

@@ -212,6 +212,40 @@ def test_event_hooks_run_in_pluggys_order_tryfirst_and_trylast_included():
     assert calls == ["early", "b", "a", "late"]
 
 
+def test_a_third_party_hook_wrapper_wraps_every_event_call_and_a_failure_inside_is_contained():
+    """Events go through pluggy: a new-style wrapper sees the call before and after the
+    plain implementations, and one of those raising neither skips the others nor the wrapper."""
+    from automl_vision import hookimpl
+
+    calls = []
+
+    class Wrapper:
+        @hookimpl(wrapper=True)
+        def on_trial_end(self, record):
+            calls.append(("before", record["number"]))
+            result = yield
+            calls.append(("after", record["number"]))
+            return result
+
+    class Failing:
+        @hookimpl(tryfirst=True)
+        def on_trial_end(self, record):
+            calls.append(("failing", record["number"]))
+            raise ValueError("tracking server gone")
+
+    class Plain:
+        @hookimpl
+        def on_trial_end(self, record):
+            calls.append(("plain", record["number"]))
+
+    pm = PluginManager()
+    for obj in (Wrapper(), Failing(), Plain()):
+        assert not pm.add_plugin(obj, name=type(obj).__name__.lower()).broken
+    pm.on_trial_end("run", None, {"number": 7})
+    assert calls == [("before", 7), ("failing", 7), ("plain", 7), ("after", 7)]
+    assert pm.event_failures() == {"failing:on_trial_end": 1}
+
+
 def test_trace_variable_prints_every_event_call(monkeypatch, capsys):
     class Tracker:
         from automl_vision import hookimpl
