@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 import pytest
-from venvkit import ROOT, install_fresh
+from venvkit import DASHBOARD_CHECK, ROOT, install_fresh
 from venvkit import run as _run
 
 DISTS = {
@@ -90,18 +90,6 @@ def test_each_distribution_passes_its_own_tests_against_the_installed_packages(v
              cwd=venv["sources"] / name, env=venv["env"], timeout=300)
 
 
-DASHBOARD_CHECK = """
-import os, sys
-from streamlit.testing.v1 import AppTest
-from automl_vision.dashboard import APP
-from automl_vision.dashboard.data import ENV_RUNS
-os.environ[ENV_RUNS] = sys.argv[1]
-at = AppTest.from_file(str(APP), default_timeout=240).run()
-for page in ("leaderboard", "insight", "ensemble", "errors"):
-    at.switch_page(f"sections/{page}.py").run()
-    assert not at.exception, (page, [e.value for e in at.exception])
-print("pages ok")
-"""
 
 
 def test_a_probe_distribution_goes_through_every_command(venv, tmp_path):

@@ -20,6 +20,19 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 # what the fresh environment must NOT see from the project's own environment
 HIDDEN_PREFIXES = ("automl_vision", "automl-vision", "__editable__", "distutils-precedence.pth")
+# run by the fresh environment's Python with a run directory: every dashboard page renders without an exception
+DASHBOARD_CHECK = """
+import os, sys
+from streamlit.testing.v1 import AppTest
+from automl_vision.dashboard import APP
+from automl_vision.dashboard.data import ENV_RUNS
+os.environ[ENV_RUNS] = sys.argv[1]
+at = AppTest.from_file(str(APP), default_timeout=240).run()
+for page in ("leaderboard", "insight", "ensemble", "errors"):
+    at.switch_page(f"sections/{page}.py").run()
+    assert not at.exception, (page, [e.value for e in at.exception])
+print("pages ok")
+"""
 
 
 def run(cmd: list, cwd: Path, env: dict[str, str], timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess:
@@ -43,11 +56,16 @@ def copy_project(dst: Path) -> Path:
     return dst
 
 
-def install_fresh(base: Path, distributions: list[Path], drop_env: tuple[str, ...] = ()) -> dict:
+def install_fresh(base: Path, distributions: list[Path], drop_env: tuple[str, ...] = (),
+                  share: tuple[str, ...] | None = None, constraints: list[str] | None = None) -> dict:
     """A venv in ``base`` with automl-vision and ``distributions`` (source folders) pip-installed.
 
     Returns ``{"dir", "python", "bin", "cli", "env", "base", "sources"}``; ``drop_env``: more
     environment variable prefixes kept out of ``env`` (e.g. a tracking store's).
+
+    With ``share`` (name prefixes, lower case) only those packages of the project's
+    environment are seen, and automl-vision's dependencies are installed from the package
+    index under ``constraints`` (pip requirement lines such as ``optuna==4.0.0``).
     """
     env_dir = base / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(env_dir)], check=True, timeout=120)
@@ -60,6 +78,8 @@ def install_fresh(base: Path, distributions: list[Path], drop_env: tuple[str, ..
     for entry in Path(sysconfig.get_paths()["purelib"]).iterdir():
         if entry.name.startswith(HIDDEN_PREFIXES) or entry.name.endswith(".pth"):
             continue
+        if share is not None and not entry.name.lower().startswith(share):
+            continue
         (shared / entry.name).symlink_to(entry)
     (site / "_automl_vision_test_shared_deps.pth").write_text(str(shared) + "\n")
 
@@ -71,7 +91,12 @@ def install_fresh(base: Path, distributions: list[Path], drop_env: tuple[str, ..
 
     sources = [copy_project(base / "src" / "automl-vision")]
     sources += [copy_tree(d, base / "src" / d.name) for d in distributions]
-    run([py, "-m", "pip", "install", "--no-index", "--no-build-isolation", "--no-deps", "--quiet",
-         "--disable-pip-version-check", *sources], cwd=base, env=env, timeout=600)
+    if share is None:
+        run([py, "-m", "pip", "install", "--no-index", "--no-build-isolation", "--no-deps", "--quiet",
+             "--disable-pip-version-check", *sources], cwd=base, env=env, timeout=600)
+    else:
+        (base / "constraints.txt").write_text("".join(f"{line}\n" for line in constraints or []))
+        run([py, "-m", "pip", "install", "--no-build-isolation", "--quiet", "--disable-pip-version-check",
+             "--constraint", base / "constraints.txt", *sources], cwd=base, env=env, timeout=1800)
     return {"dir": env_dir, "python": py, "bin": env_dir / "bin", "cli": env_dir / "bin" / "automl-vision",
             "env": env, "base": base, "sources": base / "src"}
