@@ -284,8 +284,13 @@ def test_journal_recovery_fails_dead_workers_trials_only(tmp_path):
         trial.set_user_attr("worker", worker)
         (tmp_path / "trials" / f"{trial.number:05d}").mkdir(parents=True)
         numbers[label] = trial.number
+    # a worker killed while writing its heartbeat file leaves a temporary beside it
+    temporaries = {label: tmp_path / "workers" / f".{worker}.json.0123456789ab.tmp" for label, worker in cases.items()}
+    for tmp in temporaries.values():
+        tmp.write_text("{")
     logs = []
     assert recover_stale_trials(study, logs.append, RunDir(tmp_path)) == 2
+    assert {label for label, tmp in temporaries.items() if tmp.exists()} == {"live local process", "remote, beating"}
     state = {t.number: t.state for t in study.get_trials()}
     assert state[numbers["dead local process"]] == optuna.trial.TrialState.FAIL
     assert state[numbers["remote, silent for a minute"]] == optuna.trial.TrialState.FAIL

@@ -238,6 +238,15 @@ def worker_dead(run_dir: RunDir, worker: str, grace: float, now: float | None = 
     return None
 
 
+def remove_dead_worker_temporaries(run_dir: RunDir, grace: float) -> None:
+    """Remove the ``workers/.<worker>.json.*.tmp`` files of workers that died (kill -9) while
+    writing their heartbeat file; a live worker's are left alone (its rename would fail)."""
+    for tmp in (run_dir.path / WORKERS_DIR).glob(".*.json.*.tmp"):
+        worker = tmp.name[1:].split(".json.", 1)[0]
+        if worker_dead(run_dir, worker, grace):
+            tmp.unlink(missing_ok=True)
+
+
 # ------------------------------------------------------------------ recovery
 def _fail_status(run_dir: RunDir, trial: optuna.trial.FrozenTrial, reason: str) -> None:
     """Make ``status.json`` agree with the study: a dead worker's trial is FAIL, whatever it
@@ -269,6 +278,7 @@ def recover_stale_trials(study: optuna.Study, log: Callable[[str], None], run_di
     if run_dir is None:
         run_dir = RunDir(study.user_attrs.get("run_dir", "."))
     beat = heartbeat_config()
+    remove_dead_worker_temporaries(run_dir, beat.grace)
     recovered = 0
     if is_rdb(study._storage):
         if study.get_trials(deepcopy=False, states=(RUNNING,)):
