@@ -51,8 +51,8 @@ def verification_batch(rd: RunDir, sizes: list[int], in_chans: int, n: int = VER
     """Up to ``n`` real images of the run (test split first, then validation), one
     ``uint8`` ``(N, S, S, C)`` array per size, from the run's decoded-image cache or,
     when that is gone, decoded again from the data folder."""
+    from automl_vision.data.cache import read_cached
     from automl_vision.data.images import ImageDecodeError, decode
-    from automl_vision.rundir import read_json
 
     splits = rd.read_splits() or {}
     keys = splits.get("keys") or []
@@ -64,11 +64,9 @@ def verification_batch(rd: RunDir, sizes: list[int], in_chans: int, n: int = VER
     root = (rd.read_data_report() or {}).get("root") or ""
     out = []
     for size in sizes:
-        cache = rd.cache_dir(size, in_chans)
-        manifest = read_json(cache / "manifest.json")
-        arr = None
-        if manifest and manifest.get("count") == len(keys) and (cache / "images.npy").exists():
-            arr = np.asarray(np.load(cache / "images.npy", mmap_mode="r", allow_pickle=False)[idx])
+        cached = read_cached(rd.cache_dir(size, in_chans), count=len(keys))
+        if cached is not None:
+            arr = np.asarray(cached[idx])
         else:
             imgs = []
             for k in chosen:

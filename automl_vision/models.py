@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from automl_vision.plugins import PluginManager, get_plugin_manager
-from automl_vision.rundir import WEIGHTS, load_weights, read_json, save_weights, write_json
+from automl_vision.rundir import MODEL_JSON, WEIGHTS, load_weights, read_json, save_weights, write_json
 from automl_vision.types import UsageError
 
 
@@ -30,13 +30,13 @@ def save_model(directory: str | Path, model: nn.Module, spec: dict[str, Any]) ->
     directory = Path(directory)
     digest = save_weights(directory / WEIGHTS, model.state_dict(), metadata={"family": str(spec["family"])})
     # the digest lets load_model refuse weights that were swapped or corrupted afterwards
-    write_json(directory / "model.json", {**spec, "weights_sha256": digest})
+    write_json(directory / MODEL_JSON, {**spec, "weights_sha256": digest})
 
 
 def load_model(directory: str | Path, pm: PluginManager | None = None) -> tuple[nn.Module, dict[str, Any]]:
     """The model saved in ``directory`` (eval mode, on CPU) and its spec."""
     directory = Path(directory)
-    spec = read_json(directory / "model.json")
+    spec = read_json(directory / MODEL_JSON)
     if spec is None:
         raise UsageError(f"{directory}: no model.json; this trial did not finish or the run is incomplete")
     try:

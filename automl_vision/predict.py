@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from automl_vision.data.images import ImageDecodeError, decode
-from automl_vision.rundir import DamagedRunFileError, RunDir, open_run, path_inside, read_model_spec
+from automl_vision.rundir import MODEL_JSON, DamagedRunFileError, RunDir, open_run, path_inside, read_model_spec
 from automl_vision.types import UsageError
 
 MODEL_CHOICES = "auto, best, ensemble or trial:N"
@@ -147,7 +147,7 @@ def resolve_choice(rd: RunDir, model: str) -> str:
     model = (model or "auto").strip()
     if model == "auto":
         ens = rd.read_ensemble()
-        if ens and ens.get("selected") and rd.best_dir.joinpath("model.json").exists():
+        if ens and ens.get("selected") and rd.best_dir.joinpath(MODEL_JSON).exists():
             return "ensemble"
         return "best"
     if model in ("best", "ensemble"):
@@ -167,12 +167,12 @@ def load_member(directory: Path, pm=None, run: dict[str, Any] | None = None) -> 
     if spec is None:
         raise UsageError(f"{directory}: no model.json; this trial did not finish or the run is incomplete")
     pm = pm or get_plugin_manager()
-    require_registered(pm, run or {}, "model_families", spec["family"], str(directory / "model.json"))
+    require_registered(pm, run or {}, "model_families", spec["family"], str(directory / MODEL_JSON))
     try:
         return load_model(directory, pm)
     except RuntimeError as exc:  # load_state_dict: a tensor shaped unlike what model.json describes
         detail = next((line.strip() for line in str(exc).splitlines() if "size mismatch" in line), str(exc)[:200])
-        raise DamagedRunFileError(directory / "model.json", f"does not match weights.safetensors ({detail})") from None
+        raise DamagedRunFileError(directory / MODEL_JSON, f"does not match weights.safetensors ({detail})") from None
 
 
 def load_deliverable(run_dir: str | os.PathLike, model: str = "auto", pm=None) -> Deliverable:
@@ -194,7 +194,7 @@ def load_deliverable(run_dir: str | os.PathLike, model: str = "auto", pm=None) -
         net, spec = load_member(rd.trial_dir(n), pm, run)
         return Deliverable(ProbabilityModel([net], [spec], [1.0]), choice, list(spec["classes"]), [spec],
                            [{"trial": n, "weight": 1.0, "dir": str(rd.trial_dir(n).relative_to(rd.path))}])
-    if not (rd.best_dir / "model.json").exists():
+    if not (rd.best_dir / MODEL_JSON).exists():
         raise UsageError(_no_model_message(rd))
     if choice == "best":
         net, spec = load_member(rd.best_dir, pm, run)
@@ -208,8 +208,8 @@ def load_deliverable(run_dir: str | os.PathLike, model: str = "auto", pm=None) -
     nets, specs, weights, members = [], [], [], []
     for m in ens["members"]:
         d = path_inside(rd.path, m.get("dir") or str(rd.trial_dir(m["trial"]).relative_to(rd.path)),
-                        rd.path / "ensemble.json")
-        if not (d / "model.json").exists():
+                        rd.ensemble)
+        if not (d / MODEL_JSON).exists():
             raise UsageError(f"{rd.path}: ensemble member trial {m['trial']} has no model in {d}; rebuild the ensemble "
                              f"with 'automl-vision ensemble {rd.path}'")
         net, spec = load_member(d, pm, run)
@@ -390,7 +390,7 @@ class Predictor:
         """The search's final report (``final/report.json``: docs/run-directory.md lists its keys)."""
         from automl_vision.rundir import read_json
 
-        return read_json(self._run().final_dir / "report.json") or {}
+        return read_json(self._run().report) or {}
 
     def evaluate(self, data: str | os.PathLike) -> dict[str, Any]:
         """Score the model on new labelled images: a folder of class folders (or any location a

@@ -16,6 +16,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import secrets
 from pathlib import Path
 from typing import Any, Iterator
@@ -26,19 +27,43 @@ from automl_vision.types import UsageError
 
 LAYOUT_VERSION = 1
 
+# Every file name of the layout is spelled here and nowhere else (docs/run-directory.md
+# describes them); other modules join these names or call RunDir's paths and readers.
 RUN_JSON = "run.json"
 DATA_REPORT = "data_report.json"
 SPLITS = "splits.json"
 LEADERBOARD = "leaderboard.csv"
+ENSEMBLE = "ensemble.json"
+PARETO = "pareto.json"
 TRIALS = "trials"
 BEST = "best"
 FINAL = "final"
 FINAL_FIT = "final_fit"  # small-data regime: the delivered configuration trained on every labelled image
+REFIT = "refit"
+CACHE = "cache"
+DECODE_FAILURES = "decode_failures.json"  # in cache/: files that failed to decode, by fingerprint
+WORKERS = "workers"  # heartbeat files, one per worker
+TRIAL_START_LOCK = ".trial-start.lock"
 JOURNAL = "study.journal"
 # inside a model's folder (trials/<n>/, best/, final_fit/, refit/<n>/)
 MODEL_JSON = "model.json"
 WEIGHTS = "weights.safetensors"
 VAL_PROBS = "val_probs.npy"
+CONFIG = "config.json"
+METRICS = "metrics.json"
+PREPROCESSING = "preprocessing.json"  # best/: what a service must do to an image before the network
+# inside a trial's folder only
+STATUS = "status.json"
+HISTORY = "history.json"
+# inside final/
+REPORT = "report.json"
+VAL_LABELS = "val_labels.npy"
+TEST_LABELS = "test_labels.npy"
+
+
+def final_probs(split: str, which: str) -> str:
+    """The name in final/ of the probabilities of ``which`` ("best" or "ensemble") on ``split``."""
+    return f"{split}_probs_{which}.npy"
 
 
 # ------------------------------------------------------------------ atomic writes
@@ -167,10 +192,10 @@ REPORT_SCHEMA = {"test_evaluations?": int, "best_trial?": int}
 _REMEDIES = {
     RUN_JSON: "restore it from a copy, or run the search again with a new --out folder",
     SPLITS: "restore it from a copy: the run's trials were scored on that split (or search again with a new --out)",
-    "status.json": "restore it, or delete that trial's folder so that the trial is ignored",
-    "model.json": "restore it, rebuild best/ with 'automl-vision ensemble RUN_DIR', or pick another model with "
+    STATUS: "restore it, or delete that trial's folder so that the trial is ignored",
+    MODEL_JSON: "restore it, rebuild best/ with 'automl-vision ensemble RUN_DIR', or pick another model with "
                   "--model trial:N",
-    "ensemble.json": "rebuild it with 'automl-vision ensemble RUN_DIR'",
+    ENSEMBLE: "rebuild it with 'automl-vision ensemble RUN_DIR'",
     JOURNAL: "restore it from a copy, or search again with a new --out folder (this run's trials stay in trials/)",
 }
 
@@ -215,7 +240,7 @@ def check_schema(value: Any, schema: Any, where: str = "") -> str | None:
 
 def read_model_spec(directory: str | os.PathLike) -> dict[str, Any] | None:
     """A model folder's ``model.json``, checked (``None`` when absent)."""
-    path = Path(directory) / "model.json"
+    path = Path(directory) / MODEL_JSON
     spec = read_json(path, MODEL_SCHEMA)
     if spec is not None and len(spec["classes"]) != spec["num_classes"]:
         problem = f"lists {len(spec['classes'])} classes but num_classes is {spec['num_classes']}"
@@ -436,8 +461,50 @@ class RunDir:
     def final_dir(self) -> Path:
         return self.path / FINAL
 
+    @property
+    def report(self) -> Path:
+        return self.final_dir / REPORT
+
+    @property
+    def ensemble(self) -> Path:
+        return self.path / ENSEMBLE
+
+    @property
+    def workers_dir(self) -> Path:
+        return self.path / WORKERS
+
+    def worker_file(self, worker: str) -> Path:
+        """The heartbeat file of ``worker`` (its host and process, device, trial, last beat)."""
+        return self.workers_dir / f"{worker}.json"
+
+    def worker_temporaries(self) -> list[tuple[str, Path]]:
+        """``(worker, file)`` of each temporary an unfinished write of a heartbeat file left
+        (see :func:`atomic_write_bytes`): a worker killed while writing leaves one."""
+        out = []
+        for tmp in sorted(self.workers_dir.glob(".*.json.*.tmp")):
+            out.append((tmp.name[1:].split(".json.", 1)[0], tmp))
+        return out
+
+    @property
+    def cache_root(self) -> Path:
+        return self.path / CACHE
+
+    def best_leftover(self, pid: int, kind: str) -> Path:
+        """Where process ``pid`` builds the next best/ (``kind`` "tmp") or parks the last one
+        (``kind`` "old") while it swaps them; a dead process's are removed on the next start."""
+        return self.path / f".{BEST}.{pid}.{kind}"
+
+    def best_leftovers(self) -> list[tuple[Path, int, str]]:
+        """``(folder, pid, kind)`` of every :meth:`best_leftover` in the run directory."""
+        out = []
+        for p in sorted(self.path.glob(f".{BEST}.*.*")):
+            match = re.fullmatch(rf"\.{BEST}\.(\d+)\.(tmp|old)", p.name)
+            if match:
+                out.append((p, int(match.group(1)), match.group(2)))
+        return out
+
     def cache_dir(self, image_size: int, in_chans: int) -> Path:
-        return self.path / "cache" / f"{image_size}px_{in_chans}ch"
+        return self.cache_root / f"{image_size}px_{in_chans}ch"
 
     def trial_dir(self, number: int) -> Path:
         return self.path / TRIALS / f"{number:05d}"
@@ -469,7 +536,7 @@ class RunDir:
 
     def read_trial(self, number: int) -> dict[str, Any] | None:
         """The trial's ``status.json`` (its summary), or ``None``."""
-        return read_json(self.trial_dir(number) / "status.json", STATUS_SCHEMA)
+        return read_json(self.trial_dir(number) / STATUS, STATUS_SCHEMA)
 
     def iter_trials(self) -> Iterator[dict[str, Any]]:
         for n in self.trial_numbers():
@@ -494,16 +561,16 @@ class RunDir:
         return out
 
     def read_history(self, number: int) -> list[dict[str, Any]]:
-        return read_json(self.trial_dir(number) / "history.json") or []
+        return read_json(self.trial_dir(number) / HISTORY) or []
 
     def read_val_probs(self, number: int) -> np.ndarray | None:
-        return read_npy(self.trial_dir(number) / "val_probs.npy")
+        return read_npy(self.trial_dir(number) / VAL_PROBS)
 
     def read_final(self) -> dict[str, Any] | None:
-        return read_json(self.final_dir / "report.json")
+        return read_json(self.report)
 
     def read_ensemble(self) -> dict[str, Any] | None:
-        return read_json(self.path / "ensemble.json", ENSEMBLE_SCHEMA)
+        return read_json(self.ensemble, ENSEMBLE_SCHEMA)
 
 
 def open_run(run_dir: str | os.PathLike) -> RunDir:

@@ -117,3 +117,22 @@ def test_no_import_cycle_even_through_lazy_imports():
             graph[name] = {t for t in graph[name] if not t.startswith(name + ".")}
     cycles = _cycles(graph)
     assert not cycles, "import cycles: " + "; ".join(cycles)
+
+
+def test_run_directory_file_names_are_spelled_only_in_rundir():
+    """The run directory is the one contract between the search, the final steps, predict,
+    export and the dashboard: its file names live in automl_vision/rundir.py, so a rename or a
+    new reader cannot drift from what the writer wrote."""
+    from automl_vision import rundir
+
+    names = {value for key, value in vars(rundir).items()
+             if key.isupper() and isinstance(value, str) and "." in value and key != "__name__"}
+    assert {"run.json", "model.json", "status.json", "report.json", "test_labels.npy"} <= names
+    spelled = []
+    for name, path in _modules().items():
+        if name == f"{PACKAGE}.rundir":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and node.value in names:
+                spelled.append(f"{path.relative_to(ROOT)}:{node.lineno}: {node.value!r}")
+    assert not spelled, "run-directory file names outside rundir.py:\n" + "\n".join(spelled)

@@ -112,8 +112,10 @@ def report_document(command: str, run_dir: str | os.PathLike, report: dict[str, 
     summary keys (the bulky per-image and per-class ones stay in final/report.json)."""
     from pathlib import Path
 
-    path = Path(run_dir).resolve()
-    doc: dict[str, Any] = {"command": command, "run_dir": str(path), "report": str(path / "final" / "report.json"),
-                           "best_dir": str(path / "best")}
+    from automl_vision.rundir import RunDir
+
+    rd = RunDir(Path(run_dir).resolve())
+    doc: dict[str, Any] = {"command": command, "run_dir": str(rd.path), "report": str(rd.report),
+                           "best_dir": str(rd.best_dir)}
     doc.update({key: report.get(key) for key in REPORT_KEYS})
     return doc

@@ -114,6 +114,7 @@ def run(args: argparse.Namespace) -> int:
     import sys
     from pathlib import Path
 
+    from automl_vision.rundir import RUN_JSON, TRIALS
     from automl_vision.types import UsageError
 
     if not args.runs and not args.storage:  # a study alone: its storage may come from the environment
@@ -127,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
         path = Path(r).expanduser().resolve()
         if not path.is_dir():
             raise UsageError(f"{r}: no such run directory; give the directory that 'automl-vision search --out' wrote")
-        if not (path / "run.json").is_file() and not (path / "trials").is_dir():
+        if not (path / RUN_JSON).is_file() and not (path / TRIALS).is_dir():
             print(f"note: {r} has no run.json yet; the dashboard shows it once a search writes there", file=sys.stderr)
         runs.append(str(path))
     if args.refresh < 1:

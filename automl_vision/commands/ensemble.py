@@ -64,7 +64,7 @@ def _rebuild(args: argparse.Namespace) -> tuple[dict[str, Any], Path]:
     from automl_vision.data.prepare import reload_prepared
     from automl_vision.plugins import require_registered, run_plugin_manager
     from automl_vision.rundir import open_run
-    from automl_vision.rundir import read_model_spec
+    from automl_vision.rundir import MODEL_JSON, read_model_spec
     from automl_vision.search.final import finalize, print_summary
     from automl_vision.training.device import choose
     from automl_vision.types import UsageError
@@ -86,7 +86,7 @@ def _rebuild(args: argparse.Namespace) -> tuple[dict[str, Any], Path]:
     # every model.json is checked, and every family found, before any work starts
     for rec in trials:
         tdir = rd.trial_dir(rec["number"])
-        require_registered(pm, run, "model_families", read_model_spec(tdir)["family"], str(tdir / "model.json"))
+        require_registered(pm, run, "model_families", read_model_spec(tdir)["family"], str(tdir / MODEL_JSON))
     data = reload_prepared(rd, pm)
     refit = args.refit if args.refit is not None else SearchOptions.from_dict(settings.get("options")).refit
     # evaluation is always fp32; only a refit trains, on the fastest measured path
@@ -102,7 +102,7 @@ def _rebuild(args: argparse.Namespace) -> tuple[dict[str, Any], Path]:
     report["rebuilt_by"] = "automl-vision ensemble"
     from automl_vision.rundir import write_json
 
-    write_json(rd.final_dir / "report.json", report)
+    write_json(rd.report, report)
     console = None
     if args.plain:
         from rich.console import Console

@@ -21,7 +21,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from automl_vision.rundir import LAYOUT_VERSION, DamagedRunFileError, RunDir, path_inside, read_json, read_npy
+from automl_vision.rundir import (CONFIG, DATA_REPORT, ENSEMBLE, FINAL, HISTORY, JOURNAL, LAYOUT_VERSION, LEADERBOARD, METRICS,
+                                  MODEL_JSON, REPORT, RUN_JSON, STATUS, TEST_LABELS, TRIALS, VAL_LABELS, DamagedRunFileError,
+                                  RunDir, final_probs, path_inside, read_json, read_npy)
 
 ENV_RUNS = "AUTOML_VISION_DASHBOARD_RUNS"
 ENV_STORAGE = "AUTOML_VISION_DASHBOARD_STORAGE"
@@ -109,17 +111,17 @@ def signature(path: str | os.PathLike | None) -> tuple:
         return ()
     root = Path(path)
     out: list[Any] = []
-    names = ["run.json", "data_report.json", "leaderboard.csv", "study.journal", "ensemble.json", "final/report.json"]
+    names = [RUN_JSON, DATA_REPORT, LEADERBOARD, JOURNAL, ENSEMBLE, f"{FINAL}/{REPORT}"]
     for name in names:
         try:
             st = (root / name).stat()
             out.append((name, st.st_mtime_ns, st.st_size))
         except OSError:
             out.append((name, None))
-    trials = root / "trials"
+    trials = root / TRIALS
     try:
         for d in sorted(trials.iterdir()):
-            for name in ("status.json", "history.json"):
+            for name in (STATUS, HISTORY):
                 try:
                     st = (d / name).stat()
                     out.append((d.name, name, st.st_mtime_ns, st.st_size))
@@ -164,9 +166,9 @@ def load_study(storage_url: str | None, study_name: str | None, run_dir: Path | 
     if storage_url:
         storage = open_storage(storage_url)
         where = redact(storage_url)
-    elif run_dir is not None and (run_dir / "study.journal").is_file():
-        storage = _journal(run_dir / "study.journal")
-        where = str(run_dir / "study.journal")
+    elif run_dir is not None and (run_dir / JOURNAL).is_file():
+        storage = _journal(run_dir / JOURNAL)
+        where = str(run_dir / JOURNAL)
     elif run and run.get("settings", {}).get("storage"):
         raise NotAvailable(
             f"the study is in {run['settings']['storage']}; start the dashboard with --storage URL "
@@ -206,7 +208,7 @@ class RunData:
         if self.path is None and storage:
             self._open_study(study_name)
             attr_dir = (self.study.user_attrs.get("run_dir") if self.study is not None else None)
-            if attr_dir and Path(attr_dir, "run.json").is_file():
+            if attr_dir and Path(attr_dir, RUN_JSON).is_file():
                 self.path = Path(attr_dir)
         self.rd = RunDir(self.path) if self.path else None
         self.run: dict[str, Any] = (self.rd.read_run() if self.rd else None) or {}
@@ -382,7 +384,7 @@ class RunData:
                 start = t.datetime_start.timestamp()
                 end = t.datetime_complete.timestamp() if t.datetime_complete is not None else None
             if start is None and self.rd is not None:
-                config = self.rd.trial_dir(n) / "config.json"
+                config = self.rd.trial_dir(n) / CONFIG
                 try:
                     start = config.stat().st_mtime if row["state"] == "RUNNING" else None
                 except OSError:
@@ -456,7 +458,7 @@ class RunData:
             known = set(df["number"].astype(int)) if not df.empty else set()
             extra = []
             for n in self.rd.trial_numbers():
-                cfg = read_json(self.rd.trial_dir(n) / "config.json")
+                cfg = read_json(self.rd.trial_dir(n) / CONFIG)
                 if n not in known and cfg is not None:
                     extra.append({"number": n, "state": "RUNNING", "family": cfg.get("family"),
                                   "image_size": cfg.get("image_size"), "aug": cfg.get("aug_preset"),
@@ -467,7 +469,7 @@ class RunData:
             # a trial still running has no status.json yet: its config and history say what it is
             for i, row in df.iterrows():
                 if row.get("state") == "RUNNING":
-                    cfg = read_json(self.rd.trial_dir(int(row["number"])) / "config.json") or {}
+                    cfg = read_json(self.rd.trial_dir(int(row["number"])) / CONFIG) or {}
                     for col, key in (("family", "family"), ("image_size", "image_size"), ("aug", "aug_preset")):
                         if (col not in df or pd.isna(row.get(col))) and cfg.get(key) is not None:
                             df.loc[i, col] = cfg[key]
@@ -506,10 +508,10 @@ class RunData:
         out["row"] = row.iloc[0].dropna().to_dict() if not row.empty else {}
         if self.rd is not None:
             tdir = self.rd.trial_dir(number)
-            out["config"] = read_json(tdir / "config.json")
+            out["config"] = read_json(tdir / CONFIG)
             out["history"] = self.rd.read_history(number)
-            out["model"] = read_json(tdir / "model.json")
-            out["metrics"] = read_json(tdir / "metrics.json")
+            out["model"] = read_json(tdir / MODEL_JSON)
+            out["metrics"] = read_json(tdir / METRICS)
         else:
             out.update(config=None, history=[], model=None, metrics=None)
         params: dict[str, Any] = {}
@@ -563,7 +565,7 @@ class RunData:
         return self.final
 
     def val_labels(self) -> np.ndarray | None:
-        return read_npy(self.rd.final_dir / "val_labels.npy") if self.rd else None
+        return read_npy(self.rd.final_dir / VAL_LABELS) if self.rd else None
 
     def test_arrays(self, which: str = "best") -> tuple[np.ndarray, np.ndarray]:
         """Test probabilities of the best model or the ensemble, and the test labels."""
@@ -572,10 +574,10 @@ class RunData:
         final = self.final_or_raise()
         if not final.get("has_test"):
             raise NotAvailable(final.get("note") or "this run has no test split")
-        probs = read_npy(self.rd.final_dir / f"test_probs_{which}.npy")
-        labels = read_npy(self.rd.final_dir / "test_labels.npy")
+        probs = read_npy(self.rd.final_dir / final_probs("test", which))
+        labels = read_npy(self.rd.final_dir / TEST_LABELS)
         if probs is None or labels is None:
-            raise NotAvailable(f"final/test_probs_{which}.npy or final/test_labels.npy is missing from the run directory")
+            raise NotAvailable(f"{FINAL}/{final_probs('test', which)} or {FINAL}/{TEST_LABELS} is missing from the run directory")
         return probs.astype(np.float64), labels.astype(np.int64)
 
     def ensemble_val_probs(self) -> dict[str, np.ndarray] | None:
@@ -586,7 +588,7 @@ class RunData:
         """
         final = self.final_or_raise()
         if self.rd is not None:
-            stored = {w: read_npy(self.rd.final_dir / f"val_probs_{w}.npy") for w in ("best", "ensemble")}
+            stored = {w: read_npy(self.rd.final_dir / final_probs("val", w)) for w in ("best", "ensemble")}
             if all(p is not None for p in stored.values()):
                 return {w: p.astype(np.float64) for w, p in stored.items()}
         members = (final.get("ensemble") or {}).get("members") or []
@@ -636,13 +638,9 @@ class RunData:
         return self._decode(key, image_size, in_chans)
 
     def _cache(self, image_size: int, in_chans: int) -> np.ndarray | None:
-        directory = self.rd.cache_dir(image_size, in_chans)
-        if read_json(directory / "manifest.json") is None:
-            return None  # no cache, or one still being built
-        try:
-            return np.load(directory / "images.npy", mmap_mode="r", allow_pickle=False)
-        except (OSError, ValueError):
-            return None
+        from automl_vision.data.cache import read_cached
+
+        return read_cached(self.rd.cache_dir(image_size, in_chans))
 
     def data_root(self) -> Path | None:
         root = self.data_report.get("root") or self.run.get("data", {}).get("root")
@@ -805,7 +803,7 @@ def run_dir_problem(path: str | os.PathLike) -> str | None:
     p = Path(path)
     if not p.is_dir():
         return f"{p} is not a directory"
-    if (p / "run.json").is_file() or (p / "trials").is_dir() or (p / "study.journal").is_file():
+    if (p / RUN_JSON).is_file() or (p / TRIALS).is_dir() or (p / JOURNAL).is_file():
         return None
     images = 0
     try:

@@ -31,10 +31,12 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from automl_vision.data.images import ImageDecodeError, decode
-from automl_vision.rundir import read_json, write_json
+from automl_vision.rundir import DamagedRunFileError, read_json, write_json
 from automl_vision.types import Sample, UsageError
 
 CACHE_FORMAT = 1
+MANIFEST = "manifest.json"
+IMAGES = "images.npy"
 MEMORY_ENV = "AUTOML_VISION_DATA_MEMORY_MIB"
 _SUBSET_CHUNK_BYTES = 32 * 2**20  # copied at a time into a subset file (bounds the copy's own memory)
 
@@ -53,6 +55,20 @@ def source_fingerprint(samples: Sequence[Sample]) -> str:
         elif s.array is not None:
             h.update(hashlib.sha1(np.ascontiguousarray(s.array).tobytes()).digest())
     return h.hexdigest()
+
+
+def read_cached(directory: str | os.PathLike, count: int | None = None) -> np.ndarray | None:
+    """The finished cache in ``directory`` as a read-only memory map, for readers that never
+    build one (the dashboard, export's verification); ``None`` when there is none, one is
+    still being built (its manifest is written last), or it does not hold ``count`` images."""
+    directory = Path(directory)
+    try:
+        manifest = read_json(directory / MANIFEST)
+        if not isinstance(manifest, dict) or (count is not None and manifest.get("count") != count):
+            return None
+        return np.load(directory / IMAGES, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError, DamagedRunFileError):  # a damaged manifest or array: decode again instead
+        return None
 
 
 @contextmanager
@@ -127,8 +143,8 @@ def load_or_build(
     directory = Path(directory)
     fingerprint = source_fingerprint(samples)
     with _locked(directory):
-        manifest = read_json(directory / "manifest.json")
-        data_path = directory / "images.npy"
+        manifest = read_json(directory / MANIFEST)
+        data_path = directory / IMAGES
         if (
             manifest
             and manifest.get("format") == CACHE_FORMAT
@@ -142,10 +158,10 @@ def load_or_build(
             if arr is not None and arr.shape == (len(samples), image_size, image_size, in_chans):
                 return arr, {int(k): v for k, v in manifest.get("failures", {}).items()}
         # (re)build: the manifest goes first so a killed build is never trusted
-        (directory / "manifest.json").unlink(missing_ok=True)
+        (directory / MANIFEST).unlink(missing_ok=True)
         for stale in directory.glob("subset-*.npy"):  # gathered from the old images
             stale.unlink(missing_ok=True)
-        tmp = directory / "images.npy.tmp"
+        tmp = directory / (IMAGES + ".tmp")
         arr = _open_reserved(tmp, (len(samples), image_size, image_size, in_chans))
         failures: dict[int, str] = {}
         threads = threads or max(1, min(8, os.cpu_count() or 1))
@@ -171,7 +187,7 @@ def load_or_build(
         del arr
         os.replace(tmp, data_path)
         write_json(
-            directory / "manifest.json",
+            directory / MANIFEST,
             {
                 "format": CACHE_FORMAT,
                 "fingerprint": fingerprint,

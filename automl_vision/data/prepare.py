@@ -27,7 +27,7 @@ import numpy as np
 
 from automl_vision.data import cache as cache_mod
 from automl_vision.data.images import ImageDecodeError, inspect, is_grey_mode
-from automl_vision.rundir import RunDir, read_json, write_json
+from automl_vision.rundir import DECODE_FAILURES, RunDir, read_json, write_json
 from automl_vision.types import SPLITS, Dataset, DataError, Sample
 
 DEFAULT_FRACTIONS = (0.70, 0.15, 0.15)
@@ -151,7 +151,7 @@ def _known_failures(run_dir: RunDir, valid: list[Sample]) -> dict[str, str]:
     Remembering them keeps a resumed search from decoding every image twice (once with
     the broken files, once without) just to find the same broken files again.
     """
-    stored = read_json(run_dir.path / "cache" / "decode_failures.json") or {}
+    stored = read_json(run_dir.cache_root / DECODE_FAILURES) or {}
     out = {}
     for s in valid:
         rec = stored.get(s.key)
@@ -263,7 +263,7 @@ def prepare(
         for i, reason in sorted(failures.items()):
             skipped.append({"path": valid[i].key, "reason": reason})
             memo[valid[i].key] = {"stat": _stat_key(valid[i]), "reason": reason}
-        write_json(run_dir.path / "cache" / "decode_failures.json", memo)
+        write_json(run_dir.cache_root / DECODE_FAILURES, memo)
         keep = [s for i, s in enumerate(valid) if i not in failures]
         # the cache is keyed by the sample list, so rebuild it for the kept samples
         valid = keep

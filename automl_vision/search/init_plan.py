@@ -98,14 +98,14 @@ def _check_fits(arch: str, state: dict[str, torch.Tensor], path: str) -> None:
 
 
 def _configure_init_from(settings: SearchSettings, pm) -> dict[str, Any]:
-    from automl_vision.rundir import read_json
+    from automl_vision.rundir import BEST, MODEL_JSON, read_json
 
     src = Path(settings.options.init_from or "")
-    candidates = [src / "best", src]
-    model_dir = next((c for c in candidates if (c / "model.json").is_file()), None)
+    candidates = [src / BEST, src]
+    model_dir = next((c for c in candidates if (c / MODEL_JSON).is_file()), None)
     if model_dir is None:
         raise UsageError(f"--init-from {src}: no best/model.json; give the run directory of a finished search")
-    spec = read_json(model_dir / "model.json")
+    spec = read_json(model_dir / MODEL_JSON)
     family = spec.get("family")
     if family not in pm.model_families:
         raise UsageError(f"--init-from {src}: its model family {family!r} is not loaded; load the plugin with --plugin")

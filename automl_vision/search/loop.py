@@ -13,6 +13,7 @@ from typing import Callable
 
 import optuna
 
+from automl_vision.rundir import TRIAL_START_LOCK
 from automl_vision.search.interrupts import check_interrupt, watch_interrupts
 from automl_vision.search.study import count_finished, heartbeat_config
 from automl_vision.search.workers import RUNNING, WorkerHeartbeat, recover_stale_trials
@@ -34,7 +35,7 @@ def trial_loop(study: optuna.Study, objective, budget, n_trials: int | None, cal
     run_dir.path.mkdir(parents=True, exist_ok=True)
     beat = heartbeat_config()
     poll = poll or min(2.0, beat.interval)
-    gate = FileLock(str(run_dir.path / ".trial-start.lock"))
+    gate = FileLock(str(run_dir.path / TRIAL_START_LOCK))
     ran = 0
     waiting_logged = False
     check_interrupt()  # noted before the loop (during start-up): watch_interrupts starts afresh

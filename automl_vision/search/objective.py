@@ -26,7 +26,7 @@ from automl_vision.data.prepare import PreparedData
 from automl_vision.evaluation import check_requirements, compute_metrics, per_class
 from automl_vision.models import count_params, save_model
 from automl_vision.plugins import PluginManager
-from automl_vision.rundir import RunDir, write_json, write_npy
+from automl_vision.rundir import CONFIG, HISTORY, METRICS, STATUS, VAL_PROBS, RunDir, write_json, write_npy
 from automl_vision.search import space
 from automl_vision.search.budget import Pace
 from automl_vision.search.interrupts import check_interrupt
@@ -157,7 +157,7 @@ class Objective:
             family = self.pm.model_families.get(cfg.family)
             label = family.label(cfg.model_params)
             record.update(model=label, family=cfg.family, image_size=cfg.image_size, aug=cfg.aug_preset)
-            write_json(tdir / "config.json", {**cfg.as_dict(), "worker": self.worker})
+            write_json(tdir / CONFIG, {**cfg.as_dict(), "worker": self.worker})
             trial.set_user_attr("model", label)
             if trial.user_attrs.get("portfolio"):  # a warm-start entry: the leaderboard says which
                 record["portfolio"] = trial.user_attrs["portfolio"]
@@ -197,7 +197,7 @@ class Objective:
                 metrics = compute_metrics(data.y_val.numpy(), probs, self.pm)
                 rec.update({f"val_{k}": v for k, v in metrics.items()})
                 history.append(rec)
-                write_json(tdir / "history.json", history)
+                write_json(tdir / HISTORY, history)
                 self.pm.on_epoch_end(str(self.run_dir.path), trial.number, epoch, cfg.epochs, dict(rec))
                 value = metrics.get(objective_metric, math.nan)
                 if not math.isfinite(value):
@@ -228,7 +228,7 @@ class Objective:
                     stretched = self.stretched_epochs(cfg.epochs, epoch_seconds)
                     if stretched > cfg.epochs:
                         cfg.epochs = stretched
-                        write_json(tdir / "config.json", {**cfg.as_dict(), "worker": self.worker,
+                        write_json(tdir / CONFIG, {**cfg.as_dict(), "worker": self.worker,
                                                           "epochs_from_budget": True})
                 left = self.budget.left()
                 if not math.isinf(left):  # cut to what fits before the deadline
@@ -266,7 +266,7 @@ class Objective:
                 record["oom_retry"] = note
                 trial.set_user_attr("oom_retry", note)
                 history.clear()
-                write_json(tdir / "config.json", {**cfg.as_dict(), "worker": self.worker, "oom_retry": note})
+                write_json(tdir / CONFIG, {**cfg.as_dict(), "worker": self.worker, "oom_retry": note})
                 model = build()
             metrics = {k[4:]: v for k, v in history[-1].items() if k.startswith("val_")}
             spec = {
@@ -283,8 +283,8 @@ class Objective:
                 "params_count": n_params,
             }
             save_model(tdir, result.model.to("cpu"), spec)
-            write_npy(tdir / "val_probs.npy", result.val_probs.astype(np.float32))
-            write_json(tdir / "metrics.json", {"val": metrics, **per_class(data.y_val.numpy(), result.val_probs, self.data.classes)})
+            write_npy(tdir / VAL_PROBS, result.val_probs.astype(np.float32))
+            write_json(tdir / METRICS, {"val": metrics, **per_class(data.y_val.numpy(), result.val_probs, self.data.classes)})
             values = [metrics[m] if m in metrics else self._extra_objective(m, spec, result) for m in self.objectives]
             for name, value in metrics.items():
                 trial.set_user_attr(f"val_{name}", value)
@@ -337,7 +337,7 @@ class Objective:
             if record["state"] == "PRUNED":
                 trial.set_user_attr("reason", record["reason"])
             try:
-                write_json(tdir / "status.json", record)
+                write_json(tdir / STATUS, record)
             except OSError as exc:
                 if exc.errno not in DISK_FULL:
                     raise

@@ -15,10 +15,9 @@ from typing import Any
 
 import optuna
 
-from automl_vision.rundir import RunDir, write_json
+from automl_vision.rundir import PARETO, RunDir, write_json
 from automl_vision.search.costs import UNITS
 
-PARETO = "pareto.json"
 
 
 def pareto_front(study: optuna.Study, objectives: list[str], directions: list[str]) -> dict[str, Any]:

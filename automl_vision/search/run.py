@@ -35,7 +35,7 @@ from automl_vision.search.study import local_storage_file, open_study, redact
 # dead workers' trials (recover_stale_trials, journal file and database storages), the trial loop
 # and worker processes: see automl_vision/search/workers.py
 from automl_vision.search.loop import trial_loop
-from automl_vision.search.workers import recover_stale_trials, run_parallel
+from automl_vision.search.workers import pid_alive, recover_stale_trials, run_parallel
 from automl_vision.settings import PRESETS, SearchSettings, check_seed, format_duration
 from automl_vision.training.device import apply_gpu_options, choose
 from automl_vision.types import Dataset, UsageError
@@ -179,26 +179,13 @@ def check_start(settings: SearchSettings, overwrite: bool = False) -> None:
 def remove_dead_leftovers(run_dir: RunDir) -> None:
     """Remove the ``.best.<pid>.tmp``/``.old`` folders of processes that died while replacing
     best/; when best/ itself is missing then, the ``.old`` one is the last complete best/."""
-    for leftover in sorted(run_dir.path.glob(".best.*.*")):
-        match = re.fullmatch(r"\.best\.(\d+)\.(tmp|old)", leftover.name)
-        if not match or _alive(int(match.group(1))):
+    for leftover, pid, kind in run_dir.best_leftovers():
+        if pid != os.getpid() and pid_alive(pid):
             continue
-        if match.group(2) == "old" and not run_dir.best_dir.exists():
+        if kind == "old" and not run_dir.best_dir.exists():
             leftover.rename(run_dir.best_dir)
         else:
             shutil.rmtree(leftover, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
 
 
 def check_settings(settings: SearchSettings, pm: PluginManager) -> list[str]:
@@ -405,7 +392,7 @@ def run_search(settings: SearchSettings, argv: list[str] | None = None, plain: b
     report = finalize(run_dir, data, pm, path, objectives[0], log=log)
     report["search_seconds"] = time.time() - t_start
     report["time_budget"] = settings.time_budget
-    write_json(run_dir.final_dir / "report.json", report)
+    write_json(run_dir.report, report)
     print_summary(report)
     run_info["finished"] = time.time()
     write_json(run_dir.run_json, run_info)

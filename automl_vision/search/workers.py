@@ -33,13 +33,12 @@ from typing import Callable
 
 import optuna
 
-from automl_vision.rundir import DamagedRunFileError, RunDir, read_json, write_json
+from automl_vision.rundir import STATUS, DamagedRunFileError, RunDir, read_json, write_json
 from automl_vision.search.study import heartbeat_config, is_rdb, retried_numbers
 from automl_vision.training.device import plan_devices  # noqa: F401  (one device a worker, from --devices/--workers)
 
 RUNNING = optuna.trial.TrialState.RUNNING
 FAIL = optuna.trial.TrialState.FAIL
-WORKERS_DIR = "workers"
 
 
 # ------------------------------------------------------------------ devices and processes
@@ -141,10 +140,6 @@ def run_parallel(settings, study: optuna.Study, log: Callable[[str], None]) -> b
 
 
 # ------------------------------------------------------------------ heartbeat files
-def worker_file(run_dir: RunDir, worker: str):
-    return run_dir.path / WORKERS_DIR / f"{worker}.json"
-
-
 class WorkerHeartbeat:
     """Keeps ``RUN_DIR/workers/<worker>.json`` fresh while the worker lives.
 
@@ -156,7 +151,7 @@ class WorkerHeartbeat:
     def __init__(self, run_dir: RunDir, worker: str, device: str, interval: float | None = None):
         self.run_dir = run_dir
         self.worker = worker
-        self.path = worker_file(run_dir, worker)
+        self.path = run_dir.worker_file(worker)
         self.interval = interval or heartbeat_config().interval
         self.info = {
             "worker": worker,
@@ -208,7 +203,8 @@ class WorkerHeartbeat:
         self._write()
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` of this host exists (another user's counts as alive)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -226,9 +222,9 @@ def worker_dead(run_dir: RunDir, worker: str, grace: float, now: float | None = 
     """
     now = time.time() if now is None else now
     host, _, pid = worker.rpartition("-")
-    if host == socket.gethostname() and pid.isdigit() and not _pid_alive(int(pid)):
+    if host == socket.gethostname() and pid.isdigit() and not pid_alive(int(pid)):
         return "worker died (process gone)"
-    info = read_json(worker_file(run_dir, worker)) if worker else None
+    info = read_json(run_dir.worker_file(worker)) if worker else None
     if info:
         if info.get("state") == "stopped":
             return "worker stopped without finishing the trial"
@@ -241,8 +237,7 @@ def worker_dead(run_dir: RunDir, worker: str, grace: float, now: float | None = 
 def remove_dead_worker_temporaries(run_dir: RunDir, grace: float) -> None:
     """Remove the ``workers/.<worker>.json.*.tmp`` files of workers that died (kill -9) while
     writing their heartbeat file; a live worker's are left alone (its rename would fail)."""
-    for tmp in (run_dir.path / WORKERS_DIR).glob(".*.json.*.tmp"):
-        worker = tmp.name[1:].split(".json.", 1)[0]
+    for worker, tmp in run_dir.worker_temporaries():
         if worker_dead(run_dir, worker, grace):
             tmp.unlink(missing_ok=True)
 
@@ -264,7 +259,7 @@ def _fail_status(run_dir: RunDir, trial: optuna.trial.FrozenTrial, reason: str) 
     record.update(state="FAIL", reason=reason, finished=time.time())
     if record.get("started"):
         record["seconds"] = record["finished"] - record["started"]
-    write_json(tdir / "status.json", record)
+    write_json(tdir / STATUS, record)
 
 
 def recover_stale_trials(study: optuna.Study, log: Callable[[str], None], run_dir: RunDir | None = None) -> int:

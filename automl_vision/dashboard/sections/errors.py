@@ -12,6 +12,7 @@ import streamlit as st
 
 from automl_vision.dashboard import ui
 from automl_vision.dashboard.data import NotAvailable, RunData, confusion, per_class_table, probability_kind
+from automl_vision.rundir import MODEL_JSON, TEST_LABELS, WEIGHTS, final_probs, read_json
 
 GALLERY_PX = 112
 
@@ -42,7 +43,7 @@ def explain(run: RunData, trial: int, image: np.ndarray, target: int | None):
     from automl_vision.explain import grad_cam, overlay, to_input
 
     tdir = run.rd.trial_dir(trial)
-    model, spec = _model(str(tdir), (tdir / "weights.safetensors").stat().st_mtime)
+    model, spec = _model(str(tdir), (tdir / WEIGHTS).stat().st_mtime)
     sal = grad_cam(model, to_input(image, spec["mean"], spec["std"]), target=target)
     k = max(1, 224 // max(image.shape[:2]))
     return sal, overlay(image, sal.cam, scale=k), spec
@@ -54,7 +55,7 @@ def body() -> None:
     final = run.final_or_raise()
     classes = run.classes
     which = "best"
-    if (run.rd.final_dir / "test_probs_ensemble.npy").is_file() and final.get("deliverable") == "ensemble":
+    if (run.rd.final_dir / final_probs("test", "ensemble")).is_file() and final.get("deliverable") == "ensemble":
         which = "ensemble"
     which = st.radio("Model", ["best", "ensemble"], index=["best", "ensemble"].index(which), horizontal=True,
                      format_func=lambda w: f"best single model (trial #{final.get('best_trial')})" if w == "best" else "ensemble",
@@ -139,9 +140,7 @@ def gradcam(run: RunData, final: dict, wrong: pd.DataFrame, which: str, delivere
             return
         key = c2.selectbox("Test image", options, key=f"cam_key_{source[:3]}")
     target_name = c3.selectbox("Explain the class", ["predicted"] + classes, key="cam_target")
-    spec_path = run.rd.trial_dir(trial) / "model.json"
-    from automl_vision.rundir import read_json
-
+    spec_path = run.rd.trial_dir(trial) / MODEL_JSON
     spec = read_json(spec_path) or {}
     size, chans = int(spec.get("image_size", 32)), int(spec.get("in_chans", 3))
     if source == "upload an image":
@@ -182,8 +181,8 @@ def gradcam(run: RunData, final: dict, wrong: pd.DataFrame, which: str, delivere
     b.image(colour_bar(), caption="colour scale: least (left, dark blue) to most (right, dark red) contribution",
             use_container_width=True)
     truth = ""
-    if key in keys and run.final and (run.rd.final_dir / "test_labels.npy").is_file():
-        y = np.load(run.rd.final_dir / "test_labels.npy", allow_pickle=False)
+    if key in keys and run.final and (run.rd.final_dir / TEST_LABELS).is_file():
+        y = np.load(run.rd.final_dir / TEST_LABELS, allow_pickle=False)
         idx = keys.index(key)
         truth = f"**True class:** {names[int(y[idx])]}  \n" if idx < len(y) else ""
     c.markdown(truth + f"**Trial #{trial}'s top classes** (raw softmax of its network, one pass: no calibration, "

@@ -8,6 +8,7 @@ import streamlit as st
 
 from automl_vision.dashboard import ui
 from automl_vision.dashboard.data import MISSING, RunData, fmt_seconds, per_class_table, state_label
+from automl_vision.rundir import LEADERBOARD
 
 PICK = "trial_pick"
 QP_TRIAL = "trial"  # ?trial=N opens that trial's detail: a link to share
@@ -106,7 +107,7 @@ def body() -> None:
                             "weight_decay", "batch_size", "label_smoothing") and pd.api.types.is_float_dtype(table[c])},
         },
     )
-    st.download_button("Download leaderboard.csv", run.leaderboard.to_csv(index=False), "leaderboard.csv", "text/csv")
+    st.download_button(f"Download {LEADERBOARD}", run.leaderboard.to_csv(index=False), LEADERBOARD, "text/csv")
     st.divider()
     trial_detail(run, [int(n) for n in table["trial"]] or run.trial_numbers())
 

@@ -40,12 +40,12 @@ from automl_vision.evaluation import compute_metrics, is_better, per_class
 from automl_vision.models import load_model
 from automl_vision.plugins import PluginManager
 from automl_vision.predict import ProbabilityModel
-from automl_vision.rundir import RunDir, write_json, write_npy
+from automl_vision.rundir import TEST_LABELS, VAL_LABELS, RunDir, final_probs, write_json, write_npy
 from automl_vision.training.device import ExecPath
 from automl_vision.types import UsageError
 # the steps, in their modules; their public names stay importable from here, as when this was one module
 from automl_vision.search.final.choices import Candidate, calibrate_candidates, decide_tta
-from automl_vision.search.final.common import (REFIT, fp32, run_deadline, run_options, run_plan,  # noqa: F401
+from automl_vision.search.final.common import (fp32, run_deadline, run_options, run_plan,  # noqa: F401
                                                split_probs, write_best)
 from automl_vision.search.final.report import accuracy_intervals, print_summary, test_touches  # noqa: F401
 from automl_vision.search.final.selection import (SELECTION_P, select_best, sign_test,  # noqa: F401
@@ -86,7 +86,7 @@ def finalize(run_dir: RunDir, data: PreparedData, pm: PluginManager, path: ExecP
     report: dict[str, Any] = {"metric": metric, "direction": m.direction, "has_test": data.has_test(), "finished": t0}
     if not trials:
         report["error"] = "no trial finished; nothing to deliver (give the search more time or trials)"
-        write_json(run_dir.final_dir / "report.json", report)
+        write_json(run_dir.report, report)
         return report
     y_val = data.labels[data.split_index["val"]]
     val = {r["number"]: run_dir.read_val_probs(r["number"]) for r in trials}
@@ -94,7 +94,7 @@ def finalize(run_dir: RunDir, data: PreparedData, pm: PluginManager, path: ExecP
     if not val:
         report["error"] = ("no finished trial has validation probabilities that match the run's validation split; "
                            "the data may have changed since the search")
-        write_json(run_dir.final_dir / "report.json", report)
+        write_json(run_dir.report, report)
         return report
     best_n, report["selection"] = select_best(trials, val, y_val, metric, m)
     sel = report["selection"]
@@ -189,9 +189,9 @@ def finalize(run_dir: RunDir, data: PreparedData, pm: PluginManager, path: ExecP
         y_test = data.labels[data.split_index["test"]]
         best_test = split_probs(best_module(nets, best_tta, best_t), data, "test", eval_path)
         ens_test = split_probs(ens_module(nets, ens_tta, ens_t), data, "test", eval_path)
-        write_npy(run_dir.final_dir / "test_probs_best.npy", best_test.astype(np.float32))
-        write_npy(run_dir.final_dir / "test_probs_ensemble.npy", ens_test.astype(np.float32))
-        write_npy(run_dir.final_dir / "test_labels.npy", y_test)
+        write_npy(run_dir.final_dir / final_probs("test", "best"), best_test.astype(np.float32))
+        write_npy(run_dir.final_dir / final_probs("test", "ensemble"), ens_test.astype(np.float32))
+        write_npy(run_dir.final_dir / TEST_LABELS, y_test)
         report["best_test"] = compute_metrics(y_test, best_test, pm)
         report["ensemble"]["test"] = compute_metrics(y_test, ens_test, pm)
         report["best_test_detail"] = per_class(y_test, best_test, data.classes)
@@ -220,10 +220,10 @@ def finalize(run_dir: RunDir, data: PreparedData, pm: PluginManager, path: ExecP
                              f"on all {ff['images']} labelled images for {ff['epochs']} epochs")
     # the dashboard's per-class validation metrics of the best model and the ensemble need the labels,
     # and the probabilities as delivered (after test-time augmentation and temperature, when used)
-    write_npy(run_dir.final_dir / "val_labels.npy", y_val)
-    write_npy(run_dir.final_dir / "val_probs_best.npy", np.asarray(best_val_p, dtype=np.float32))
-    write_npy(run_dir.final_dir / "val_probs_ensemble.npy", np.asarray(ens_val_p, dtype=np.float32))
-    write_json(run_dir.path / "ensemble.json", {**ensemble_info, "selected": use_ensemble, "metric": metric})
+    write_npy(run_dir.final_dir / VAL_LABELS, y_val)
+    write_npy(run_dir.final_dir / final_probs("val", "best"), np.asarray(best_val_p, dtype=np.float32))
+    write_npy(run_dir.final_dir / final_probs("val", "ensemble"), np.asarray(ens_val_p, dtype=np.float32))
+    write_json(run_dir.ensemble, {**ensemble_info, "selected": use_ensemble, "metric": metric})
     report["seconds"] = time.time() - t0
-    write_json(run_dir.final_dir / "report.json", report)
+    write_json(run_dir.report, report)
     return report

@@ -12,12 +12,9 @@ import numpy as np
 from automl_vision.data.prepare import PreparedData
 from automl_vision.models import write_preprocessing
 from automl_vision.predict import ProbabilityModel
-from automl_vision.rundir import RunDir, write_json
+from automl_vision.rundir import CONFIG, METRICS, MODEL_JSON, PREPROCESSING, WEIGHTS, RunDir, write_json
 from automl_vision.settings import SearchOptions
 from automl_vision.training.device import ExecPath
-
-
-REFIT = "refit"
 
 
 def run_options(run_dir: RunDir) -> SearchOptions:
@@ -57,18 +54,18 @@ def split_probs(module: ProbabilityModel, data: PreparedData, split: str, path: 
 def write_best(run_dir: RunDir, src, fallback, spec: dict[str, Any]) -> None:
     """Replace ``best/`` with the model in ``src`` (files missing there come from
     ``fallback``) and the model description ``spec``; readers never see half of it."""
-    tmp = run_dir.path / f".best.{os.getpid()}.tmp"
+    tmp = run_dir.best_leftover(os.getpid(), "tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    for name in ("weights.safetensors", "config.json", "metrics.json"):
+    for name in (WEIGHTS, CONFIG, METRICS):
         f = src / name
         if not f.exists():
             f = fallback / name
         if f.exists():
             shutil.copy2(f, tmp / name)
-    write_json(tmp / "model.json", spec)
-    write_preprocessing(tmp / "preprocessing.json", spec)
-    old = run_dir.path / f".best.{os.getpid()}.old"
+    write_json(tmp / MODEL_JSON, spec)
+    write_preprocessing(tmp / PREPROCESSING, spec)
+    old = run_dir.best_leftover(os.getpid(), "old")
     if run_dir.best_dir.exists():
         run_dir.best_dir.rename(old)
     tmp.rename(run_dir.best_dir)

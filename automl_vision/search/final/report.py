@@ -15,7 +15,7 @@ def test_touches(run_dir: RunDir) -> dict[str, Any]:
     warning from the second time on: choices made after seeing a test score (another
     ``ensemble`` call, other options) make the next one optimistic. Counted in
     ``final/report.json``, which every scoring rewrites."""
-    previous = read_json(run_dir.final_dir / "report.json", REPORT_SCHEMA) or {}
+    previous = read_json(run_dir.report, REPORT_SCHEMA) or {}
     count = int(previous.get("test_evaluations") or (1 if previous.get("best_test") else 0)) + 1
     if count == 1:
         return {"test_evaluations": 1}

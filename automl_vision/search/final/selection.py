@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from automl_vision.evaluation import is_better
-from automl_vision.rundir import CONFIG_SCHEMA, RunDir, read_json
+from automl_vision.rundir import CONFIG, CONFIG_SCHEMA, RunDir, read_json
 
 
 # a configuration that beats the portfolio's first entry on validation replaces it only when a
@@ -62,5 +62,5 @@ def significantly_better(y: np.ndarray, a: np.ndarray, b: np.ndarray, level: flo
 
 def trained_with_flips(run_dir: RunDir, number: int) -> bool:
     """Whether trial ``number`` trained on horizontally flipped images (its augmentation)."""
-    config = read_json(run_dir.trial_dir(number) / "config.json", CONFIG_SCHEMA) or {}
+    config = read_json(run_dir.trial_dir(number) / CONFIG, CONFIG_SCHEMA) or {}
     return bool((config.get("aug") or {}).get("flip"))

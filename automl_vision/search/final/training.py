@@ -13,10 +13,11 @@ import torch
 from automl_vision.data.prepare import PreparedData
 from automl_vision.models import build_model, load_model, save_model
 from automl_vision.plugins import PluginManager
-from automl_vision.rundir import CONFIG_SCHEMA, FINAL_FIT, MODEL_SCHEMA, RunDir, read_json, write_json
+from automl_vision.rundir import (CONFIG, CONFIG_SCHEMA, FINAL_FIT, MODEL_JSON, MODEL_SCHEMA, REFIT, WEIGHTS, RunDir,
+                                  read_json, write_json)
 from automl_vision.settings import format_duration
 from automl_vision.training.device import ExecPath
-from automl_vision.search.final.common import REFIT, write_best
+from automl_vision.search.final.common import write_best
 
 
 def trial_config(config: dict[str, Any], epochs: int):
@@ -49,8 +50,8 @@ def retrain(run_dir: RunDir, number: int, data: PreparedData, pm: PluginManager,
     from automl_vision.training.trainer import BudgetExceeded, TensorData, train
 
     tdir = run_dir.trial_dir(number)
-    spec = read_json(tdir / "model.json", MODEL_SCHEMA)
-    config = read_json(tdir / "config.json", CONFIG_SCHEMA)
+    spec = read_json(tdir / MODEL_JSON, MODEL_SCHEMA)
+    config = read_json(tdir / CONFIG, CONFIG_SCHEMA)
     if not config or not spec:
         raise RuntimeError(f"trial {number} has no config.json or model.json to train again from")
     cfg = trial_config(config, epochs)
@@ -76,7 +77,7 @@ def retrain(run_dir: RunDir, number: int, data: PreparedData, pm: PluginManager,
     if stopped:
         info["stopped"] = stopped
     save_model(out, net.to("cpu"), {**spec, kind: info})
-    write_json(out / "config.json", {**config, "epochs": epochs_run, f"{kind}_of": number})
+    write_json(out / CONFIG, {**config, "epochs": epochs_run, f"{kind}_of": number})
     return info
 
 
@@ -92,11 +93,11 @@ def refit_trial(run_dir: RunDir, number: int, data: PreparedData, pm: PluginMana
     out = run_dir.path / REFIT / tdir.name
     status = run_dir.read_trial(number) or {}
     epochs = int(status.get("epochs") or len(run_dir.read_history(number)) or 1)
-    done = read_json(out / "model.json", MODEL_SCHEMA)
-    if done and (done.get("refit") or {}).get("of_trial") == number and (out / "weights.safetensors").exists():
+    done = read_json(out / MODEL_JSON, MODEL_SCHEMA)
+    if done and (done.get("refit") or {}).get("of_trial") == number and (out / WEIGHTS).exists():
         return {"trial": number, "dir": f"{REFIT}/{tdir.name}", "epochs": epochs, "reused": True, "seconds": 0.0}
     idx = np.sort(np.concatenate([data.split_index["train"], data.split_index["val"]]))
-    log(f"refit: trial {number} ({(read_json(tdir / 'model.json', MODEL_SCHEMA) or {}).get('label', '')}) on {len(idx)} "
+    log(f"refit: trial {number} ({(read_json(tdir / MODEL_JSON, MODEL_SCHEMA) or {}).get('label', '')}) on {len(idx)} "
         f"train+val images for {epochs} epochs")
     info = retrain(run_dir, number, data, pm, path, idx, epochs, out, "refit", log)
     return {"trial": number, "dir": f"{REFIT}/{tdir.name}", "epochs": epochs, "reused": False,
@@ -143,8 +144,8 @@ def final_fit(run_dir: RunDir, number: int, data: PreparedData, pm: PluginManage
 
     out = run_dir.path / FINAL_FIT
     idx = np.sort(np.concatenate([data.split_index[name] for name in ("train", "val", "test")]))
-    done = read_json(out / "model.json", MODEL_SCHEMA)
-    if done and (done.get("final_fit") or {}).get("of_trial") == number and (out / "weights.safetensors").exists():
+    done = read_json(out / MODEL_JSON, MODEL_SCHEMA)
+    if done and (done.get("final_fit") or {}).get("of_trial") == number and (out / WEIGHTS).exists():
         return {**done["final_fit"], "dir": FINAL_FIT, "reused": True}
     per_epoch = epoch_seconds_on(run_dir, number, len(idx), len(data.split_index["train"]))
     if per_epoch is None:
@@ -203,7 +204,7 @@ def deliver_final_fit(run_dir: RunDir, best_n: int, data: PreparedData, pm: Plug
     if "skipped" in info:
         log(f"final fit skipped: {info['skipped']}")
         return info
-    fitted = read_json(run_dir.path / FINAL_FIT / "model.json", MODEL_SCHEMA) or {}
+    fitted = read_json(run_dir.path / FINAL_FIT / MODEL_JSON, MODEL_SCHEMA) or {}
     write_best(run_dir, run_dir.path / FINAL_FIT, run_dir.trial_dir(best_n),
                {**fitted, "temperature": temperature, "tta": tta, "source": FINAL_FIT})
     return info
