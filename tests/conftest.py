@@ -7,6 +7,7 @@ PNG files, or synthetic colour images); nothing is downloaded.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+
+# A test run started in the background of a non-interactive shell (`make test &`, CI scripts)
+# inherits SIGINT ignored (POSIX), and so would every search the tests start: the Ctrl-C tests
+# need it delivered as at a terminal. A Python handler here becomes SIG_DFL in child processes.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples"))

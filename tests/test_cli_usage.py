@@ -163,8 +163,10 @@ def test_a_ctrl_c_swallowed_during_start_up_still_stops_the_search(main, good, t
 
     class SwallowsCtrlC:
         def __del__(self):
-            os.kill(os.getpid(), signal.SIGINT)
-            time.sleep(0.01)  # the KeyboardInterrupt is raised here, and Python only reports it as "ignored"
+            # raise_signal delivers to this thread and runs the handler before returning (os.kill may
+            # land on another of the process's threads and reach this one only after __del__ returned):
+            # the KeyboardInterrupt is raised here, and Python only reports it as "ignored"
+            signal.raise_signal(signal.SIGINT)
 
     versions = run_module.versions
     monkeypatch.setattr(run_module, "versions", lambda: (SwallowsCtrlC(), versions())[1])
