@@ -480,10 +480,7 @@ class RunDir:
     def worker_temporaries(self) -> list[tuple[str, Path]]:
         """``(worker, file)`` of each temporary an unfinished write of a heartbeat file left
         (see :func:`atomic_write_bytes`): a worker killed while writing leaves one."""
-        out = []
-        for tmp in sorted(self.workers_dir.glob(".*.json.*.tmp")):
-            out.append((tmp.name[1:].split(".json.", 1)[0], tmp))
-        return out
+        return [(tmp.name[1:].split(".json.", 1)[0], tmp) for tmp in sorted(self.workers_dir.glob(".*.json.*.tmp"))]
 
     @property
     def cache_root(self) -> Path:
