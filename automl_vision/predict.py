@@ -126,6 +126,8 @@ class Deliverable:
         tail = f" ({', '.join(extra)})" if extra else ""
         if self.kind == "ensemble":
             parts = ", ".join(f"trial {m['trial']} x{m['weight']:.2f}" for m in self.members)
+            if any(s.get("final_fit") for s in self.specs):
+                parts += ", each trained further on every labelled image (final fit)"
             return f"ensemble of {len(self.members)} models: {parts}{tail}"
         if self.kind == "best":
             return f"best single model: trial {self.specs[0].get('trial')} ({self.specs[0].get('label', '')}){tail}"

@@ -45,7 +45,7 @@ DECODE_FAILURES = "decode_failures.json"  # in cache/: files that failed to deco
 WORKERS = "workers"  # heartbeat files, one per worker
 TRIAL_START_LOCK = ".trial-start.lock"
 JOURNAL = "study.journal"
-# inside a model's folder (trials/<n>/, best/, final_fit/, refit/<n>/)
+# inside a model's folder (trials/<n>/, best/, final_fit/, final_fit_2/, refit/<n>/)
 MODEL_JSON = "model.json"
 WEIGHTS = "weights.safetensors"
 VAL_PROBS = "val_probs.npy"
@@ -59,6 +59,12 @@ HISTORY = "history.json"
 REPORT = "report.json"
 VAL_LABELS = "val_labels.npy"
 TEST_LABELS = "test_labels.npy"
+
+
+def final_fit_folder(rank: int) -> str:
+    """The folder of the small-data regime's final fit of the ``rank``-th delivered network
+    (0: the best model, ``final_fit/``; 1: the second of a final-fit pair, ``final_fit_2/``)."""
+    return FINAL_FIT if rank == 0 else f"{FINAL_FIT}_{rank + 1}"
 
 
 def final_probs(split: str, which: str) -> str:

@@ -59,7 +59,8 @@ def test_small_folder_delivers_a_model_trained_on_every_image_within_the_budget(
     assert fit["of_trial"] == report["best_trial"] and fit["epochs"] >= 3
     best = json.loads((out / "best" / "model.json").read_text())
     assert best["final_fit"]["of_trial"] == report["best_trial"]
-    assert json.loads((out / "ensemble.json").read_text())["selected"] is False  # predict uses best/
+    # predict uses best/, or the final-fit pair when the time left gave each of two networks enough epochs
+    assert json.loads((out / "ensemble.json").read_text())["selected"] is bool(fit.get("pair")), fit["pair_decision"]
     # the honest estimate: the selected configuration as the search trained it, scored on test, with its interval
     assert "accuracy" in report["best_test"]
     low, high, n = report["intervals"]["best_test"]
@@ -267,3 +268,113 @@ def test_a_final_fit_planned_short_grows_to_the_time_it_has(tmp_path, tiny_run):
     assert info["planned_epochs"] == 4 and info["epochs"] > 4, info  # grew from its own pace
     assert info["epochs"] <= 1000 and json.loads((run / "final_fit" / "model.json").read_text())["final_fit"]["epochs"] \
         == info["epochs"]
+
+
+def _copied_run(tmp_path, tiny_run):
+    import shutil
+
+    from automl_vision.data.prepare import reload_prepared
+    from automl_vision.plugins import run_plugin_manager
+    from automl_vision.rundir import RunDir
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    for name in ("final_fit", "final_fit_2"):
+        shutil.rmtree(run / name, ignore_errors=True)
+    rd = RunDir(run)
+    pm = run_plugin_manager(rd.read_run() or {}, [])
+    return rd, pm, reload_prepared(rd, pm)
+
+
+def test_the_final_fit_pairs_the_runner_up_only_when_both_get_enough_epochs(tmp_path, tiny_run):
+    """Issue #18: at 10 minutes two networks of half the epochs each, averaged, beat one network
+    trained for all of them (trashnet); with fewer epochs (flowers) one network does better."""
+    from automl_vision.search.final.selection import SELECTION_P
+    from automl_vision.search.final.training import MIN_PAIR_EPOCHS, all_labelled, choose_final_pair, epoch_seconds_on
+
+    rd, pm, data = _copied_run(tmp_path, tiny_run)
+    m = pm.metrics.get("accuracy")
+    y = data.labels[data.split_index["val"]]
+    val = {r["number"]: rd.read_val_probs(r["number"]).astype(np.float64) for r in rd.usable_trials()}
+    assert len(val) >= 3
+    scores = {n: float(m.fn(y, p)) for n, p in val.items()}
+    best = max(scores, key=lambda n: (scores[n], -n))
+    runner_up = max((n for n in val if n != best), key=lambda n: (scores[n], -n))
+    n_all, n_train = len(all_labelled(data)), len(data.split_index["train"])
+    slowest = max(epoch_seconds_on(rd, n, n_all, n_train) for n in (best, runner_up))
+    enough = 2 * MIN_PAIR_EPOCHS * slowest * 1.01
+    # a best model that agrees with the runner-up wherever it matters: the pair is trained
+    agreeing = {**val, best: val[runner_up].copy()}
+    second, why = choose_final_pair(rd, best, agreeing, y, data, enough, m)
+    assert second == runner_up and str(MIN_PAIR_EPOCHS) in why
+    # not enough time for both to run MIN_PAIR_EPOCHS: one network
+    second, why = choose_final_pair(rd, best, agreeing, y, data, enough * 0.9, m)
+    assert second is None and "fewer than" in why
+    # the best model alone significantly better on validation than the pair's average: one network
+    k = val[best].shape[1]
+    right = np.eye(k)[y] * 0.5 + 0.5 / k  # right everywhere, unsure
+    half = np.where((np.arange(len(y)) % 2 == 0)[:, None], np.eye(k)[(y + 1) % k], np.eye(k)[y]) * 0.99 + 0.01 / k
+    sure = {best: right, runner_up: half}  # the runner-up, sure and wrong on half: the average follows it
+    second, why = choose_final_pair(rd, best, sure, y, data, enough, m)
+    assert len(y) >= 10 and second is None and "significantly" in why and SELECTION_P < 1
+    assert choose_final_pair(rd, best, {best: val[best]}, y, data, enough, m)[0] is None  # nothing to pair
+
+
+def test_a_final_fit_pair_is_the_deliverable_predict_and_export_use(tmp_path, tiny_run, monkeypatch, digits_dir):
+    """The pair's two networks, each trained on every labelled image, are the ensemble that
+    predict, the Python API and export load; its honest estimate is the pair before the final fit."""
+    import automl_vision
+    from automl_vision.search.final import finalize, training
+    from automl_vision.training.device import choose
+
+    from automl_vision.rundir import write_json
+    from automl_vision.search.budget import plan_budget
+
+    rd, pm, data = _copied_run(tmp_path, tiny_run)
+    # a small-data run whose plan kept time for 4 epochs of each of two networks (MIN_PAIR_EPOCHS = 3:
+    # on tiny digits a few epochs stand for a few hundred)
+    monkeypatch.setattr(training, "MIN_PAIR_EPOCHS", 3)
+    n_all, n_train = len(training.all_labelled(data)), len(data.split_index["train"])
+    per_epoch = max(training.epoch_seconds_on(rd, r["number"], n_all, n_train) for r in rd.usable_trials())
+    seconds = 2 * 4 * per_epoch
+    write_json(rd.run_json, {**rd.read_run(), "budget": plan_budget("small", 300, seconds / FINAL_FIT_SHARE).as_dict()})
+    report = finalize(rd, data, pm, choose("cpu", "fp32", "off"), "accuracy", log=lambda m: None,
+                      respect_budget=False)
+    ff = report["final_fit"]
+    assert "skipped" not in ff and len(ff.get("pair") or []) == 2, ff["pair_decision"]
+    members = {int(f["of_trial"]): f for f in ff["pair"]}
+    assert list(members)[0] == report["best_trial"]
+    assert all(f["images"] == _labelled(digits_dir) and f["epochs"] >= 2 for f in members.values())
+    ens = json.loads((rd.path / "ensemble.json").read_text())
+    assert ens["selected"] is True and ens["method"] == "final-fit pair" and report["deliverable"] == "ensemble"
+    assert sorted(m["dir"] for m in ens["members"]) == ["final_fit", "final_fit_2"]
+    assert {int(m["trial"]): m["dir"] for m in ens["members"]} == {n: f["dir"] for n, f in members.items()}
+    assert [m["weight"] for m in ens["members"]] == [0.5, 0.5]
+    for f in members.values():
+        spec = json.loads((rd.path / f["dir"] / "model.json").read_text())
+        assert spec["final_fit"]["of_trial"] == f["of_trial"] and spec["final_fit"]["warm_start"] is True
+    # best/ is the best model's own final fit
+    assert json.loads((rd.best_dir / "model.json").read_text())["final_fit"]["of_trial"] == report["best_trial"]
+    # the honest estimate: the pair as the search trained it, on the test split, with its interval
+    assert "accuracy" in report["ensemble"]["test"] and "ensemble_test" in report["intervals"]
+    predictor = automl_vision.load(rd.path)
+    assert predictor.kind == "ensemble" and len(predictor.deliverable.members) == 2
+    assert "final fit" in predictor.deliverable.describe()
+    assert sorted(m["dir"] for m in predictor.deliverable.members) == ["final_fit", "final_fit_2"]
+    proc = run_cli("predict", rd.path, digits_dir, "--out", tmp_path / "p.csv")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert len(list(csv.DictReader((tmp_path / "p.csv").open()))) == _labelled(digits_dir)
+    proc = run_cli("export", rd.path, "--format", "torchscript", "--out", tmp_path / "m.pt")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    # the summary and the dashboard say what was trained and what the scores are
+    from rich.console import Console
+
+    from automl_vision.dashboard.sections.ensemble import final_fit_line
+    from automl_vision.search.final import print_summary
+
+    console = Console(record=True, width=300, no_color=True)
+    print_summary(report, console)
+    text = console.export_text()
+    assert "Final fit (small-data regime), a pair" in text and "Deliverable: ensemble" in text
+    assert "ensemble (final-fit pair" in text
+    assert "a pair" in final_fit_line(report) and f"trial #{report['best_trial']}'s" in final_fit_line(report)

@@ -49,6 +49,12 @@ def final_fit_line(final: dict) -> str | None:
         return None
     if fit.get("skipped"):
         return f"Final fit (small-data regime): skipped — {fit['skipped']}."
+    if fit.get("pair"):
+        done = " and ".join(f"trial #{f.get('of_trial')}'s for {f.get('epochs')} epochs" for f in fit["pair"])
+        return (f"Final fit (small-data regime), a pair: the networks of {done} were trained further on all "
+                f"{fit.get('images')} labelled images, and their average (the ensemble) is delivered. The ensemble's "
+                "test scores on this page are the pair's before the final fit (train split only): the honest, "
+                "conservative estimate, since the delivered models have seen the test images.")
     return (f"Final fit (small-data regime): trial #{fit.get('of_trial')}'s network was trained further on all "
             f"{fit.get('images')} labelled images for {fit.get('epochs')} epochs, and that model is delivered. The "
             "test scores on this page are the network's before the final fit (train split only): the honest, "

@@ -13,7 +13,13 @@
    ``predict``, the Python API and ``export`` use;
 7. the deliverable is the ensemble only when it beats the best single model on
    validation; ``final/report.json`` says which and why, ``best/`` holds the best single
-   model and ``ensemble.json`` the ensemble.
+   model and ``ensemble.json`` the ensemble;
+8. in the small-data regime, the final fit: the best model's network is trained further
+   on every labelled image and delivered; or, when the time left affords each of two
+   networks enough epochs (:func:`~.training.choose_final_pair`), the best model and the
+   runner-up on validation are (the *final-fit pair*), and their equal-weight average is
+   the ensemble, chosen before step 3 so that TTA, temperature and the test scoring
+   (the honest estimate) are made for it.
 
 :func:`finalize` is called at the end of ``automl-vision search`` and by
 ``automl-vision ensemble RUN_DIR``, which rebuilds the ensemble of a finished or still
@@ -51,8 +57,12 @@ from automl_vision.search.final.report import accuracy_intervals, print_summary,
 from automl_vision.search.final.selection import (SELECTION_P, select_best, sign_test,  # noqa: F401
                                                   significantly_better, trained_with_flips)
 from automl_vision.search.final.training import (FINAL_FIT_EPOCH_CAP, FINAL_FIT_KEEP_FROM,  # noqa: F401
-                                                 MIN_FINAL_FIT_EPOCHS, deliver_final_fit, epoch_seconds_on,
-                                                 final_fit, refit_trial, retrain, trial_config)
+                                                 MIN_FINAL_FIT_EPOCHS, MIN_PAIR_EPOCHS, choose_final_pair,
+                                                 deliver_final_fit, epoch_seconds_on, final_fit, final_fit_window,
+                                                 refit_trial, retrain, trial_config)
+
+# the ensemble "method" of the small-data regime's final-fit pair (the best model and the runner-up, equal weights)
+PAIR_METHOD = "final-fit pair"
 
 
 def finalize(run_dir: RunDir, data: PreparedData, pm: PluginManager, path: ExecPath, metric: str,
@@ -105,7 +115,18 @@ def finalize(run_dir: RunDir, data: PreparedData, pm: PluginManager, path: ExecP
     best_rec = next(r for r in trials if r["number"] == best_n)
     models_of = {r["number"]: r.get("model", "") for r in trials}
 
-    weights = ens.select(method, val, y_val, m.fn, m.direction, max_members=max_members)
+    # the small-data regime's final fit may train two networks and deliver their average (the final-fit
+    # pair): then the ensemble is that pair, and every choice below (TTA, temperature, the test scoring,
+    # the honest estimate) is made for it, on the networks as the search trained them
+    pair, pair_why = None, None
+    if final:
+        seconds, _ = final_fit_window(run_dir, best_n, plan, respect_budget)
+        pair, pair_why = choose_final_pair(run_dir, best_n, val, y_val, data, seconds, m)
+        log(f"final fit: {'a pair' if pair is not None else 'one network'} ({pair_why})")
+    if pair is not None:
+        method, weights = PAIR_METHOD, {best_n: 0.5, pair: 0.5}
+    else:
+        weights = ens.select(method, val, y_val, m.fn, m.direction, max_members=max_members)
     members = sorted(weights, key=lambda n: (-weights[n], n))
     needed = sorted(set(members) | {best_n})
     nets: dict[int, tuple[torch.nn.Module, dict[str, Any]]] = {n: load_model(run_dir.trial_dir(n), pm) for n in needed}
@@ -210,12 +231,22 @@ def finalize(run_dir: RunDir, data: PreparedData, pm: PluginManager, path: ExecP
         )
     report["intervals"] = accuracy_intervals(report, len(y_val), int(len(data.split_index["test"])))
     if final:
-        report["final_fit"] = deliver_final_fit(run_dir, best_n, data, pm, path, plan, respect_budget, log,
-                                                temperature=best_t, tta=best_tta)
-        if "skipped" not in report["final_fit"]:
+        ff = deliver_final_fit(run_dir, [best_n] if pair is None else [best_n, pair], data, pm, path, plan,
+                               respect_budget, log, temperature=best_t, tta=best_tta)
+        report["final_fit"] = {**ff, "pair_decision": pair_why}
+        if ff.get("pair"):
+            use_ensemble = True
+            fitted_dir = {int(f["of_trial"]): f["dir"] for f in ff["pair"]}
+            for member in ensemble_info["members"]:
+                member["dir"] = fitted_dir[int(member["trial"])]
+            report["deliverable"] = "ensemble"
+            report["why"] = (f"small-data regime: the networks of trials {best_n} (best on validation) and {pair} "
+                             f"(the runner-up) were each trained further on all {ff['images']} labelled images, for "
+                             f"{' and '.join(str(f['epochs']) for f in ff['pair'])} epochs, and their average is "
+                             f"delivered")
+        elif "skipped" not in ff:
             use_ensemble = False
             report["deliverable"] = "best"
-            ff = report["final_fit"]
             report["why"] = (f"small-data regime: trial {best_n}'s network (best on validation) was trained further "
                              f"on all {ff['images']} labelled images for {ff['epochs']} epochs")
     # the dashboard's per-class validation metrics of the best model and the ensemble need the labels,

@@ -108,6 +108,14 @@ def print_summary(report: dict[str, Any], console=None) -> None:
     ff = report.get("final_fit") or {}
     if ff.get("skipped"):
         console.print(f"[yellow]Final fit skipped:[/] {escape(ff['skipped'])}")
+    elif ff.get("pair"):
+        done = " and ".join(f"trial {f['of_trial']}'s for {f['epochs']} epochs ({format_duration(f.get('seconds') or 0)}"
+                            f"{', reused' if f.get('reused') else ''})" for f in ff["pair"])
+        console.print(escape(
+            f"Final fit (small-data regime), a pair: {done}, each network trained further on all {ff['images']} "
+            f"labelled images; their average is delivered. The ensemble's scores above are the pair's before the "
+            f"final fit, trained on the train split only: the honest estimate for the delivered models, which have "
+            f"seen every labelled image (the test split included) and cannot be scored on them."))
     elif ff:
         console.print(escape(
             f"Final fit (small-data regime): trial {ff['of_trial']}'s network trained further on all {ff['images']} "
@@ -115,6 +123,9 @@ def print_summary(report: dict[str, Any], console=None) -> None:
             f"{', reused' if ff.get('reused') else ''}). The scores above are that network's before the final fit, "
             f"trained on the train split only: the honest estimate for the delivered model, which has seen "
             f"every labelled image (the test split included) and cannot be scored on them."))
+    if ff.get("pair_decision") and not ff.get("skipped"):
+        console.print(escape(f"Final fit, {'a pair' if ff.get('pair') else 'one network'}: {ff['pair_decision']}."),
+                      style="dim")
     console.print(f"Deliverable: [bold]{report['deliverable']}[/] — {escape(report['why'])}.")
     if report.get("test_warning"):
         console.print(f"[yellow]Note:[/] {escape(report['test_warning'])}")

@@ -14,7 +14,7 @@ from automl_vision.data.prepare import PreparedData
 from automl_vision.models import build_model, load_model, save_model
 from automl_vision.plugins import PluginManager
 from automl_vision.rundir import (CONFIG, CONFIG_SCHEMA, FINAL_FIT, MODEL_JSON, MODEL_SCHEMA, REFIT, WEIGHTS, RunDir,
-                                  read_json, write_json)
+                                  final_fit_folder, read_json, write_json)
 from automl_vision.settings import format_duration
 from automl_vision.training.device import ExecPath
 from automl_vision.search.final.common import write_best
@@ -108,6 +108,12 @@ def refit_trial(run_dir: RunDir, number: int, data: PreparedData, pm: PluginMana
 # a cap of 400 left half the budget unspent while a hand-written loop ran 661 epochs and won
 FINAL_FIT_EPOCH_CAP = 1000
 MIN_FINAL_FIT_EPOCHS = 3
+# the final fit trains two networks, the best model and the runner-up on validation, each for half of its
+# time, and delivers their average, when each of the two can still run this many epochs. Measured on the
+# 10-minute runs of benchmarks/README.md section 5 (the same run directories, evaluation folders): intel-scenes
+# one network of 251 epochs 0.854, two of 125 averaged 0.881; trashnet 371 epochs 0.869, two of 185 0.887;
+# flowers 170 epochs 0.868, two of 85 0.865 (two images fewer)
+MIN_PAIR_EPOCHS = 100
 # a final fit stopped by the deadline after this share of its (re)planned schedule is delivered: its
 # cosine learning rate is within 3% of the end of its decay. Below it the search's own model is
 # delivered (on a machine that got busy mid-run, a final fit was thrown away 6 minutes into it)
@@ -129,24 +135,24 @@ def epoch_seconds_on(run_dir: RunDir, number: int, n_images: int, n_train: int) 
 
 
 def final_fit(run_dir: RunDir, number: int, data: PreparedData, pm: PluginManager, path: ExecPath,
-              seconds: float, end: float | None, log: Callable[[str], None]) -> dict[str, Any]:
+              seconds: float, end: float | None, log: Callable[[str], None], folder: str = FINAL_FIT) -> dict[str, Any]:
     """Train trial ``number``'s network further on every labelled image (train, validation
-    and test) into ``final_fit/``: a warm restart of its schedule from the weights the
-    search trained, for as many epochs as ``seconds`` afford (at most
+    and test) into ``folder`` (``final_fit/``): a warm restart of its schedule from the
+    weights the search trained, for as many epochs as ``seconds`` afford (at most
     :data:`FINAL_FIT_EPOCH_CAP`), finishing by ``end`` (absolute time; None: no limit).
 
     Returns what was done, or ``{"skipped": why}``; an earlier final fit of the same trial
-    is reused.
+    in ``folder`` is reused.
     """
     from automl_vision.search.budget import Pace
     from automl_vision.search.interrupts import check_interrupt
     from automl_vision.training.trainer import STRETCH_BY_EPOCH, BudgetExceeded
 
-    out = run_dir.path / FINAL_FIT
-    idx = np.sort(np.concatenate([data.split_index[name] for name in ("train", "val", "test")]))
+    out = run_dir.path / folder
+    idx = all_labelled(data)
     done = read_json(out / MODEL_JSON, MODEL_SCHEMA)
     if done and (done.get("final_fit") or {}).get("of_trial") == number and (out / WEIGHTS).exists():
-        return {**done["final_fit"], "dir": FINAL_FIT, "reused": True}
+        return {**done["final_fit"], "dir": folder, "reused": True}
     per_epoch = epoch_seconds_on(run_dir, number, len(idx), len(data.split_index["train"]))
     if per_epoch is None:
         return {"skipped": f"trial {number} has no timed epochs to plan a final fit from"}
@@ -181,30 +187,97 @@ def final_fit(run_dir: RunDir, number: int, data: PreparedData, pm: PluginManage
     except BudgetExceeded as exc:
         shutil.rmtree(out, ignore_errors=True)
         return {"skipped": f"the final fit ran past the time budget ({exc}); the search's model is delivered"}
-    return {**info, "planned_epochs": epochs, "dir": FINAL_FIT, "reused": False}
+    return {**info, "planned_epochs": epochs, "dir": folder, "reused": False}
 
 
-def deliver_final_fit(run_dir: RunDir, best_n: int, data: PreparedData, pm: PluginManager, path: ExecPath, plan,
-                      respect_budget: bool, log: Callable[[str], None], temperature: float,
-                      tta: bool) -> dict[str, Any]:
-    """The small-data regime's last step: the final fit of trial ``best_n``, written to
-    ``best/`` with the temperature and test-time augmentation chosen on validation."""
-    planned = float(plan.final_fit) if plan and plan.final_fit else 0.0
-    end = None
+def all_labelled(data: PreparedData) -> np.ndarray:
+    """Every labelled image of the run (train, validation and test): what a final fit trains on."""
+    return np.sort(np.concatenate([data.split_index[name] for name in ("train", "val", "test")]))
+
+
+def final_fit_window(run_dir: RunDir, best_n: int, plan, respect_budget: bool) -> tuple[float, float | None]:
+    """(seconds, end): the time the final fit has, and its absolute deadline (None: no limit).
+
+    Inside a search the final fit ends a few seconds before the budget's deadline; rebuilt
+    later (``automl-vision ensemble``) it has the seconds the plan kept for it, or, with no
+    budget ever given, twice the time the best trial trained.
+    """
     if respect_budget and plan is not None and plan.deadline is not None:
         # a few seconds to write best/ and the report after the last epoch
         end = plan.deadline - min(10.0, 2.0 + 0.01 * float(plan.time_budget))
-        seconds = end - time.time()
-    elif planned:
-        seconds = planned
-    else:  # no budget was ever given: as long as the trial trained, on every image
-        status = run_dir.read_trial(best_n) or {}
-        seconds = float(status.get("seconds") or 0.0) * 2.0
-    info = final_fit(run_dir, best_n, data, pm, path, seconds, end, log)
-    if "skipped" in info:
-        log(f"final fit skipped: {info['skipped']}")
-        return info
+        return end - time.time(), end
+    if plan and plan.final_fit:
+        return float(plan.final_fit), None
+    status = run_dir.read_trial(best_n) or {}
+    return float(status.get("seconds") or 0.0) * 2.0, None
+
+
+def choose_final_pair(run_dir: RunDir, best_n: int, val: dict[int, np.ndarray], y_val: np.ndarray,
+                      data: PreparedData, seconds: float, m) -> tuple[int | None, str]:
+    """(runner-up, why): the trial whose final fit joins the best model's in the final-fit pair,
+    or (None, why not).
+
+    The runner-up is the best other trial on the validation objective. The pair is trained
+    when each of the two, given half of ``seconds``, still runs :data:`MIN_PAIR_EPOCHS` epochs
+    on every labelled image at its measured pace, and when the best model alone is not right
+    on significantly more validation images than the pair's average (sign test).
+    """
+    from automl_vision.evaluation import is_better
+    from automl_vision.search.final.selection import significantly_better
+
+    others = [n for n in val if n != best_n]
+    if not others:
+        return None, "only one trial finished"
+    scores = {n: float(m.fn(y_val, val[n])) for n in others}
+    second = others[0]
+    for n in others[1:]:
+        if is_better(scores[n], scores[second], m.direction):
+            second = n
+    n_all, n_train = len(all_labelled(data)), len(data.split_index["train"])
+    for n in (best_n, second):
+        per_epoch = epoch_seconds_on(run_dir, n, n_all, n_train)
+        if per_epoch is None:
+            return None, f"trial {n} has no timed epochs"
+        epochs = int(seconds / 2 // max(per_epoch, 1e-6))
+        if epochs < MIN_PAIR_EPOCHS:
+            return None, (f"half of the final fit's {format_duration(seconds)} affords trial {n} {epochs} epochs, fewer "
+                          f"than {MIN_PAIR_EPOCHS}: one network trained for all of it does better")
+    pair = (val[best_n] + val[second]) / 2.0
+    if significantly_better(y_val, val[best_n], pair):
+        return None, (f"on validation trial {best_n} alone is right on significantly more images than its average with "
+                      f"trial {second}")
+    return second, (f"each of trials {best_n} and {second} can run at least {MIN_PAIR_EPOCHS} epochs in half of the "
+                    f"final fit's {format_duration(seconds)}")
+
+
+def deliver_final_fit(run_dir: RunDir, members: list[int], data: PreparedData, pm: PluginManager, path: ExecPath,
+                      plan, respect_budget: bool, log: Callable[[str], None], temperature: float,
+                      tta: bool) -> dict[str, Any]:
+    """The small-data regime's last step: the final fit of ``members`` (the best trial, or the
+    final-fit pair: the best trial and the runner-up, each given half of the time left), the
+    first written to ``best/`` with the temperature and test-time augmentation chosen on
+    validation. The result describes the best model's final fit; a pair's adds ``pair`` (one
+    entry per member). When the runner-up's final fit cannot be done, the best one's is
+    delivered alone."""
+    seconds, end = final_fit_window(run_dir, members[0], plan, respect_budget)
+    done: list[dict[str, Any]] = []
+    for rank, number in enumerate(members):
+        # with a deadline each network gets an equal share of the time still left; without one, of the time planned
+        share = (end - time.time()) / (len(members) - rank) if end is not None else seconds / len(members)
+        info = final_fit(run_dir, number, data, pm, path, share, None if end is None else time.time() + share, log,
+                         folder=final_fit_folder(rank))
+        if "skipped" in info:
+            if rank == 0:
+                log(f"final fit skipped: {info['skipped']}")
+                return info
+            log(f"final fit of the runner-up skipped ({info['skipped']}); the best model's final fit is delivered alone")
+            break
+        done.append(info)
     fitted = read_json(run_dir.path / FINAL_FIT / MODEL_JSON, MODEL_SCHEMA) or {}
-    write_best(run_dir, run_dir.path / FINAL_FIT, run_dir.trial_dir(best_n),
+    write_best(run_dir, run_dir.path / FINAL_FIT, run_dir.trial_dir(members[0]),
                {**fitted, "temperature": temperature, "tta": tta, "source": FINAL_FIT})
-    return info
+    result = dict(done[0])
+    if len(done) > 1:
+        result["pair"] = done
+        result["seconds_total"] = sum(float(d.get("seconds") or 0.0) for d in done)
+    return result
