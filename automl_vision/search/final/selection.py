@@ -27,11 +27,7 @@ def select_best(trials: list[dict[str, Any]], val: dict[int, np.ndarray], y_val:
     two disagree (sign test, :data:`SELECTION_P`). With a few hundred validation images
     a real lead passes; with a few dozen, one image does not.
     """
-    best_n, best_v = None, None
-    for n, p in sorted(val.items()):
-        v = float(m.fn(y_val, p))
-        if best_n is None or is_better(v, best_v, m.direction):
-            best_n, best_v = n, v
+    best_n = leader(val, y_val, m)
     info: dict[str, Any] = {"rule": "best validation " + metric, "leader": best_n}
     portfolio = sorted(int(r["number"]) for r in trials if r.get("portfolio") and int(r["number"]) in val)
     if metric != "accuracy" or not portfolio or portfolio[0] == best_n:
@@ -42,6 +38,19 @@ def select_best(trials: list[dict[str, Any]], val: dict[int, np.ndarray], y_val:
     info.update(rule=f"sign test against the first portfolio configuration (p < {SELECTION_P})", prior=prior,
                 wins=wins, losses=losses, p_value=p_value, chosen=chosen, n_val=int(len(y_val)))
     return chosen, info
+
+
+def leader(val: dict[int, np.ndarray], y_val: np.ndarray, m, exclude: tuple[int, ...] = ()) -> int | None:
+    """The trial with the best validation metric ``m`` (the lowest number on a tie), leaving out
+    ``exclude``; None when no other trial is left."""
+    best_n, best_v = None, None
+    for n, p in sorted(val.items()):
+        if n in exclude:
+            continue
+        v = float(m.fn(y_val, p))
+        if best_n is None or is_better(v, best_v, m.direction):
+            best_n, best_v = n, v
+    return best_n
 
 
 def sign_test(y: np.ndarray, a: np.ndarray, b: np.ndarray) -> tuple[int, int, float]:

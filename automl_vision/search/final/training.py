@@ -224,17 +224,11 @@ def choose_final_pair(run_dir: RunDir, best_n: int, val: dict[int, np.ndarray], 
     on every labelled image at its measured pace, and when the best model alone is not right
     on significantly more validation images than the pair's average (sign test).
     """
-    from automl_vision.evaluation import is_better
-    from automl_vision.search.final.selection import significantly_better
+    from automl_vision.search.final.selection import leader, significantly_better
 
-    others = [n for n in val if n != best_n]
-    if not others:
+    second = leader(val, y_val, m, exclude=(best_n,))
+    if second is None:
         return None, "only one trial finished"
-    scores = {n: float(m.fn(y_val, val[n])) for n in others}
-    second = others[0]
-    for n in others[1:]:
-        if is_better(scores[n], scores[second], m.direction):
-            second = n
     n_all, n_train = len(all_labelled(data)), len(data.split_index["train"])
     for n in (best_n, second):
         per_epoch = epoch_seconds_on(run_dir, n, n_all, n_train)
