@@ -16,7 +16,7 @@ PARAMS = {"cnn.block": "plain", "cnn.stages": 1, "cnn.blocks": 1, "cnn.width": 8
           "cnn.norm": "batch", "cnn.act": "relu", "cnn.dropout": 0.0, "cnn.pool": "avg"}
 
 
-def _train(plan, epochs=4):
+def _train(plan, epochs=4, **kwargs):
     from automl_vision.builtin.custom_cnn import build
 
     g = torch.Generator().manual_seed(0)
@@ -31,7 +31,7 @@ def _train(plan, epochs=4):
         return plan(done)
 
     result = train(build(PARAMS, 3, 12, 2), cfg, data, choose("cpu", "fp32", "off"),
-                   on_epoch=lambda e, p, rec: lrs.append(rec["lr"]), plan=ask)
+                   on_epoch=lambda e, p, rec: lrs.append(rec["lr"]), plan=ask, **kwargs)
     return result, lrs, cfg
 
 
@@ -49,6 +49,26 @@ def test_a_trial_is_not_stretched_once_its_schedule_is_under_way():
     result, _lrs, _cfg = _train(lambda done: 9 if done > STRETCH_BY_EPOCH else 4)
     assert result.epochs_run == 4
     assert result.grown is None
+
+
+def test_a_schedule_cut_by_a_slow_early_epoch_grows_back_within_its_growth_window():
+    # a final fit: cut from 10 to 6 after epoch 2 (a slow epoch), offered 12 from epoch 4 on; growth
+    # is accepted up to epoch grow_until=5, so the run ends at 12 with its cosine annealed there
+    result, lrs, cfg = _train(lambda done: 6 if done <= 3 else 12, epochs=10, grow_until=5)
+    assert result.epochs_run == 12
+    assert result.grown == "epochs set from 10 to 12 by the time budget"
+    assert result.stopped_early is None
+    assert lrs[-1] < 0.01 * cfg.lr
+    # the same offer after the window (from epoch 6): the cut stands
+    result, lrs, _cfg = _train(lambda done: 6 if done <= 5 else 12, epochs=10, grow_until=5)
+    assert result.epochs_run == 6
+    assert result.grown is None
+    assert result.stopped_early == "epochs cut from 10 to 6 to fit the time budget"
+    # growth back that stays under the schedule first planned is still a cut, from the plan
+    result, _lrs, _cfg = _train(lambda done: 6 if done <= 3 else 8, epochs=10, grow_until=5)
+    assert result.epochs_run == 8
+    assert result.grown is None
+    assert result.stopped_early == "epochs cut from 10 to 8 to fit the time budget"
 
 
 def test_trial_share_of_the_budget():

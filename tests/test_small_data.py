@@ -266,6 +266,8 @@ def test_a_final_fit_planned_short_grows_to_the_time_it_has(tmp_path, tiny_run):
     info = final_fit(rd, number, data, pm, path, seconds=4.5 * per_epoch, end=end, log=lambda m: None)
     assert "skipped" not in info, info
     assert info["planned_epochs"] == 4 and info["epochs"] > 4, info  # grew from its own pace
+    # and says what the budget did to its schedule (grown, perhaps cut back a little later on)
+    assert "stopped" in info or f" to {info['epochs']} " in info["schedule"], info
     assert info["epochs"] <= 1000 and json.loads((run / "final_fit" / "model.json").read_text())["final_fit"]["epochs"] \
         == info["epochs"]
 

@@ -192,6 +192,7 @@ def train(
     on_epoch: Callable[[int, np.ndarray, dict[str, Any]], None] | None = None,
     plan: Callable[[int, float], int] | None = None,
     abort: Callable[[], str | None] | None = None,
+    grow_until: int = STRETCH_BY_EPOCH,
 ) -> TrainResult:
     """Train ``model`` for ``cfg.epochs`` epochs.
 
@@ -201,9 +202,10 @@ def train(
     ``plan(epochs_done, seconds_per_epoch)`` is asked after every epoch and returns how
     many epochs the trial may run in all (the time budget); when that is fewer than
     planned, the learning-rate schedule is compressed to end on time, so a trial near
-    the end of the budget still finishes its schedule instead of being cut off. After
-    the first ``STRETCH_BY_EPOCH`` epochs it may also return more: the schedule is then
-    stretched to that many epochs (a cheap model given its share of the budget).
+    the end of the budget still finishes its schedule instead of being cut off. Up to
+    epoch ``grow_until`` (``STRETCH_BY_EPOCH`` unless given) it may also return more: the
+    schedule is then stretched to that many epochs (a cheap model given its share of the
+    budget; a final fit whose first epochs ran slower than the rest).
     ``abort()`` is checked every few steps and returns a reason to stop at once
     (raises :class:`BudgetExceeded`). Raises :class:`NonFiniteLoss` when the loss is NaN
     or infinite.
@@ -235,7 +237,7 @@ def train(
     batch_size = max(2, min(cfg.batch_size, n))
     fetch = None if on_device else _PinnedBatches(x_train, batch_size, device)
     steps_per_epoch = max(1, n // batch_size)  # drop the last partial batch (BatchNorm, mixup need >1)
-    epochs = planned_epochs = cfg.epochs
+    epochs = planned_epochs = configured = cfg.epochs
     steps_plan = {"total": steps_per_epoch * epochs}
 
     optimizer = make_optimizer(model, cfg)
@@ -326,10 +328,14 @@ def train(
         # the plan first: the pruner sees each score at its share of the (re)planned schedule
         if plan is not None and epoch < epochs:
             wanted = plan(epoch, seconds + record["eval_seconds"])
-            if epoch <= STRETCH_BY_EPOCH and wanted > epochs:
-                # the schedule may grow only early on, near the end of its warmup
-                grown = f"epochs set from {epochs} to {wanted} by the time budget"
-                epochs = planned_epochs = wanted
+            if epoch <= grow_until and wanted > epochs:
+                # the schedule may grow only early on, in or near its warmup (back, too, after a cut)
+                if wanted > planned_epochs:
+                    grown = f"epochs set from {configured} to {wanted} by the time budget"
+                    planned_epochs, stopped = wanted, None
+                else:
+                    stopped = f"epochs cut from {planned_epochs} to {wanted} to fit the time budget"
+                epochs = wanted
                 steps_plan["total"] = steps_per_epoch * epochs
             allowed = max(epoch, min(epochs, wanted))
             if allowed < epochs:
