@@ -164,6 +164,41 @@ def test_ctrl_c_swallowed_where_it_landed_still_stops_the_search(tmp_path, digit
     assert not (out / "final").exists()
 
 
+def test_ctrl_c_during_pytorchs_import_is_held_until_the_import_is_over(tmp_path):
+    """PyTorch's import runs Python from C++ (pybind11): a KeyboardInterrupt raised there
+    aborted the process ("terminate called after throwing an instance of
+    'pybind11::error_already_set'", exit -6) when a Ctrl-C landed in it at start-up. Under
+    the CLI's watch it is held until the import is over, then raised as usual. A stand-in
+    module under PyTorch's name signals itself in the middle of its own import."""
+    stand_in = tmp_path / "stand_in" / "torchvision"
+    stand_in.mkdir(parents=True)
+    (stand_in / "__init__.py").write_text(
+        "import os, signal, time\n"
+        "os.kill(os.getpid(), signal.SIGINT)\n"
+        "start = time.time()\n"
+        "while time.time() - start < 0.3:  # Python code runs here: the handler gets its chance\n"
+        "    pass\n"
+        "print('import finished', flush=True)\n")
+    script = (
+        "import time\n"
+        "from automl_vision.search.interrupts import watch_interrupts\n"
+        "try:\n"
+        "    with watch_interrupts():\n"
+        "        import torchvision\n"
+        "        print('after the import', flush=True)\n"
+        "        time.sleep(10)\n"
+        "        print('never interrupted', flush=True)\n"
+        "except KeyboardInterrupt:\n"
+        "    print('interrupted', flush=True)\n")
+    env = cli_env(PYTHONPATH=os.pathsep.join([str(tmp_path / "stand_in"), str(ROOT)]))
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=60)
+    lines = proc.stdout.split()
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    # the import ran to its end, the interrupt came right after it (not 10 s later), and nothing was lost
+    assert proc.stdout.splitlines()[0] == "import finished", proc.stdout + proc.stderr
+    assert "never" not in lines and proc.stdout.strip().splitlines()[-1] == "interrupted", proc.stdout
+
+
 def test_ctrl_c_while_caching_exits_cleanly_and_the_cache_is_rebuilt(tmp_path):
     data = write_colour_shapes(tmp_path / "shapes", per_class=150, size=160, fmt="png")
     out = tmp_path / "run"

@@ -15,6 +15,7 @@ trial as interrupted instead of killing the process mid-write.
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -31,10 +32,44 @@ def interrupt_for(signum: int) -> KeyboardInterrupt:
     return Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
 
 
+# modules whose import runs Python from C++ (pybind11): an exception raised there cannot pass
+# back through the C++ frames, and the process aborts ("terminate called after throwing an
+# instance of 'pybind11::error_already_set'", exit -6, seen when a Ctrl-C landed in
+# torch.distributed's _c10d_init during start-up) instead of stopping
+_UNINTERRUPTIBLE_IMPORTS = ("torch", "torchvision")
+_RETRY_SECONDS = 0.05
+
+
+def _importing_uninterruptible() -> bool:
+    """True while one of :data:`_UNINTERRUPTIBLE_IMPORTS` is being imported (its module is
+    in ``sys.modules`` with its spec still initializing)."""
+    for name in _UNINTERRUPTIBLE_IMPORTS:
+        spec = getattr(sys.modules.get(name), "__spec__", None)
+        if getattr(spec, "_initializing", False):
+            return True
+    return False
+
+
 def _note_and_raise(signum, frame) -> None:
     global _noted
     _noted = signum
+    if _importing_uninterruptible():
+        # held until the import is over: a timer looks again every 50 ms and raises it then, as if the
+        # key had been pressed at that moment (no timer on Windows: check_interrupt() raises it later)
+        if hasattr(signal, "setitimer"):
+            signal.setitimer(signal.ITIMER_REAL, _RETRY_SECONDS)
+        return
     raise interrupt_for(signum)
+
+
+def _raise_held(signum, frame) -> None:
+    """SIGALRM while an interrupt is held: raise it once the import that held it is over."""
+    if _noted is None:
+        return
+    if _importing_uninterruptible():
+        signal.setitimer(signal.ITIMER_REAL, _RETRY_SECONDS)
+        return
+    raise interrupt_for(_noted)
 
 
 @contextmanager
@@ -53,6 +88,8 @@ def watch_interrupts() -> Iterator[None]:
         return
     _noted = None
     previous = signal.signal(signal.SIGINT, _note_and_raise)
+    timer = hasattr(signal, "SIGALRM")
+    previous_alarm = signal.signal(signal.SIGALRM, _raise_held) if timer else None
     # SIGTERM too, unless someone set it up already (its default kills the process mid-write)
     previous_term = signal.getsignal(signal.SIGTERM)
     if previous_term == signal.SIG_DFL:
@@ -60,6 +97,9 @@ def watch_interrupts() -> Iterator[None]:
     try:
         yield
     finally:
+        if timer:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous_alarm)
         signal.signal(signal.SIGINT, previous)
         if previous_term == signal.SIG_DFL:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
