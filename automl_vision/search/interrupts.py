@@ -42,7 +42,7 @@ _RETRY_SECONDS = 0.05
 
 def _importing_uninterruptible() -> bool:
     """True while one of :data:`_UNINTERRUPTIBLE_IMPORTS` is being imported (its module is
-    in ``sys.modules`` with its spec still initializing)."""
+    in ``sys.modules`` with its spec still initializing: CPython's importlib marks it so)."""
     for name in _UNINTERRUPTIBLE_IMPORTS:
         spec = getattr(sys.modules.get(name), "__spec__", None)
         if getattr(spec, "_initializing", False):
@@ -50,26 +50,28 @@ def _importing_uninterruptible() -> bool:
     return False
 
 
+def _held() -> bool:
+    """True when the noted interrupt must wait for an import to end. It is then held: a timer
+    looks again in 50 ms and raises it once the import is over, as if the key had been pressed
+    at that moment (no timer on Windows: check_interrupt() raises it later)."""
+    if not _importing_uninterruptible():
+        return False
+    if hasattr(signal, "setitimer"):
+        signal.setitimer(signal.ITIMER_REAL, _RETRY_SECONDS)
+    return True
+
+
 def _note_and_raise(signum, frame) -> None:
     global _noted
     _noted = signum
-    if _importing_uninterruptible():
-        # held until the import is over: a timer looks again every 50 ms and raises it then, as if the
-        # key had been pressed at that moment (no timer on Windows: check_interrupt() raises it later)
-        if hasattr(signal, "setitimer"):
-            signal.setitimer(signal.ITIMER_REAL, _RETRY_SECONDS)
-        return
-    raise interrupt_for(signum)
+    if not _held():
+        raise interrupt_for(signum)
 
 
 def _raise_held(signum, frame) -> None:
     """SIGALRM while an interrupt is held: raise it once the import that held it is over."""
-    if _noted is None:
-        return
-    if _importing_uninterruptible():
-        signal.setitimer(signal.ITIMER_REAL, _RETRY_SECONDS)
-        return
-    raise interrupt_for(_noted)
+    if _noted is not None and not _held():
+        raise interrupt_for(_noted)
 
 
 @contextmanager
