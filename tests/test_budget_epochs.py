@@ -71,6 +71,37 @@ def test_a_schedule_cut_by_a_slow_early_epoch_grows_back_within_its_growth_windo
     assert result.stopped_early == "epochs cut from 10 to 8 to fit the time budget"
 
 
+def test_a_re_planned_schedule_carries_its_learning_rate_on_without_a_jump():
+    # a final fit re-planned after every epoch: cut from 10 to 6 after epoch 1, grown to 12 after epoch 4
+    # (growth allowed throughout); the cosine never jumps back up and ends annealed at epoch 12
+    result, lrs, cfg = _train(lambda done: 6 if done <= 3 else 12, epochs=10, grow_until=1000)
+    assert result.epochs_run == 12
+    assert result.grown == "epochs set from 10 to 12 by the time budget"
+    peak = lrs.index(max(lrs))
+    after = lrs[peak:]
+    assert all(b <= a + 1e-12 for a, b in zip(after, after[1:])), lrs  # past the warm-up it only decays
+    assert lrs[-1] < 0.01 * cfg.lr
+    # the epoch after the cut: the rate falls faster from there, but from where it stood
+    _res, same, _cfg = _train(lambda done: 10, epochs=10)
+    assert lrs[0] == same[0] and 0.5 * same[1] < lrs[1] < same[1], (lrs, same)
+
+
+def test_the_schedule_position_follows_each_re_plan_to_its_end():
+    from automl_vision.training.trainer import _Schedule
+
+    plan = {"total": 100}
+    sched = _Schedule("cosine", plan, warmup=0.05)
+    unchanged = _Schedule("cosine", {"total": 100}, warmup=0.05)
+    assert [sched(s) for s in range(0, 40)] == [unchanged(s) for s in range(0, 40)]
+    plan["total"] = 60  # cut at step 40: the 40 % done stays done, the rest fits in 20 steps
+    assert abs(sched.progress(40) - 0.40) < 0.02 and sched.progress(60) == 1.0
+    plan["total"] = 150  # grown at step 50
+    p50 = sched.progress(50)
+    assert sched.progress(100) < 1.0 and sched.progress(150) == 1.0
+    assert abs(sched.progress(100) - (p50 + (1 - p50) * 50 / 100)) < 1e-9
+    assert sched(150) < 1e-3
+
+
 def test_trial_share_of_the_budget():
     s = SearchSettings(data="d", run_dir="r", study_name="s", time_budget=600.0)
     assert trial_seconds(s) == 0.3 * 600  # balanced: 30% of the budget

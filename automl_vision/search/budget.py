@@ -160,15 +160,22 @@ class Pace:
 
     The first epoch pays one-off set-up (gathering the split, allocator warm-up, a busy
     moment): it cuts nothing unless the deadline is two such epochs away, and it is left
-    out of the pace from the second epoch on; the pace is the larger of the median of the
-    epochs so far and the median of the last three, so one slow epoch never cuts a schedule
-    for good (the trainer cannot grow it back) while a machine that stays busy does. Measured on cats-vs-dogs, 10 minutes: a final fit planned
-    for 408 epochs was cut to 149 by its slow first epoch, and the search ended 4 minutes
-    early.
+    out of the pace from the second epoch on. For a schedule that cannot grow back once
+    cut (a trial) the pace is the larger of the median of the epochs so far and the median
+    of the last three, so one slow epoch never cuts a schedule for good while a machine
+    that stays busy does. Measured on cats-vs-dogs, 10 minutes: a final fit planned for 408
+    epochs was cut to 149 by its slow first epoch, and the search ended 4 minutes early.
+
+    With ``follow`` (a schedule re-planned after every epoch, both ways: the final fit) the
+    pace is the median of the last :data:`FOLLOW_EPOCHS` epochs, so the schedule follows a
+    machine that speeds up as closely as one that slows down.
     """
 
-    def __init__(self) -> None:
+    FOLLOW_EPOCHS = 5
+
+    def __init__(self, follow: bool = False) -> None:
         self.seconds: list[float] = []
+        self.follow = follow
 
     def epochs_that_fit(self, epochs_done: int, epoch_seconds: float, left: float, planned: int) -> int:
         """The schedule's length after ``epochs_done`` epochs, the last of ``epoch_seconds``,
@@ -179,8 +186,11 @@ class Pace:
         if len(self.seconds) == 1 and left > 2 * epoch_seconds:
             return planned  # the set-up epoch alone says little: the second one decides
         timed = self.seconds[1:] or self.seconds
-        # the recent epochs count too: a machine that gets busy mid-run slows every epoch from then on,
-        # and the median of all would lag until the deadline passed (a final fit planned for 822 epochs
-        # at 128 px ran past it under a load of 3 on 2 cores and was thrown away)
-        pace = max(statistics.median(timed), statistics.median(timed[-3:]), 1e-3)
+        if self.follow:
+            pace = max(statistics.median(timed[-self.FOLLOW_EPOCHS:]), 1e-3)
+        else:
+            # the recent epochs count too: a machine that gets busy mid-run slows every epoch from then on,
+            # and the median of all would lag until the deadline passed (a final fit planned for 822 epochs
+            # at 128 px ran past it under a load of 3 on 2 cores and was thrown away)
+            pace = max(statistics.median(timed), statistics.median(timed[-3:]), 1e-3)
         return max(epochs_done, min(planned, epochs_done + int(max(0.0, left) // pace)))

@@ -148,26 +148,48 @@ class _PinnedBatches:
         return out
 
 
-def _lr_lambda(schedule: str, plan: dict[str, int], warmup: float) -> Callable[[int], float]:
-    """Per-step LR factor. ``plan["total"]`` may shrink while training (budget), and the
-    schedule then anneals to its end within the new number of steps."""
+class _Schedule:
+    """The per-step LR factor of a trial (for ``LambdaLR``). ``plan["total"]`` may change
+    while training (the time budget): the schedule then goes on from where it stands and
+    reaches its end at the new last step, so the learning rate never jumps (a cut schedule
+    anneals faster from there on, a grown one more slowly).
 
-    def factor(step: int) -> float:
-        total = plan["total"]
-        if schedule == "onecycle":
+    The schedule is written over the first plan's steps; a re-plan at step ``s`` maps the
+    steps still to run onto the part of the schedule still ahead (``rate`` schedule steps
+    per step). Without a re-plan the factor of step ``step`` is that of a fixed schedule.
+    """
+
+    def __init__(self, schedule: str, plan: dict[str, int], warmup: float) -> None:
+        self.schedule, self.plan, self.warmup = schedule, plan, warmup
+        self.first = max(1, int(plan["total"]))
+        self.total, self.anchor, self.at, self.rate = self.first, 0, 0.0, 1.0
+
+    def position(self, step: int) -> float:
+        """Where step ``step`` is on the schedule, in the first plan's steps."""
+        if self.plan["total"] != self.total:  # re-planned: anchor at the point the schedule has reached
+            at = self.at + (step - self.anchor) * self.rate
+            self.total, self.anchor, self.at = int(self.plan["total"]), step, at
+            self.rate = max(0.0, self.first - at) / max(1, self.total - step)
+        return self.at + (step - self.anchor) * self.rate
+
+    def progress(self, step: int) -> float:
+        """The share of the schedule done after ``step`` steps (1.0: its learning rate has reached the end)."""
+        return min(1.0, self.position(step) / self.first)
+
+    def __call__(self, step: int) -> float:
+        v, first = self.position(step), self.first
+        if self.schedule == "onecycle":
             # warm up over 25% of the steps from lr/25, then cosine anneal to ~0
-            up = max(1, int(total * 0.25))
-            if step < up:
-                return 0.04 + 0.96 * step / up
-            t = (step - up) / max(1, total - up)
+            up = max(1, int(first * 0.25))
+            if v < up:
+                return 0.04 + 0.96 * v / up
+            t = (v - up) / max(1, first - up)
         else:
-            warm = max(1, int(total * warmup))
-            if step < warm:
-                return (step + 1) / warm
-            t = (step - warm) / max(1, total - warm)
+            warm = max(1, int(first * self.warmup))
+            if v < warm:
+                return (v + 1) / warm
+            t = (v - warm) / max(1, first - warm)
         return 0.5 * (1 + math.cos(math.pi * min(1.0, t))) + 1e-4
-
-    return factor
 
 
 def make_optimizer(model: nn.Module, cfg: TrialConfig) -> torch.optim.Optimizer:
@@ -201,11 +223,12 @@ def train(
     ``optuna.TrialPruned`` to stop the trial.
     ``plan(epochs_done, seconds_per_epoch)`` is asked after every epoch and returns how
     many epochs the trial may run in all (the time budget); when that is fewer than
-    planned, the learning-rate schedule is compressed to end on time, so a trial near
-    the end of the budget still finishes its schedule instead of being cut off. Up to
-    epoch ``grow_until`` (``STRETCH_BY_EPOCH`` unless given) it may also return more: the
-    schedule is then stretched to that many epochs (a cheap model given its share of the
-    budget; a final fit whose first epochs ran slower than the rest).
+    planned, the rest of the learning-rate schedule is compressed to end on time, so a
+    trial near the end of the budget still finishes its schedule instead of being cut
+    off. Up to epoch ``grow_until`` (``STRETCH_BY_EPOCH`` unless given) it may also return
+    more: the rest of the schedule is then stretched to that many epochs (a cheap model
+    given its share of the budget; a final fit, re-planned after every epoch). Either
+    way the learning rate goes on from where it stands (:class:`_Schedule`).
     ``abort()`` is checked every few steps and returns a reason to stop at once
     (raises :class:`BudgetExceeded`). Raises :class:`NonFiniteLoss` when the loss is NaN
     or infinite.
@@ -241,7 +264,8 @@ def train(
     steps_plan = {"total": steps_per_epoch * epochs}
 
     optimizer = make_optimizer(model, cfg)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg.schedule, steps_plan, cfg.warmup))
+    lr_schedule = _Schedule(cfg.schedule, steps_plan, cfg.warmup)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_schedule)
     scaler = torch.amp.GradScaler(device.type, enabled=(path.precision == "fp16"))
     augmenter = BatchAugmenter(cfg.aug, data.num_classes, cfg.label_smoothing, generator=gen)
     weight = None
@@ -308,7 +332,7 @@ def train(
                 reason = abort()
                 if reason:
                     raise BudgetExceeded(reason, ema.module if ema is not None else model,
-                                         step / max(1, steps_plan["total"]), epoch)
+                                         lr_schedule.progress(step), epoch)
         train_loss = float(loss_sum) / steps_per_epoch
         if not math.isfinite(train_loss):
             raise NonFiniteLoss(f"training loss became {train_loss} in epoch {epoch} (lr {cfg.lr:.3g}); the trial is pruned")
@@ -329,7 +353,8 @@ def train(
         if plan is not None and epoch < epochs:
             wanted = plan(epoch, seconds + record["eval_seconds"])
             if epoch <= grow_until and wanted > epochs:
-                # the schedule may grow only early on, in or near its warmup (back, too, after a cut)
+                # the schedule may grow up to epoch grow_until (back, too, after a cut): a trial's only early on,
+                # so that the pruner compares it at the share of the schedule it was started with
                 if wanted > planned_epochs:
                     grown = f"epochs set from {configured} to {wanted} by the time budget"
                     planned_epochs, stopped = wanted, None
