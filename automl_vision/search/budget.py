@@ -120,10 +120,11 @@ def plan_budget(requested_regime: str, n_images: int, time_budget: float | None,
 # ------------------------------------------------------------------ resolution
 # photo resolutions the search trains at on CPU, cheapest first (a side of S costs (S/64)^2 of 64 px)
 CPU_IMAGE_SIZES = (64, 96, 128)
-# a resolution above 64 px is chosen only when the final fit can still run this many epochs at it:
-# at 64 px a final fit stops gaining past a few hundred epochs (FINAL_FIT_EPOCH_CAP, search/final/training.py) while
-# the hand-written loop trained at 128 px beats itself at 64 px on a few hundred 2-class photos (issue #18)
-MIN_EPOCHS_AT_SIZE = 500
+# a resolution above 64 px is chosen when the final fit can still run this many epochs at it (as estimated
+# from the device probe). Measured on flowers (3,000 photos of 227 px, 10 minutes, seed 1, evaluation folder):
+# at 64 px a final fit of 132 epochs delivered 0.857 (a hand-written loop at 64 px: 0.864), at 96 px (86
+# epochs estimated) one of 72 epochs 0.875; the resolution is worth more than the epochs past a few dozen
+MIN_EPOCHS_AT_SIZE = 80
 # images per second of the reference CNN's training at 64 px per image per second of the device probe
 # (training/device.py: _measure, a smaller network at 32 px): 1950 against 3967 on a 2-core AMX Xeon
 PROBE_TO_TRAINING = 0.5
@@ -136,8 +137,8 @@ def choose_image_size(native_side: float, n_images: int, time_budget: float | No
     64 px unless the budget buys more: in the small-data regime with a time budget, the
     largest of :data:`CPU_IMAGE_SIZES` (never above the photos' own median side) at which
     the final fit, the delivered model's training on every image, still affords
-    :data:`MIN_EPOCHS_AT_SIZE` epochs at the measured speed of this machine. A few hundred
-    photos in 10 minutes are trained at 128 px; a few thousand at 64.
+    :data:`MIN_EPOCHS_AT_SIZE` epochs at the measured speed of this machine. On a 2-core
+    AMX Xeon in 10 minutes, up to ~1,500 photos are trained at 128 px, up to ~3,000 at 96.
     """
     base = CPU_IMAGE_SIZES[0]
     if regime != "small" or not time_budget or not probe_images_per_second or n_images <= 0:
