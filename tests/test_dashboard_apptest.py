@@ -132,6 +132,7 @@ def test_ensemble_page_members_weights_and_per_class(monkeypatch, tiny_run):
     assert any(f"{'kept' if tta['used'] else 'not kept'} for the ensemble (validation accuracy "
                f"{tta['val_without']['accuracy']:.4f} without, {tta['val_with']['accuracy']:.4f} with)" in c.value
                for c in at.caption)
+    assert any(f"Rule: {tta['rule']}" in c.value for c in at.caption)  # the rule that decided it
     cal = final["calibration"]["best"]  # on by default
     assert any(f"temperature {cal['temperature']:.3f} for the best single model (test ECE "
                f"{cal['test_ece_before']:.4f} -> {cal['test_ece_after']:.4f})" in c.value for c in at.caption)

@@ -379,4 +379,7 @@ def test_a_final_fit_pair_is_the_deliverable_predict_and_export_use(tmp_path, ti
     text = console.export_text()
     assert "Final fit (small-data regime), a pair" in text and "Deliverable: ensemble" in text
     assert "ensemble (final-fit pair" in text
+    # the flip TTA line says the rule that kept or dropped it, not only the validation scores
+    flat = " ".join(text.split())
+    assert report["tta"]["requested"] and f"Rule: {report['tta']['best']['rule']}" in flat
     assert "a pair" in final_fit_line(report) and f"trial #{report['best_trial']}'s" in final_fit_line(report)

@@ -38,8 +38,11 @@ def tta_line(final: dict) -> str:
             continue
         parts.append(f"{'kept' if info.get('used') else 'not kept'} for the {name} "
                      f"(validation {metric} {before:.4f} without, {after:.4f} with)")
+    rules = sorted({info["rule"] for info in (tta.get("best") or {}, tta.get("ensemble") or {}) if info.get("rule")})
+    # runs from before the rule was recorded kept it only where it improved validation (the text choices.py writes)
+    rule = "; ".join(rules) or "kept only where it improves the objective on validation"
     return "Flip test-time augmentation: " + ("; ".join(parts) or "tried") + \
-        ". Kept only where it improves the objective on validation; the figures below include it where kept."
+        f". Rule: {rule}; the figures below include it where kept."
 
 
 def final_fit_line(final: dict) -> str | None:

@@ -55,17 +55,20 @@ def decide_tta(requested: bool, candidates, nets, data: PreparedData, eval_path:
         if with_[metric] == without[metric] and "log_loss" in with_:
             # a tie on a few dozen validation images says nothing: the finer log-loss decides
             used = with_["log_loss"] < without["log_loss"]
-        rule = "better on validation"
+        rule = "kept only where it improves the objective on validation (on a tie: the log-loss)"
         if metric == "accuracy" and all(trained_with_flips(run_dir, n) for n in cand.trials):
             # networks trained on flipped images: flip TTA stays unless validation says it hurts
             used = not significantly_better(y_val, plain, flipped)
-            rule = f"kept unless predictions without it are significantly better (sign test, p < {SELECTION_P})"
+            rule = ("networks trained on flipped images keep it unless their predictions without it are "
+                    f"significantly better on validation (sign test, p < {SELECTION_P})")
         info[cand.name] = {"used": used, "val_without": without, "val_with": with_, "rule": rule}
         if used:
             cand.tta, cand.val_p = True, flipped
     kept = {c.name: "kept" if c.tta else "not kept" for c in candidates}
+    rules = {info[c.name]["rule"] for c in candidates}
+    rule = rules.pop() if len(rules) == 1 else "the rule of each candidate is in the report"
     log(f"test-time augmentation (flip): best {kept.get('best')}, ensemble {kept.get('ensemble')} "
-        f"(decided on validation {metric})")
+        f"({rule})")
     return info
 
 

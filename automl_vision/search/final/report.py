@@ -96,7 +96,9 @@ def print_summary(report: dict[str, Any], console=None) -> None:
             t = tta[name]
             parts.append(f"{name} {t['val_without'].get(metric, float('nan')):.4f} -> {t['val_with'].get(metric, float('nan')):.4f} "
                          f"({'kept' if t['used'] else 'not kept'})")
-        console.print(f"Flip test-time augmentation, validation {metric}: " + "; ".join(parts))
+        rules = sorted({tta[name]["rule"] for name in ("best", "ensemble") if tta[name].get("rule")})
+        rule = f". Rule: {'; '.join(rules)}" if rules else ""  # runs from before the rule was recorded have none
+        console.print(f"Flip test-time augmentation, validation {metric}: " + "; ".join(parts) + rule)
     refit = report.get("refit") or {}
     if refit.get("requested"):
         if refit.get("skipped"):
