@@ -211,12 +211,20 @@ def score_predictions(csv_path: Path, eval_dir: Path) -> dict[str, Any]:
         hit = per_class.setdefault(c, [0, 0])
         hit[0] += int(pred.get(f) == c)
         hit[1] += 1
+    root = eval_dir.resolve()
     return {
         "eval_accuracy": correct / len(truth) if truth else float("nan"),
         "eval_images": len(truth), "eval_correct": correct,
         "eval_unpredicted": sum(1 for f in truth if not pred.get(f)),
         "eval_per_class_accuracy": {c: h[0] / h[1] for c, h in sorted(per_class.items())},
+        "eval_wrong": wrong_files([Path(f) for f, c in truth.items() if pred.get(f) != c], root),
     }
+
+
+def wrong_files(files: list[Path], eval_dir: Path) -> list[str]:
+    """The misclassified eval photos, relative to the eval folder: whether two arms miss the
+    same photos (a label ceiling) or different ones (a real difference) shows near 100%."""
+    return sorted(str(f.resolve().relative_to(eval_dir.resolve())) for f in files)
 
 
 def run_search_arm(arm: str, set_dir: Path, run_dir: Path, seed: int, budget: float, extra: list[str],
@@ -415,6 +423,7 @@ def run_loop_arm(set_dir: Path, seed: int, budget: float, device: str, threads: 
         "eval_accuracy": float((preds == truth).mean()) if len(held) else float("nan"),
         "eval_images": len(held), "eval_correct": int((preds == truth).sum()),
         "eval_unpredicted": len(bad_e), "eval_per_class_accuracy": per_class,
+        "eval_wrong": wrong_files([f for (f, _c), p, t in zip(held, preds, truth) if p != t], set_dir / "eval"),
         "train_images": int(n), "unreadable_train_images": len(bad),
         "load_seconds": load_seconds, "train_seconds": train_seconds, "total_seconds": total_seconds,
         "overrun_seconds": total_seconds - budget,
@@ -436,6 +445,7 @@ def ok(run: dict[str, Any]) -> bool:
 def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     loop_by_seed = {r["seed"]: r["eval_accuracy"] for r in runs if r["arm"] == "loop" and ok(r)}
+    loop_wrong = {r["seed"]: set(r["eval_wrong"]) for r in runs if r["arm"] == "loop" and ok(r) and "eval_wrong" in r}
     loop_median = C.median(list(loop_by_seed.values())) if loop_by_seed else None
     for arm in sorted({r["arm"] for r in runs}, key=lambda a: (ARMS.index(a) if a in ARMS else 99, a)):
         mine = [r for r in runs if r["arm"] == arm]
@@ -447,7 +457,13 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
             s["trials"] = C.spread([r["trials"] for r in good])
             if loop_by_seed and good:
                 wins = [r["eval_accuracy"] > loop_by_seed.get(r["seed"], loop_median) for r in good]
-                s["above_loop"] = f"{sum(wins)}/{len(wins)}"
+                level = sum(r["eval_accuracy"] == loop_by_seed.get(r["seed"], loop_median) for r in good)
+                s["above_loop"] = f"{sum(wins)}/{len(wins)}" + (f" ({level} level)" if level else "")
+                # near 100%, whether the two miss the same photos tells a label ceiling from a difference
+                s["misses_shared_with_loop"] = [
+                    {"seed": r["seed"], "search": len(r["eval_wrong"]), "loop": len(loop_wrong[r["seed"]]),
+                     "both": len(set(r["eval_wrong"]) & loop_wrong[r["seed"]])}
+                    for r in good if "eval_wrong" in r and r["seed"] in loop_wrong]
                 s["above_loop_fraction"] = sum(wins) / len(wins) if wins else float("nan")
                 s["loop_paired_by_seed"] = all(r["seed"] in loop_by_seed for r in good)
         elif arm == "loop":
@@ -468,6 +484,9 @@ def table_text(payload: dict[str, Any]) -> str:
         for arm, s in entry.get("summary", {}).items():
             if arm in SEARCH_ARMS:
                 other = f"{fmt_range(s['trials'], 0)} trials, {fmt_range(s['search_seconds'], 0)} s"
+                if s.get("misses_shared_with_loop"):
+                    other += "; photos missed (search/loop/both): " + ", ".join(
+                        f"s{m['seed']} {m['search']}/{m['loop']}/{m['both']}" for m in s["misses_shared_with_loop"])
             else:
                 other = f"{fmt_range(s['epochs'], 1)} epochs, {fmt_range(s['images_per_second'], 0)} img/s"
             rows.append([name, arm + (f" ({s['failed']} failed)" if s["failed"] else ""),

@@ -146,6 +146,13 @@ def test_small_data_benchmark_quick(tmp_path):
         for arm, r in arms.items():
             assert 0.0 <= r["eval_accuracy"] <= 1.0 and r["eval_images"] > 0
             assert ds["summary"][arm]["runs"] == 1
+            # the photos each arm missed, by name, so that two arms' misses can be compared
+            assert len(r["eval_wrong"]) == r["eval_images"] - r["eval_correct"]
+            assert all(not Path(f).is_absolute() and len(Path(f).parts) >= 2 for f in r["eval_wrong"])  # class/file
+        shared = ds["summary"]["default"]["misses_shared_with_loop"]
+        assert shared == [{"seed": arms["default"]["seed"], "search": len(arms["default"]["eval_wrong"]),
+                           "loop": len(arms["loop"]["eval_wrong"]),
+                           "both": len(set(arms["default"]["eval_wrong"]) & set(arms["loop"]["eval_wrong"]))}]
         assert arms["loop"]["epochs"] > 0 and finite(arms["loop"]["images_per_second"])
         assert arms["default"]["report"]["deliverable"] in ("best", "ensemble")
     bad = run_bench("bench_small_data.py", "--arms", "nope", "--quick")
