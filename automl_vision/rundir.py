@@ -133,6 +133,12 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, default=_json_default, allow_nan=True) + "\n")
 
 
+def tta_rules(tta: dict) -> list[str]:
+    """The rules that decided flip test-time augmentation for the best model and the ensemble
+    (``report.json``'s ``tta.<best|ensemble>.rule``), each once; [] for a run from before they were recorded."""
+    return sorted({info["rule"] for info in (tta.get("best") or {}, tta.get("ensemble") or {}) if info.get("rule")})
+
+
 def read_json(path: str | os.PathLike, schema: Any = None) -> Any:
     """The JSON content of ``path``, or ``None`` when it does not exist (yet).
 

@@ -211,13 +211,12 @@ def score_predictions(csv_path: Path, eval_dir: Path) -> dict[str, Any]:
         hit = per_class.setdefault(c, [0, 0])
         hit[0] += int(pred.get(f) == c)
         hit[1] += 1
-    root = eval_dir.resolve()
     return {
         "eval_accuracy": correct / len(truth) if truth else float("nan"),
         "eval_images": len(truth), "eval_correct": correct,
         "eval_unpredicted": sum(1 for f in truth if not pred.get(f)),
         "eval_per_class_accuracy": {c: h[0] / h[1] for c, h in sorted(per_class.items())},
-        "eval_wrong": wrong_files([Path(f) for f, c in truth.items() if pred.get(f) != c], root),
+        "eval_wrong": wrong_files([Path(f) for f, c in truth.items() if pred.get(f) != c], eval_dir),
     }
 
 

@@ -9,6 +9,7 @@ import streamlit as st
 
 from automl_vision.dashboard import ui
 from automl_vision.dashboard.data import NotAvailable, RunData, per_class_table, probability_kind
+from automl_vision.rundir import tta_rules
 
 
 def comparison(final: dict) -> pd.DataFrame:
@@ -38,9 +39,8 @@ def tta_line(final: dict) -> str:
             continue
         parts.append(f"{'kept' if info.get('used') else 'not kept'} for the {name} "
                      f"(validation {metric} {before:.4f} without, {after:.4f} with)")
-    rules = sorted({info["rule"] for info in (tta.get("best") or {}, tta.get("ensemble") or {}) if info.get("rule")})
-    # runs from before the rule was recorded kept it only where it improved validation (the text choices.py writes)
-    rule = "; ".join(rules) or "kept only where it improves the objective on validation"
+    # runs from before the rule was recorded kept it only where it improved validation
+    rule = "; ".join(tta_rules(tta)) or "kept only where it improves the objective on validation"
     return "Flip test-time augmentation: " + ("; ".join(parts) or "tried") + \
         f". Rule: {rule}; the figures below include it where kept."
 

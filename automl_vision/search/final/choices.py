@@ -13,7 +13,7 @@ from automl_vision.data.prepare import PreparedData
 from automl_vision.evaluation import compute_metrics, is_better
 from automl_vision.plugins import PluginManager
 from automl_vision.predict import ProbabilityModel
-from automl_vision.rundir import RunDir
+from automl_vision.rundir import RunDir, tta_rules
 from automl_vision.search.final.common import split_probs
 from automl_vision.search.final.selection import SELECTION_P, significantly_better, trained_with_flips
 from automl_vision.training.device import ExecPath
@@ -65,8 +65,8 @@ def decide_tta(requested: bool, candidates, nets, data: PreparedData, eval_path:
         if used:
             cand.tta, cand.val_p = True, flipped
     kept = {c.name: "kept" if c.tta else "not kept" for c in candidates}
-    rules = {info[c.name]["rule"] for c in candidates}
-    rule = rules.pop() if len(rules) == 1 else "the rule of each candidate is in the report"
+    rules = tta_rules(info)
+    rule = rules[0] if len(rules) == 1 else "the rule of each candidate is in the report"
     log(f"test-time augmentation (flip): best {kept.get('best')}, ensemble {kept.get('ensemble')} "
         f"({rule})")
     return info

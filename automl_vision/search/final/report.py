@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from automl_vision.progress import make_console
-from automl_vision.rundir import REPORT_SCHEMA, RunDir, read_json
+from automl_vision.rundir import REPORT_SCHEMA, RunDir, read_json, tta_rules
 from automl_vision.settings import format_duration
 
 
@@ -96,7 +96,7 @@ def print_summary(report: dict[str, Any], console=None) -> None:
             t = tta[name]
             parts.append(f"{name} {t['val_without'].get(metric, float('nan')):.4f} -> {t['val_with'].get(metric, float('nan')):.4f} "
                          f"({'kept' if t['used'] else 'not kept'})")
-        rules = sorted({tta[name]["rule"] for name in ("best", "ensemble") if tta[name].get("rule")})
+        rules = tta_rules(tta)
         rule = f". Rule: {'; '.join(rules)}" if rules else ""  # runs from before the rule was recorded have none
         console.print(f"Flip test-time augmentation, validation {metric}: " + "; ".join(parts) + rule)
     refit = report.get("refit") or {}
