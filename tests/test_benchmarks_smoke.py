@@ -157,3 +157,21 @@ def test_small_data_benchmark_quick(tmp_path):
         assert arms["default"]["report"]["deliverable"] in ("best", "ensemble")
     bad = run_bench("bench_small_data.py", "--arms", "nope", "--quick")
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
+
+
+def test_recipes_benchmark_quick(tmp_path):
+    """Equal-time recipes: each trains the portfolio entry as overridden and is scored on the eval folder."""
+    out = tmp_path / "recipes.json"
+    proc = run_bench("bench_recipes.py", "--quick", "--recipes", "base,s96", "--out", out)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    res = json.loads(out.read_text())
+    check_machine(res["machine"])
+    assert res["quick"] is True and res["settings"]["entry"]
+    assert [(r["recipe"], r["image_size"]) for r in res["runs"]] == [("base", 128), ("s96", 96)]
+    for r in res["runs"]:
+        assert 0.0 <= r["eval_accuracy"] <= 1.0 and 0.0 <= r["eval_accuracy_flip"] <= 1.0
+        assert r["epochs"] >= 1 and r["seconds"] > 0
+    assert set(res["summary"]) == {"base", "s96"} and res["summary"]["base"]["n"] == 1
+    assert "| s96 |" in res["markdown"]
+    bad = run_bench("bench_recipes.py", "--quick", "--recipes", "nope")
+    assert bad.returncode == 2 and "unknown recipe" in bad.stderr and "Traceback" not in bad.stderr

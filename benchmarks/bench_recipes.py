@@ -1,0 +1,204 @@
+"""Training recipes at equal wall-clock time: which change to one configuration pays on a set?
+
+The question behind it (issue 18): once the search has picked a configuration, what
+should the final fit's minutes go to on a small set: stronger augmentation, weight
+averaging, a wider network, a higher resolution? Each *recipe* is a portfolio entry
+(``automl_vision/search/portfolio.json``, the first one unless ``--entry``) with some
+parameters overridden, in the names of ``automl-vision space show``; the configuration is
+built by the search's own sampler (``search.space.sample`` on an ``optuna.trial.FixedTrial``),
+so a recipe trains exactly as that trial would.
+
+For every recipe and seed: every photo of ``<set>/train`` and ``<set>/eval`` decoded once
+with the engine's decoder (``automl_vision.data.images.decode``, square, as the cache
+does), then the engine's trainer (``automl_vision.training.trainer.train``, on the path
+``training.device.choose`` picks) trains on *all* the train photos for ``--seconds`` of
+wall-clock time (the schedule re-planned after every epoch so that it ends on time, as a
+final fit's does), the eval folder standing in for the validation split; scored once at
+the end on every eval photo, plain and with flip test-time augmentation. Recipes run one
+after another, never in parallel; a seed changes the initial weights, batches and
+augmentation draws.
+
+``--quick`` is the smoke setting: a tiny generated set, 3 s a recipe, one seed; results go
+to ``results/quick/``.
+
+Examples::
+
+    .venv/bin/python benchmarks/bench_recipes.py --data /work/bench-data/hymenoptera --seconds 240
+    .venv/bin/python benchmarks/bench_recipes.py --data SET --recipes base,s160 --seeds 0,1 --image-size 128
+    .venv/bin/python benchmarks/bench_recipes.py --quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as C  # noqa: E402
+from bench_small_data import image_files, tiny_generated_set  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+# overrides of the portfolio entry, in the space's parameter names ("size" is the image size)
+RECIPES: dict[str, dict[str, Any]] = {
+    "base": {},
+    "heavy": {"aug.preset": "heavy"},
+    "trivial": {"aug.preset": "custom", "aug.flip": True, "aug.crop_scale": 0.35, "aug.rotate": 10.0,
+                "aug.translate": 0.1, "aug.color": 0.2, "aug.auto": "trivial", "aug.mix": "none", "aug.erase": 0.0},
+    "mix": {"aug.preset": "custom", "aug.flip": True, "aug.crop_scale": 0.35, "aug.rotate": 10.0,
+            "aug.translate": 0.1, "aug.color": 0.2, "aug.auto": "none", "aug.mix": "both",
+            "aug.mixup_alpha": 0.2, "aug.cutmix_alpha": 1.0, "aug.erase": 0.0},
+    "ema": {"ema": True},
+    "w64": {"cnn.width": 64},
+    "s96": {"size": 96},
+    "s160": {"size": 160},
+}
+
+
+def load(folder: Path, classes: list[str], size: int) -> tuple[np.ndarray, np.ndarray]:
+    from automl_vision.data.images import decode
+
+    files = image_files(folder)
+    x = np.stack([decode(f, size, 3) for f, _ in files])
+    y = np.array([classes.index(c) for _, c in files], dtype=np.int64)
+    return x, y
+
+
+def config_of(entry: dict[str, Any], overrides: dict[str, Any], size: int, num_classes: int, num_train: int):
+    """The TrialConfig the search's sampler builds for this entry with these overrides."""
+    import optuna
+
+    from automl_vision.plugins import get_plugin_manager
+    from automl_vision.search.space import batch_choices, sample
+    from automl_vision.settings import SearchSettings
+
+    params = {**entry["params"], **{k: v for k, v in overrides.items() if k != "size"}, "image_size": size}
+    choices = batch_choices(num_train)  # a tiny set offers only small batches, as in the search
+    if params.get("batch_size") not in choices:
+        params["batch_size"] = max([b for b in choices if b <= params.get("batch_size", 64)] or [min(choices)])
+    settings = SearchSettings.from_dict({"data": "-", "run_dir": "-", "study_name": "-", "image_sizes": [size]})
+    return sample(optuna.trial.FixedTrial(params), settings, get_plugin_manager(), [params["family"]], {},
+                  num_classes, 3, num_train, "cpu", 20)
+
+
+def run_recipe(cfg, data, y_eval: np.ndarray, seconds: float, path) -> dict[str, Any]:
+    import torch
+
+    from automl_vision.models import build_model
+    from automl_vision.training.trainer import train
+
+    model = build_model({"family": cfg.family, "params": cfg.model_params, "in_chans": 3,
+                         "image_size": cfg.image_size, "num_classes": data.num_classes})
+    t0 = time.perf_counter()
+
+    def plan(done: int, epoch_seconds: float) -> int:  # as many epochs as the rest of the time affords
+        return done + max(1, int((seconds - (time.perf_counter() - t0)) / max(epoch_seconds, 1e-3)))
+
+    res = train(model, cfg, data, path, plan=plan, grow_until=10**9)
+    elapsed = time.perf_counter() - t0
+    m = res.model.eval()
+    mean = torch.tensor(data.mean).view(1, -1, 1, 1)
+    std = torch.tensor(data.std).view(1, -1, 1, 1)
+    with torch.no_grad():
+        x = (data.x_val.float() / 255 - mean) / std
+        p = torch.softmax(m(x).float(), 1)
+        pf = p + torch.softmax(m(x.flip(3)).float(), 1)
+    return {"eval_accuracy": float((p.argmax(1).numpy() == y_eval).mean()),
+            "eval_accuracy_flip": float((pf.argmax(1).numpy() == y_eval).mean()),
+            "epochs": res.epochs_run, "seconds": round(elapsed, 1)}
+
+
+def markdown(payload: dict[str, Any]) -> str:
+    rows = []
+    for name, s in payload["summary"].items():
+        rows.append([name, s["n"], s["eval_accuracy"]["median"], f"{s['eval_accuracy']['min']:.3f}-{s['eval_accuracy']['max']:.3f}",
+                     s["eval_accuracy_flip"]["median"], s["epochs"]["median"]])
+    st = payload["settings"]
+    return (f"Set `{st['set']}` ({st['n_train']} train / {st['n_eval']} eval photos), entry `{st['entry']}`, "
+            f"{st['seconds']:.0f} s a recipe, seeds {st['seeds']}.\n\n"
+            + C.table(["recipe", "runs", "eval acc (median)", "range", "with flip TTA", "epochs"], rows))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", help="a set folder with train/<class>/ and eval/<class>/")
+    ap.add_argument("--recipes", default=",".join(RECIPES), help=f"some of {', '.join(RECIPES)} (default: all)")
+    ap.add_argument("--entry", default=None, help="portfolio entry name (default: the first)")
+    ap.add_argument("--image-size", type=int, default=128, help="image size of the recipes without their own (default 128)")
+    ap.add_argument("--seconds", type=float, default=None, help="training time of each recipe (default 240; 3 with --quick)")
+    ap.add_argument("--seeds", default="0", help="comma-separated seeds (default 0)")
+    ap.add_argument("--quick", action="store_true", help="smoke setting: tiny generated set, 3 s a recipe (figures mean nothing)")
+    ap.add_argument("--out", help="results JSON (default: benchmarks/results/recipes_<set>.json; with --quick results/quick/)")
+    args = ap.parse_args(argv)
+
+    recipes = [r.strip() for r in args.recipes.split(",") if r.strip()]
+    for r in recipes:
+        if r not in RECIPES:
+            ap.error(f"--recipes: unknown recipe {r!r}; expected some of {', '.join(RECIPES)}")
+    try:
+        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    except ValueError:
+        ap.error("--seeds takes whole numbers like 0,1,2")
+    if not args.data and not args.quick:
+        ap.error("give --data (a folder with train/ and eval/) or --quick")
+    from automl_vision.search.portfolio import load_portfolio
+
+    entries = load_portfolio()
+    entry = next((e for e in entries if e["name"] == args.entry), None) if args.entry else entries[0]
+    if entry is None:
+        ap.error(f"--entry: no portfolio entry {args.entry!r}; expected one of {', '.join(e['name'] for e in entries)}")
+    seconds = args.seconds if args.seconds is not None else (3.0 if args.quick else 240.0)
+
+    import torch
+
+    from automl_vision.training import device as dev
+    from automl_vision.training.trainer import TensorData
+
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    with tempfile.TemporaryDirectory(prefix="bench-recipes-") as tmp:
+        root = tiny_generated_set(Path(tmp) / "tiny-blobs") if args.quick else Path(args.data)
+        if not ((root / "train").is_dir() and (root / "eval").is_dir()):
+            ap.error(f"{root}: expected {root}/train/<class>/ and {root}/eval/<class>/")
+        classes = sorted({c for _, c in image_files(root / "train")})
+        path = dev.choose()
+        payload: dict[str, Any] = {
+            "benchmark": "recipes", "machine": C.machine(), "quick": args.quick,
+            "settings": {"set": root.name, "entry": entry["name"], "seconds": seconds, "seeds": seeds,
+                         "recipes": {r: RECIPES[r] for r in recipes}, "image_size": args.image_size,
+                         "execution_path": str(path)},
+            "runs": [], "summary": {},
+        }
+        out = Path(args.out) if args.out else C.default_path(f"recipes_{root.name}", args.quick)
+        cache: dict[int, tuple] = {}
+        for seed in seeds:
+            for name in recipes:
+                size = int(RECIPES[name].get("size", args.image_size))
+                if size not in cache:
+                    cache[size] = load(root / "train", classes, size) + load(root / "eval", classes, size)
+                xt, yt, xe, ye = cache[size]
+                payload["settings"].update(n_train=len(yt), n_eval=len(ye))
+                data = TensorData.from_arrays(xt, yt, xe, ye, len(classes))
+                cfg = config_of(entry, RECIPES[name], size, len(classes), len(yt))
+                cfg.seed = seed
+                run = {"recipe": name, "seed": seed, "image_size": size, **run_recipe(cfg, data, ye, seconds, path)}
+                payload["runs"].append(run)
+                print(f"{name} seed {seed}: eval {run['eval_accuracy']:.3f} (flip {run['eval_accuracy_flip']:.3f}), "
+                      f"{run['epochs']} epochs in {run['seconds']:.0f}s", flush=True)
+                for r in recipes:
+                    mine = [x for x in payload["runs"] if x["recipe"] == r]
+                    if mine:
+                        payload["summary"][r] = {"n": len(mine), **{k: C.spread([x[k] for x in mine])
+                                                                    for k in ("eval_accuracy", "eval_accuracy_flip", "epochs")}}
+                payload["markdown"] = markdown(payload)
+                payload["load_average_at_end"] = C.load_average()
+                C.write_results("recipes", payload, out)
+    print(payload["markdown"])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
