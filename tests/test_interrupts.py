@@ -486,3 +486,21 @@ def test_soak_kill_and_resume_20_times_at_random_moments(tmp_path):
     assert not [t for t in study.trials if t.state.name == "RUNNING"]
     report = read_json(out / "final" / "report.json")
     assert report["best_trial"] in now
+
+
+def test_a_clean_up_error_under_ctrl_c_counts_as_the_interrupt():
+    """A library whose clean-up fails when Ctrl-C lands inside it (Optuna's journal lock, mid-rename:
+    FileNotFoundError) must not turn the interrupt into a failed trial: the interrupt behind it is found."""
+    from automl_vision.search.interrupts import Terminated, interrupt_behind
+
+    def lock_interrupted_mid_rename():
+        try:
+            raise Terminated()
+        except BaseException:
+            raise FileNotFoundError(errno.ENOENT, "No such file or directory", "study.journal.lock.rename")
+
+    with pytest.raises(FileNotFoundError) as info:
+        lock_interrupted_mid_rename()
+    stop = interrupt_behind(info.value)
+    assert isinstance(stop, Terminated)  # SIGTERM stays SIGTERM: the command still exits 143
+    assert interrupt_behind(FileNotFoundError(errno.ENOENT, "gone")) is None  # a plain error stays an error

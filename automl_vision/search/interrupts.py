@@ -115,3 +115,22 @@ def check_interrupt() -> None:
     if _noted is not None:
         signum, _noted = _noted, None
         raise interrupt_for(signum)
+
+
+def interrupt_behind(exc: BaseException) -> KeyboardInterrupt | None:
+    """The Ctrl-C (or SIGTERM) behind ``exc``, or None.
+
+    A library that cleans up when an interrupt lands inside it can fail in its clean-up and
+    raise that failure instead: Optuna's journal file lock, interrupted mid-rename, raised
+    ``FileNotFoundError`` for its lock file, and the running trial was recorded as failed
+    by that error instead of as interrupted. Python keeps the interrupt as the new
+    exception's ``__context__``; a noted interrupt (:func:`watch_interrupts`) counts too.
+    """
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        if isinstance(e, KeyboardInterrupt):
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return interrupt_for(_noted) if _noted is not None else None

@@ -29,7 +29,7 @@ from automl_vision.plugins import PluginManager
 from automl_vision.rundir import CONFIG, HISTORY, METRICS, STATUS, VAL_PROBS, RunDir, write_json, write_npy
 from automl_vision.search import space
 from automl_vision.search.budget import Pace
-from automl_vision.search.interrupts import check_interrupt
+from automl_vision.search.interrupts import check_interrupt, interrupt_behind
 from automl_vision.search.study import SCHEDULE_STEPS
 from automl_vision.search.watchdog import Watchdog, busy_note
 from automl_vision.settings import PRESETS, SearchSettings, trial_seconds
@@ -147,6 +147,11 @@ class Objective:
         if trial.user_attrs.get("retry_of") is not None:  # re-queued after its first worker died
             record["retry_of"] = trial.user_attrs["retry_of"]
         history: list[dict[str, Any]] = []
+
+        def interrupted() -> None:  # the trial stays FAIL "interrupted": a resumed search retries it first
+            record.update(state="FAIL", reason="interrupted", epochs=len(history))
+            trial.set_user_attr("reason", "interrupted")
+
         objective_metric = self.objectives[0]
         direction = self.pm.metrics.get(objective_metric).direction
         try:
@@ -304,8 +309,7 @@ class Objective:
             self._last_metrics(record, history)
             raise optuna.TrialPruned(record["reason"]) from exc
         except KeyboardInterrupt:
-            record.update(state="FAIL", reason="interrupted", epochs=len(history))
-            trial.set_user_attr("reason", "interrupted")
+            interrupted()
             raise
         except (torch.OutOfMemoryError, TrialOutOfMemory) as exc:
             reason = str(exc) if isinstance(exc, TrialOutOfMemory) else f"out of memory: {exc}"
@@ -313,6 +317,9 @@ class Objective:
             trial.set_user_attr("reason", record["reason"])
             raise
         except OSError as exc:
+            if (stop := interrupt_behind(exc)) is not None:  # a library's clean-up failed under the Ctrl-C
+                interrupted()
+                raise stop from exc
             if exc.errno not in DISK_FULL:
                 record.update(state="FAIL", reason=f"{type(exc).__name__}: {exc}", epochs=len(history),
                               traceback=traceback.format_exc(limit=8))
@@ -327,6 +334,9 @@ class Objective:
             trial.set_user_attr("reason", record["reason"])
             raise
         except Exception as exc:
+            if (stop := interrupt_behind(exc)) is not None:
+                interrupted()
+                raise stop from exc
             record.update(state="FAIL", reason=f"{type(exc).__name__}: {exc}", epochs=len(history),
                           traceback=traceback.format_exc(limit=8))
             trial.set_user_attr("reason", record["reason"])
