@@ -89,6 +89,7 @@ def run_recipe(cfg, data, y_eval: np.ndarray, seconds: float, path) -> dict[str,
     import torch
 
     from automl_vision.models import build_model
+    from automl_vision.training.inference import predict_probs
     from automl_vision.training.trainer import train
 
     model = build_model({"family": cfg.family, "params": cfg.model_params, "in_chans": 3,
@@ -100,15 +101,13 @@ def run_recipe(cfg, data, y_eval: np.ndarray, seconds: float, path) -> dict[str,
 
     res = train(model, cfg, data, path, plan=plan, grow_until=10**9)
     elapsed = time.perf_counter() - t0
-    m = res.model.eval()
-    mean = torch.tensor(data.mean).view(1, -1, 1, 1)
-    std = torch.tensor(data.std).view(1, -1, 1, 1)
-    with torch.no_grad():
-        x = (data.x_val.float() / 255 - mean) / std
-        p = torch.softmax(m(x).float(), 1)
-        pf = p + torch.softmax(m(x.flip(3)).float(), 1)
-    return {"eval_accuracy": float((p.argmax(1).numpy() == y_eval).mean()),
-            "eval_accuracy_flip": float((pf.argmax(1).numpy() == y_eval).mean()),
+    # the plain probabilities are the trainer's last evaluation (the eval folder stands in for validation);
+    # the flipped ones come from the engine's own inference on its execution path, as predict's flip TTA
+    mean = torch.tensor(data.mean, device=path.torch_device).view(1, -1, 1, 1)
+    std = torch.tensor(data.std, device=path.torch_device).view(1, -1, 1, 1)
+    flipped = predict_probs(res.model, data.x_val.flip(3), mean, std, path)
+    return {"eval_accuracy": float((res.val_probs.argmax(1) == y_eval).mean()),
+            "eval_accuracy_flip": float(((res.val_probs + flipped).argmax(1) == y_eval).mean()),
             "epochs": res.epochs_run, "seconds": round(elapsed, 1)}
 
 
