@@ -248,12 +248,12 @@ def test_resume_reuses_the_cache_and_remembers_broken_files(messy, monkeypatch):
 
 def test_duplicates_across_splits_are_reported(tmp_path):
     root = tmp_path / "presplit"
-    for split in ("train", "val"):
-        for cls, colour in (("a", RED), ("b", BLUE)):
+    for s, split in enumerate(("train", "val")):
+        for c, (cls, colour) in enumerate((("a", RED), ("b", BLUE))):
             d = root / split / cls
             d.mkdir(parents=True)
-            for i in range(3):
-                _noise(hash((split, cls, i)) % 1000, colour=colour).save(d / f"{i}.png")
+            for i in range(3):  # a distinct seed per photo: only the copy below is a duplicate
+                _noise(100 * s + 10 * c + i, colour=colour).save(d / f"{i}.png")
     # the same photo saved in train/ and val/ under different names
     (root / "val" / "a" / "copy_of_train_0.png").write_bytes((root / "train" / "a" / "0.png").read_bytes())
     run_dir = RunDir(tmp_path / "run")
@@ -270,11 +270,11 @@ def test_identical_files_in_a_class_folder_stay_in_one_split(tmp_path):
     """A photo saved twice ("cat.4220.jpg", "cat.4220(1).jpg") is never in training and in
     validation or test at once when automl-vision makes the split: validation stays honest."""
     root = tmp_path / "copies"
-    for cls, colour in (("a", RED), ("b", BLUE)):
+    for c, (cls, colour) in enumerate((("a", RED), ("b", BLUE))):
         d = root / cls
         d.mkdir(parents=True)
-        for i in range(20):
-            _noise(hash((cls, i)) % 1000, colour=colour).save(d / f"{i}.png")
+        for i in range(20):  # a distinct seed per photo: only the copies below are duplicates
+            _noise(100 * c + i, colour=colour).save(d / f"{i}.png")
         for i in range(8):  # eight photos of each class saved twice, one three times
             (d / f"{i} (1).png").write_bytes((d / f"{i}.png").read_bytes())
         (d / "0 (2).png").write_bytes((d / "0.png").read_bytes())
