@@ -135,9 +135,10 @@ def test_search_quality_quick_every_arm(tmp_path):
 def test_small_data_benchmark_quick(tmp_path):
     """The small-data benchmark: the search and the hand-written loop on a set with an eval folder."""
     out = tmp_path / "small.json"
-    proc = run_bench("bench_small_data.py", "--quick", "--arms", "default,loop", "--out", out, timeout=600)
+    proc = run_bench("bench_small_data.py", "--quick", "--arms", "default,loop", "--out", out,
+                     "--workdir", tmp_path / "work", timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    res = json.loads(out.read_text())
+    res = res_small = json.loads(out.read_text())
     check_machine(res["machine"])
     assert res["quick"] is True and res["settings"]["arms"] == ["default", "loop"]
     for name, ds in res["datasets"].items():
@@ -157,6 +158,24 @@ def test_small_data_benchmark_quick(tmp_path):
         assert arms["default"]["report"]["deliverable"] in ("best", "ensemble")
     bad = run_bench("bench_small_data.py", "--arms", "nope", "--quick")
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
+
+    # the evaluation-resolution benchmark scores that finished run again at larger eval sizes
+    runs = sorted((tmp_path / "work" / "runs").glob("*-default"))
+    assert runs, list((tmp_path / "work").rglob("*"))[:20]
+    res_out = tmp_path / "eval_resolution.json"
+    proc = run_bench("bench_eval_resolution.py", "--data-root", tmp_path / "work" / "quick-data", "--factors", "1.25",
+                     "--out", res_out, *runs)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    res = json.loads(res_out.read_text())
+    [row] = res["runs"]
+    default = next(r for r in next(iter(res_small["datasets"].values()))["runs"] if r["arm"] == "default")
+    # plain scoring is the deliverable's own: the same accuracy the small-data benchmark got with predict
+    assert row["accuracy"]["plain"] == pytest.approx(default["eval_accuracy"])
+    assert set(row["accuracy"]) == {"plain", "decode@1.25", "upsample@1.25"}
+    assert all(0.0 <= v <= 1.0 for v in row["accuracy"].values())
+    assert res["summary"]["upsample@1.25"]["runs"] == 1 and "| upsample@1.25 |" in res["markdown"]
+    bad = run_bench("bench_eval_resolution.py", "--factors", "0.5", "--eval", tmp_path, *runs)
+    assert bad.returncode == 2 and "above 1" in bad.stderr and "Traceback" not in bad.stderr
 
 
 def test_recipes_benchmark_quick(tmp_path):
