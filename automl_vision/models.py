@@ -60,10 +60,17 @@ def count_params(model: nn.Module) -> int:
     return int(sum(p.numel() for p in model.parameters()))
 
 
+def input_size(spec: dict[str, Any]) -> int:
+    """The side images are decoded at for a model: its ``eval_size`` when ``model.json`` has one
+    (training/augment.py's ``eval_size``), else the ``image_size`` it was trained at."""
+    return int(spec.get("eval_size") or spec["image_size"])
+
+
 def preprocessing(spec: dict[str, Any]) -> dict[str, Any]:
     """What a user needs to feed the model without automl-vision (written beside exports)."""
     return {
-        "image_size": spec["image_size"],
+        "image_size": input_size(spec),
+        **({"trained_at": spec["image_size"]} if input_size(spec) != spec["image_size"] else {}),
         "in_chans": spec["in_chans"],
         "color_mode": "L" if spec["in_chans"] == 1 else "RGB",
         "resize": "square, bilinear, EXIF orientation applied",

@@ -12,7 +12,9 @@ graphs all run this one module, they give the same probabilities.
 Preprocessing (also in ``docs/prediction-and-export.md``): an image is opened with
 Pillow, EXIF orientation applied, converted to greyscale (``L``) or ``RGB`` (alpha
 composited on white), resized to the model's square size with bilinear resampling,
-and kept as ``uint8``. The module divides by 255 and normalises per channel.
+and kept as ``uint8``; the side is the model's ``eval_size`` when its ``model.json`` has one
+(a network trained on random-resized crops sees whole images a little larger), else its
+``image_size``. The module divides by 255 and normalises per channel.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import torch
 from torch import nn
 
 from automl_vision.data.images import ImageDecodeError, decode
+from automl_vision.models import input_size
 from automl_vision.rundir import MODEL_JSON, DamagedRunFileError, RunDir, open_run, path_inside, read_model_spec
 from automl_vision.types import UsageError
 
@@ -56,8 +59,9 @@ class ProbabilityModel(nn.Module):
         if not models:
             raise ValueError("a probability model needs at least one member")
         self.members = nn.ModuleList(models)
-        self.sizes: list[int] = sorted({int(s["image_size"]) for s in specs})
-        self.input_of = [self.sizes.index(int(s["image_size"])) for s in specs]
+        # a member trained on random-resized crops takes its images a little larger (eval_size)
+        self.sizes: list[int] = sorted({input_size(s) for s in specs})
+        self.input_of = [self.sizes.index(input_size(s)) for s in specs]
         self.in_chans = int(specs[0]["in_chans"])
         total = float(sum(weights))
         self.weights = [float(w) / total for w in weights]

@@ -33,7 +33,9 @@ from automl_vision.search.interrupts import check_interrupt, interrupt_behind
 from automl_vision.search.study import SCHEDULE_STEPS
 from automl_vision.search.watchdog import Watchdog, busy_note
 from automl_vision.settings import PRESETS, SearchSettings, trial_seconds
+from automl_vision.training.augment import eval_size
 from automl_vision.training.device import ExecPath
+from automl_vision.training.inference import accepts_size
 from automl_vision.training.trainer import STRETCH_BY_EPOCH, BudgetExceeded, NonFiniteLoss, TensorData, train
 
 
@@ -287,6 +289,9 @@ class Objective:
                 "trial": trial.number,
                 "params_count": n_params,
             }
+            side = eval_size(cfg.image_size, cfg.aug.crop_scale)
+            if side > cfg.image_size and accepts_size(result.model.to("cpu"), self.data.in_chans, side):
+                spec["eval_size"] = side  # predict decodes images at this side (augment.eval_size)
             save_model(tdir, result.model.to("cpu"), spec)
             write_npy(tdir / VAL_PROBS, result.val_probs.astype(np.float32))
             write_json(tdir / METRICS, {"val": metrics, **per_class(data.y_val.numpy(), result.val_probs, self.data.classes)})

@@ -53,3 +53,18 @@ def predict_probs(model: nn.Module, x: torch.Tensor, mean: torch.Tensor, std: to
                   batch_size: int = 256, temperature: float = 1.0) -> np.ndarray:
     logits = predict_logits(model, x, mean, std, path, batch_size)
     return torch.softmax(logits / temperature, dim=1).numpy().astype(np.float64)
+
+
+@torch.no_grad()
+def accepts_size(model: nn.Module, in_chans: int, size: int) -> bool:
+    """Whether ``model`` takes a ``size`` x ``size`` input (a network with global pooling does; one
+    with a fixed position embedding, such as a ViT, may not): one image's forward pass on CPU."""
+    was_training = model.training
+    model.eval()
+    try:
+        model(torch.zeros(1, in_chans, int(size), int(size)))
+        return True
+    except Exception:  # noqa: BLE001 - whatever the network raises means: not at this size
+        return False
+    finally:
+        model.train(was_training)

@@ -1,0 +1,80 @@
+"""The evaluation side: a network trained on random-resized crops predicts on whole images
+decoded a little larger (``eval_size`` in model.json), and every consumer of the model
+(the run's own test scoring, ``predict``, the Python API, the preprocessing JSON) uses it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import automl_vision
+from automl_vision.builtin.custom_cnn import build as build_cnn
+from automl_vision.predict import ProbabilityModel, decode_batch, load_deliverable
+from automl_vision.rundir import RunDir
+from automl_vision.training.augment import PRESETS, eval_size
+from automl_vision.training.inference import accepts_size
+from conftest import run_cli
+
+
+def test_the_side_follows_the_crop_and_is_never_smaller():
+    medium = PRESETS["medium"].crop_scale
+    # half of the 1 / E[sqrt(area)] enlargement, to a multiple of 4 px: the sides that were measured
+    assert [eval_size(s, medium) for s in (64, 96, 128)] == [72, 108, 144]
+    assert eval_size(64, 1.0) == 64 and eval_size(64, PRESETS["none"].crop_scale) == 64  # no crop: as trained
+    sides = [eval_size(128, c) for c in (0.2, 0.35, 0.5, 0.7, 0.9, 1.0)]
+    assert sides == sorted(sides, reverse=True) and min(sides) == 128  # the smaller the crops, the larger
+
+
+def test_only_a_network_that_takes_the_larger_side_gets_one():
+    cnn = build_cnn({"cnn.block": "plain", "cnn.stages": 3, "cnn.blocks": 1, "cnn.width": 8, "cnn.kernel": 3,
+                     "cnn.norm": "batch", "cnn.act": "relu", "cnn.dropout": 0.0, "cnn.pool": "avg",
+                     "cnn.down": "maxpool"}, in_chans=3, image_size=32, num_classes=2)
+    cnn.train()
+    assert accepts_size(cnn, 3, 36)
+    assert cnn.training  # the probe leaves the network as it found it
+    fixed = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 2))  # a fixed input size, like a ViT's
+    assert accepts_size(fixed, 3, 32) and not accepts_size(fixed, 3, 36)
+
+
+@pytest.fixture(scope="module")
+def cropped_run(tmp_path_factory, digits_dir) -> Path:
+    """A real tiny search whose trials all train on medium random-resized crops at 32 px."""
+    space = tmp_path_factory.mktemp("space") / "space.yaml"
+    space.write_text("aug:\n  preset: medium\n")
+    out = tmp_path_factory.mktemp("evalsize") / "run"
+    proc = run_cli("search", digits_dir, "--out", out, "--n-trials", "2", "--max-epochs", "2", "--image-size", "32",
+                   "--models", "cnn", "--space", space, "--plain")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return out
+
+
+def test_the_deliverable_predicts_at_its_eval_size_everywhere(cropped_run):
+    side = eval_size(32, PRESETS["medium"].crop_scale)
+    assert side == 36
+    best = json.loads((cropped_run / "best" / "model.json").read_text())
+    assert best["image_size"] == 32 and best["eval_size"] == side
+    # a user without automl-vision is told the side to decode at, and what the network was trained at
+    prep = json.loads((cropped_run / "best" / "preprocessing.json").read_text())
+    assert prep["image_size"] == side and prep["trained_at"] == 32
+
+    rd = RunDir(cropped_run)
+    report = rd.read_final()
+    root = Path(rd.read_data_report()["root"])
+    files = [str(root / k) for k in report["test_keys"]]
+    predictor = automl_vision.load(str(cropped_run), model="best")
+    assert predictor.image_size == side
+    # the run's own test scoring (its honest estimate) was made at that side: predict reproduces it
+    np.testing.assert_allclose(predictor.predict_proba(files), np.load(cropped_run / "final" / "test_probs_best.npy"),
+                               atol=1e-5)
+    # and that is not what the same network gives on images decoded at its training side
+    d = load_deliverable(cropped_run, "best")
+    (at_train,), ok, _ = decode_batch(files, [32], d.module.in_chans)
+    as_trained = ProbabilityModel(list(d.module.members), [{**best, "eval_size": 32}], [1.0],
+                                  temperature=d.module.temperature, tta=d.module.tta).probs([at_train])
+    assert as_trained.shape == (len(ok), 10)
+    assert not np.allclose(as_trained, predictor.predict_proba([files[i] for i in ok]), atol=1e-4)
