@@ -133,7 +133,11 @@ class ModelFamily:
         suggest: ``suggest(trial, context) -> dict`` samples the family's
             hyperparameters with ``trial.suggest_*``. Prefix parameter names with the
             family name (``"cnn.depth"``) so that families never share a parameter.
-        build: ``build(params, in_chans, image_size, num_classes) -> nn.Module``.
+        build: ``build(params, in_chans, image_size, num_classes) -> nn.Module``. A
+            network trained on random-resized crops is given whole images a little
+            larger than ``image_size`` for predictions (``eval_size`` in model.json,
+            training/augment.py); one that raises on that side (a fixed input size) is
+            kept at ``image_size``, so any network works.
         describe: optional ``describe(params) -> str``, a short model name for tables
             (e.g. ``"resnet18"`` or ``"cnn d3 w32"``).
         description: one line for ``automl-vision plugins``.
