@@ -516,6 +516,10 @@ class RunDir:
     def cache_dir(self, image_size: int, in_chans: int) -> Path:
         return self.cache_root / f"{image_size}px_{in_chans}ch"
 
+    def split_cache_dir(self, image_size: int, in_chans: int, split: str) -> Path:
+        """One split's images at a side no trial trained at (a model's ``eval_size``)."""
+        return self.cache_root / f"{image_size}px_{in_chans}ch_{split}"
+
     def trial_dir(self, number: int) -> Path:
         return self.path / TRIALS / f"{number:05d}"
 

@@ -58,6 +58,10 @@ def test_the_deliverable_predicts_at_its_eval_size_everywhere(cropped_run):
     assert side == 36
     best = json.loads((cropped_run / "best" / "model.json").read_text())
     assert best["image_size"] == 32 and best["eval_size"] == side
+    # only the validation and test images were decoded at that side, not the whole folder again
+    cache = cropped_run / "cache"
+    assert (cache / f"{side}px_1ch_val" / "images.npy").is_file() and (cache / f"{side}px_1ch_test" / "images.npy").is_file()
+    assert not (cache / f"{side}px_1ch").exists()
     # a user without automl-vision is told the side to decode at, and what the network was trained at
     prep = json.loads((cropped_run / "best" / "preprocessing.json").read_text())
     assert prep["image_size"] == side and prep["trained_at"] == 32

@@ -83,6 +83,19 @@ class PreparedData:
                 f"memory-mapped file in the cache: more than {why}; set {cache_mod.MEMORY_ENV} to change the limit")
         return x_train, x_val
 
+    def split_images(self, name: str, image_size: int) -> np.ndarray:
+        """The images of split ``name`` at ``image_size``: from the cache of every image when one is built
+        at that side (the sides trials train at), else decoded for that split alone and cached apart: a
+        model's ``eval_size`` is needed for the validation and test images only, and decoding a large
+        folder's every image again at the end of a search would cost its time budget minutes."""
+        idx = self.split_index[name]
+        if (self.run_dir.cache_dir(image_size, self.in_chans) / cache_mod.IMAGES).exists():
+            return np.asarray(self.images(image_size)[idx])
+        arr, _failures = cache_mod.load_or_build([self.samples[i] for i in idx],
+                                                 self.run_dir.split_cache_dir(image_size, self.in_chans, name),
+                                                 image_size, self.in_chans)
+        return np.asarray(arr)
+
     def split(self, name: str, image_size: int) -> tuple[np.ndarray, np.ndarray]:
         idx = self.split_index[name]
         return np.asarray(self.images(image_size)[idx]), self.labels[idx]

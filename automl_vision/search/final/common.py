@@ -46,8 +46,7 @@ def fp32(path: ExecPath) -> ExecPath:
 
 def split_probs(module: ProbabilityModel, data: PreparedData, split: str, path: ExecPath) -> np.ndarray:
     """Probabilities of ``module`` on the cached images of ``split``."""
-    idx = data.split_index[split]
-    arrays = [np.asarray(data.images(size)[idx]) for size in module.sizes]
+    arrays = [data.split_images(split, size) for size in module.sizes]
     return module.probs(arrays, device=path.torch_device, channels_last=path.channels_last)
 
 
