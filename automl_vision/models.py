@@ -68,9 +68,10 @@ def input_size(spec: dict[str, Any]) -> int:
 
 def preprocessing(spec: dict[str, Any]) -> dict[str, Any]:
     """What a user needs to feed the model without automl-vision (written beside exports)."""
+    side = input_size(spec)
     return {
-        "image_size": input_size(spec),
-        **({"trained_at": spec["image_size"]} if input_size(spec) != spec["image_size"] else {}),
+        "image_size": side,
+        **({"trained_at": spec["image_size"]} if side != spec["image_size"] else {}),
         "in_chans": spec["in_chans"],
         "color_mode": "L" if spec["in_chans"] == 1 else "RGB",
         "resize": "square, bilinear, EXIF orientation applied",

@@ -97,8 +97,7 @@ class PreparedData:
         return np.asarray(arr)
 
     def split(self, name: str, image_size: int) -> tuple[np.ndarray, np.ndarray]:
-        idx = self.split_index[name]
-        return np.asarray(self.images(image_size)[idx]), self.labels[idx]
+        return self.split_images(name, image_size), self.labels[self.split_index[name]]
 
 
 def _file_digest(path: Path) -> str:

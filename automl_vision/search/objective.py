@@ -289,10 +289,11 @@ class Objective:
                 "trial": trial.number,
                 "params_count": n_params,
             }
+            net = result.model.to("cpu")
             side = eval_size(cfg.image_size, cfg.aug.crop_scale)
-            if side > cfg.image_size and accepts_size(result.model.to("cpu"), self.data.in_chans, side):
+            if side > cfg.image_size and accepts_size(net, self.data.in_chans, side):
                 spec["eval_size"] = side  # predict decodes images at this side (augment.eval_size)
-            save_model(tdir, result.model.to("cpu"), spec)
+            save_model(tdir, net, spec)
             write_npy(tdir / VAL_PROBS, result.val_probs.astype(np.float32))
             write_json(tdir / METRICS, {"val": metrics, **per_class(data.y_val.numpy(), result.val_probs, self.data.classes)})
             values = [metrics[m] if m in metrics else self._extra_objective(m, spec, result) for m in self.objectives]
