@@ -14,6 +14,9 @@ uses) scores the evaluation folder plainly and then, for each factor k, in two w
   in front of each network (what a model could do inside its own graph, keeping the run
   directory's contract: images are decoded at the model's ``image_size``).
 
+An ensemble whose members take several sizes (say one member with an ``eval_size`` and one
+without) scales each size by the same factor.
+
 Run directories named as ``bench_small_data.py --workdir`` names them
 (``<set>-<budget>-s<seed>-<arm>``) find their eval folder under ``--data-root``; ``--eval``
 gives one folder for every run instead.
@@ -56,11 +59,12 @@ def score(rd: Path, eval_dir: Path, factors: list[float]) -> dict[str, Any]:
     labels = np.array([d.classes.index(c) if c in d.classes else -1 for _f, c in files])
     paths = [f for f, _c in files]
     module = d.module
-    upsample_to: dict[str, int] = {}
+    upsample_by: dict[str, float] = {}
 
-    def pre(member, args):  # upsample in front of the network (mode "upsample")
-        s = upsample_to.get("side", 0)
+    def pre(member, args):  # upsample in front of each network (mode "upsample"), by its own side
+        k = upsample_by.get("k", 1.0)
         x = args[0]
+        s = side(x.shape[-1], k)
         return (F.interpolate(x, size=(s, s), mode="bilinear", align_corners=False),) if s > x.shape[-1] else None
 
     hooks = [m.register_forward_pre_hook(pre) for m in module.members]
@@ -72,15 +76,14 @@ def score(rd: Path, eval_dir: Path, factors: list[float]) -> dict[str, Any]:
             correct[ok] = module.probs(arrays).argmax(1) == labels[ok]
         return float(correct.mean())
 
+    # an ensemble whose members take several sizes scales every size by the same factor
     out: dict[str, float] = {"plain": accuracy(module.sizes)}
     try:
         for k in factors:
-            if len(module.sizes) > 1:
-                raise SystemExit(f"{rd}: members of several input sizes; this script scales one size")
             out[f"decode@{k:g}"] = accuracy([side(s, k) for s in module.sizes])
-            upsample_to["side"] = side(module.sizes[0], k)
+            upsample_by["k"] = k
             out[f"upsample@{k:g}"] = accuracy(module.sizes)
-            upsample_to.clear()
+            upsample_by.clear()
     finally:
         for h in hooks:
             h.remove()
