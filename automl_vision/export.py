@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from automl_vision.models import input_size
+from automl_vision.models import input_size, input_sizes
 from automl_vision.predict import Deliverable, ProbabilityModel, load_deliverable
 from automl_vision.rundir import open_run
 from automl_vision.rundir import RunDir, path_inside, write_json
@@ -176,12 +176,15 @@ def preprocessing_json(d: Deliverable, fmt: str, names: list[str]) -> dict[str, 
         "color_mode": "L (greyscale)" if module.in_chans == 1 else "RGB",
         "image_size": max(module.sizes),
         "decode": ("open with Pillow, apply the EXIF orientation, convert to " + ("L" if module.in_chans == 1 else
-                   "RGB (alpha composited on white)") + ", resize to image_size x image_size: "
+                   "RGB (alpha composited on white)") + ", resize to S x S for each input's side S "
+                   "(inputs[].shape; image_size for a single input): "
                    "img.resize((S, S), Image.Resampling.BILINEAR, reducing_gap=3.0); keep uint8"),
         "model": d.kind,
         "description": d.describe(),
         "members": [{"trial": m.get("trial"), "weight": m.get("weight"), "model": s.get("label"),
-                     "image_size": input_size(s), "trained_at": s["image_size"], "mean": s["mean"], "std": s["std"]}
+                     "image_size": input_size(s), "trained_at": s["image_size"],
+                     **({"average_over_sizes": input_sizes(s)} if len(input_sizes(s)) > 1 else {}),
+                     "mean": s["mean"], "std": s["std"]}
                     for m, s in zip(d.members, d.specs)],
         "temperature": module.temperature,
         "tta": "horizontal flip, probabilities averaged" if module.tta else "none",
@@ -195,7 +198,10 @@ def preprocessing_json(d: Deliverable, fmt: str, names: list[str]) -> dict[str, 
             "input": {"layout": "NCHW float32", "scale": "pixel / 255", "mean": spec0["mean"], "std": spec0["std"],
                       "normalise": "(pixel / 255 - mean) / std per channel"},
             "output": "logits (N, K): probabilities are softmax(logits / temperature)"
-                      + ("; average with the horizontally flipped image's probabilities (tta)" if module.tta else ""),
+                      + ("; average with the horizontally flipped image's probabilities (tta)" if module.tta else "")
+                      + ("; average the probabilities of the image decoded at each side of the member's "
+                         "average_over_sizes, then apply the temperature to the average as softmax(log(p) / T)"
+                         if len(input_sizes(spec0)) > 1 else ""),
             "rebuild": "automl_vision.models.build_model(architecture) then load_state_dict(safetensors.torch.load_file(...))",
         }
     return {

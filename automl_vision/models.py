@@ -66,12 +66,21 @@ def input_size(spec: dict[str, Any]) -> int:
     return int(spec.get("eval_size") or spec["image_size"])
 
 
+def input_sizes(spec: dict[str, Any]) -> list[int]:
+    """The sides whose predictions are averaged for a model: its ``eval_sizes`` when ``model.json``
+    has them (training/augment.py's ``eval_sizes``), else the one side of :func:`input_size`."""
+    sides = [int(s) for s in spec.get("eval_sizes") or [] if int(s) > 0]
+    return sides or [input_size(spec)]
+
+
 def preprocessing(spec: dict[str, Any]) -> dict[str, Any]:
     """What a user needs to feed the model without automl-vision (written beside exports)."""
     side = input_size(spec)
+    sides = input_sizes(spec)
     return {
         "image_size": side,
         **({"trained_at": spec["image_size"]} if side != spec["image_size"] else {}),
+        **({"average_over_sizes": sides} if len(sides) > 1 else {}),
         "in_chans": spec["in_chans"],
         "color_mode": "L" if spec["in_chans"] == 1 else "RGB",
         "resize": "square, bilinear, EXIF orientation applied",
@@ -80,8 +89,18 @@ def preprocessing(spec: dict[str, Any]) -> dict[str, Any]:
         "std": spec["std"],
         "layout": "NCHW float32",
         "classes": spec["classes"],
-        "output": "logits; apply softmax" + (f" with temperature {spec['temperature']}" if spec.get("temperature") else ""),
+        "output": _output_recipe(spec, sides),
     }
+
+
+def _output_recipe(spec: dict[str, Any], sides: list[int]) -> str:
+    t = spec.get("temperature")
+    if len(sides) == 1:
+        return "logits; apply softmax" + (f" with temperature {t}" if t else "")
+    # what predict.ProbabilityModel computes for one network given several sides
+    return ("logits at each side of average_over_sizes (each decoded from the original image): apply softmax"
+            + (", average with the horizontally flipped image's" if spec.get("tta") else "")
+            + ", average over the sides" + (f", then p -> softmax(log(p) / {t})" if t else ""))
 
 
 def write_preprocessing(path: str | Path, spec: dict[str, Any]) -> None:

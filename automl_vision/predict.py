@@ -12,9 +12,10 @@ graphs all run this one module, they give the same probabilities.
 Preprocessing (also in ``docs/prediction-and-export.md``): an image is opened with
 Pillow, EXIF orientation applied, converted to greyscale (``L``) or ``RGB`` (alpha
 composited on white), resized to the model's square size with bilinear resampling,
-and kept as ``uint8``; the side is the model's ``eval_size`` when its ``model.json`` has one
-(a network trained on random-resized crops sees whole images a little larger), else its
-``image_size``. The module divides by 255 and normalises per channel.
+and kept as ``uint8``. A network trained on random-resized crops is given each image at the
+sides of its ``eval_sizes`` (its training side and a little larger, each decoded from the
+original) and its probabilities are averaged; else the side is ``eval_size`` when
+``model.json`` has one, or ``image_size``. The module divides by 255 and normalises per channel.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import torch
 from torch import nn
 
 from automl_vision.data.images import ImageDecodeError, decode
-from automl_vision.models import input_size
+from automl_vision.models import input_sizes
 from automl_vision.rundir import MODEL_JSON, DamagedRunFileError, RunDir, open_run, path_inside, read_model_spec
 from automl_vision.types import UsageError
 
@@ -41,8 +42,10 @@ class ProbabilityModel(nn.Module):
     """``uint8`` images -> class probabilities of one model or a weighted ensemble.
 
     ``forward`` takes one ``uint8`` tensor ``(N, C, S, S)`` per distinct input size
-    :attr:`sizes` (one input in the usual case where every member shares a size) and
-    returns ``float32`` probabilities ``(N, K)``.
+    :attr:`sizes`, each decoded from the original image, and returns ``float32``
+    probabilities ``(N, K)``. A member whose ``model.json`` has ``eval_sizes`` (trained on
+    random-resized crops) averages its probabilities over those sides; other members take
+    their one side (``eval_size`` or ``image_size``).
 
     Args:
         models: the member networks (eval mode), each mapping normalised ``float32``
@@ -59,9 +62,10 @@ class ProbabilityModel(nn.Module):
         if not models:
             raise ValueError("a probability model needs at least one member")
         self.members = nn.ModuleList(models)
-        # a member trained on random-resized crops takes its images a little larger (eval_size)
-        self.sizes: list[int] = sorted({input_size(s) for s in specs})
-        self.input_of = [self.sizes.index(input_size(s)) for s in specs]
+        # a member trained on random-resized crops averages its predictions over a few sides
+        # around its training side (eval_sizes): one input per distinct side of all members
+        self.sizes: list[int] = sorted({side for s in specs for side in input_sizes(s)})
+        self.inputs_of = [[self.sizes.index(side) for side in input_sizes(s)] for s in specs]
         self.in_chans = int(specs[0]["in_chans"])
         total = float(sum(weights))
         self.weights = [float(w) / total for w in weights]
@@ -74,19 +78,22 @@ class ProbabilityModel(nn.Module):
         self.eval()
 
     def forward(self, *images: torch.Tensor) -> torch.Tensor:
-        single = len(self.members) == 1 and not self.tta
+        single = len(self.members) == 1 and not self.tta and len(self.inputs_of[0]) == 1
         total = None
         for i, member in enumerate(self.members):
-            x = images[self.input_of[i]].float() / 255.0
-            x = (x - getattr(self, f"mean_{i}")) / getattr(self, f"std_{i}")
-            logits = member(x).float()
-            if single:
-                # one model: temperature on the logits, exactly softmax(z / T)
-                return torch.softmax(logits / self.temperature, dim=1)
-            p = torch.softmax(logits, dim=1)
-            if self.tta:
-                p = 0.5 * (p + torch.softmax(member(torch.flip(x, dims=[3])).float(), dim=1))
-            p = self.weights[i] * p
+            p = None
+            for j in self.inputs_of[i]:
+                x = images[j].float() / 255.0
+                x = (x - getattr(self, f"mean_{i}")) / getattr(self, f"std_{i}")
+                logits = member(x).float()
+                if single:
+                    # one model at one side: temperature on the logits, exactly softmax(z / T)
+                    return torch.softmax(logits / self.temperature, dim=1)
+                q = torch.softmax(logits, dim=1)
+                if self.tta:
+                    q = 0.5 * (q + torch.softmax(member(torch.flip(x, dims=[3])).float(), dim=1))
+                p = q if p is None else p + q
+            p = (self.weights[i] / len(self.inputs_of[i])) * p
             total = p if total is None else total + p
         if self.temperature != 1.0:
             total = torch.softmax(torch.log(total.clamp_min(1e-30)) / self.temperature, dim=1)
@@ -125,6 +132,8 @@ class Deliverable:
         extra = []
         if self.module.tta:
             extra.append("flip TTA")
+        if any(len(self.module.inputs_of[i]) > 1 for i in range(len(self.specs))):
+            extra.append("averaged over " + "/".join(map(str, self.module.sizes)) + " px")
         if self.module.temperature != 1.0:
             extra.append(f"temperature {self.module.temperature:.3g}")
         tail = f" ({', '.join(extra)})" if extra else ""
@@ -337,7 +346,9 @@ class Predictor:
     Attributes:
         classes: class names, in the column order of :meth:`predict_proba`.
         kind: ``"best"``, ``"ensemble"`` or ``"trial:N"``.
-        image_size: the input size (the largest one for an ensemble of several sizes).
+        sizes: the sides each image is decoded at (several when a model averages its
+            predictions over a few sides, ``eval_sizes``, or ensemble members differ).
+        image_size: the largest of :attr:`sizes`.
         in_chans: 1 (greyscale) or 3 (colour).
     """
 

@@ -190,6 +190,7 @@ MODEL_SCHEMA = {
     "family": str, "params": dict, "classes": [str], "num_classes": int, "image_size": int, "in_chans": int,
     "mean": [NUMBER], "std": [NUMBER], "weights_sha256?": str, "temperature?": NUMBER, "tta?": bool,
     "eval_size?": int,
+    "eval_sizes?": [int],
 }
 ENSEMBLE_SCHEMA = {
     "members": [{"trial": int, "weight": NUMBER, "dir?": str}], "temperature?": NUMBER, "tta?": bool,

@@ -169,11 +169,22 @@ def test_small_data_benchmark_quick(tmp_path):
     res = json.loads(res_out.read_text())
     [row] = res["runs"]
     default = next(r for r in next(iter(res_small["datasets"].values()))["runs"] if r["arm"] == "default")
-    # plain scoring is the deliverable's own: the same accuracy the small-data benchmark got with predict
-    assert row["accuracy"]["plain"] == pytest.approx(default["eval_accuracy"])
-    assert set(row["accuracy"]) == {"plain", "decode@1.25", "upsample@1.25"}
+    # scoring as delivered is the deliverable's own: the same accuracy the small-data benchmark got with predict
+    assert row["accuracy"]["delivered"] == pytest.approx(default["eval_accuracy"])
+    assert set(row["accuracy"]) == {"plain", "delivered", "decode@1.25", "upsample@1.25", "average@1,1.25"}
     assert all(0.0 <= v <= 1.0 for v in row["accuracy"].values())
     assert res["summary"]["upsample@1.25"]["runs"] == 1 and "| upsample@1.25 |" in res["markdown"]
+    assert "| average@1,1.25 |" in res["markdown"]
+    # the same question asked of the run's best trial networks on the run's own held-out photos
+    held = tmp_path / "held_out.json"
+    proc = run_bench("bench_eval_resolution.py", "--held-out", "--factors", "1.25", "--out", held, *runs)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    res = json.loads(held.read_text())
+    assert res["settings"]["held_out"] is True and 1 <= len(res["runs"]) <= 2
+    splits = json.loads((runs[0] / "splits.json").read_text())["splits"]
+    for r in res["runs"]:
+        assert r["eval_images"] == len(splits["val"]) + len(splits["test"])
+        assert set(r["accuracy"]) == {"plain", "decode@1.25", "upsample@1.25", "average@1,1.25"}
     bad = run_bench("bench_eval_resolution.py", "--factors", "0.5", "--eval", tmp_path, *runs)
     assert bad.returncode == 2 and "above 1" in bad.stderr and "Traceback" not in bad.stderr
 

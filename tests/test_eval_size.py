@@ -1,6 +1,7 @@
-"""The evaluation side: a network trained on random-resized crops predicts on whole images
-decoded a little larger (``eval_size`` in model.json), and every consumer of the model
-(the run's own test scoring, ``predict``, the Python API, the preprocessing JSON) uses it."""
+"""The evaluation sides: a network trained on random-resized crops predicts on whole images
+decoded at its training side and a little larger (``eval_sizes`` in model.json; ``eval_size``
+is the one side for a single input), averaging the probabilities, and every consumer of the
+model (the run's own test scoring, ``predict``, the Python API, the preprocessing JSON) does so."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import automl_vision
 from automl_vision.builtin.custom_cnn import build as build_cnn
 from automl_vision.predict import ProbabilityModel, decode_batch, load_deliverable
 from automl_vision.rundir import RunDir
-from automl_vision.training.augment import PRESETS, eval_size
+from automl_vision.training.augment import PRESETS, eval_size, eval_sizes
 from automl_vision.training.inference import accepts_size
 from conftest import run_cli
 
@@ -28,6 +29,33 @@ def test_the_side_follows_the_crop_and_is_never_smaller():
     assert eval_size(64, 1.0) == 64 and eval_size(64, PRESETS["none"].crop_scale) == 64  # no crop: as trained
     sides = [eval_size(128, c) for c in (0.2, 0.35, 0.5, 0.7, 0.9, 1.0)]
     assert sides == sorted(sides, reverse=True) and min(sides) == 128  # the smaller the crops, the larger
+    # predictions are averaged from the training side up to the full enlargement (medium: 1.23x)
+    assert [eval_sizes(s, medium) for s in (64, 96, 128)] == [[64, 72, 80], [96, 108, 120], [128, 144, 156]]
+    assert eval_sizes(64, 1.0) == [64] and eval_sizes(64, PRESETS["none"].crop_scale) == [64]
+    for c in (0.2, 0.35, 0.5, 0.7, 0.9):
+        several = eval_sizes(128, c)
+        assert several == sorted(set(several)) and several[0] == 128 and eval_size(128, c) in several
+
+
+def test_a_member_of_several_sides_averages_its_probabilities():
+    torch.manual_seed(0)
+    cnn = build_cnn({"cnn.block": "plain", "cnn.stages": 2, "cnn.blocks": 1, "cnn.width": 8, "cnn.kernel": 3,
+                     "cnn.norm": "batch", "cnn.act": "relu", "cnn.dropout": 0.0, "cnn.pool": "avg",
+                     "cnn.down": "maxpool"}, in_chans=3, image_size=16, num_classes=3).eval()
+    spec = {"image_size": 16, "in_chans": 3, "mean": [0.5] * 3, "std": [0.25] * 3}
+    rng = np.random.default_rng(0)
+    images = {s: rng.integers(0, 256, (4, s, s, 3), dtype=np.uint8) for s in (16, 20)}
+    several = ProbabilityModel([cnn], [{**spec, "eval_size": 20, "eval_sizes": [16, 20]}], [1.0], tta=True)
+    assert several.sizes == [16, 20]
+    one = {s: ProbabilityModel([cnn], [{**spec, "eval_size": s}], [1.0], tta=True).probs([images[s]]) for s in (16, 20)}
+    np.testing.assert_allclose(several.probs([images[16], images[20]]), (one[16] + one[20]) / 2, atol=1e-6)
+    # in an ensemble, the member of several sides and a member of one side share the 20 px input
+    other = {**spec, "eval_size": 20}
+    mixed = ProbabilityModel([cnn, cnn], [{**spec, "eval_size": 20, "eval_sizes": [16, 20]}, other], [1.0, 3.0])
+    expected = 0.25 * (ProbabilityModel([cnn], [spec], [1.0], tta=False).probs([images[16]]) / 2
+                       + ProbabilityModel([cnn], [other], [1.0]).probs([images[20]]) / 2) \
+        + 0.75 * ProbabilityModel([cnn], [other], [1.0]).probs([images[20]])
+    np.testing.assert_allclose(mixed.probs([images[16], images[20]]), expected, atol=1e-6)
 
 
 def test_only_a_network_that_takes_the_larger_side_gets_one():
@@ -53,32 +81,35 @@ def cropped_run(tmp_path_factory, digits_dir) -> Path:
     return out
 
 
-def test_the_deliverable_predicts_at_its_eval_size_everywhere(cropped_run):
-    side = eval_size(32, PRESETS["medium"].crop_scale)
-    assert side == 36
+def test_the_deliverable_predicts_at_its_eval_sizes_everywhere(cropped_run):
+    sides = eval_sizes(32, PRESETS["medium"].crop_scale)
+    assert sides == [32, 36, 40]
     best = json.loads((cropped_run / "best" / "model.json").read_text())
-    assert best["image_size"] == 32 and best["eval_size"] == side
-    # only the validation and test images were decoded at that side, not the whole folder again
+    assert best["image_size"] == 32 and best["eval_size"] == 36 and best["eval_sizes"] == sides
+    # only the validation and test images were decoded at the larger sides, not the whole folder again
     cache = cropped_run / "cache"
-    assert (cache / f"{side}px_1ch_val" / "images.npy").is_file() and (cache / f"{side}px_1ch_test" / "images.npy").is_file()
-    assert not (cache / f"{side}px_1ch").exists()
-    # a user without automl-vision is told the side to decode at, and what the network was trained at
+    for side in (36, 40):
+        assert (cache / f"{side}px_1ch_val" / "images.npy").is_file() and (cache / f"{side}px_1ch_test" / "images.npy").is_file()
+        assert not (cache / f"{side}px_1ch").exists()
+    # a user without automl-vision is told the sides to decode at, and what the network was trained at
     prep = json.loads((cropped_run / "best" / "preprocessing.json").read_text())
-    assert prep["image_size"] == side and prep["trained_at"] == 32
+    assert prep["image_size"] == 36 and prep["trained_at"] == 32 and prep["average_over_sizes"] == sides
 
     rd = RunDir(cropped_run)
     report = rd.read_final()
     root = Path(rd.read_data_report()["root"])
     files = [str(root / k) for k in report["test_keys"]]
     predictor = automl_vision.load(str(cropped_run), model="best")
-    assert predictor.image_size == side
-    # the run's own test scoring (its honest estimate) was made at that side: predict reproduces it
+    assert predictor.sizes == sides
+    # the run's own test scoring (its honest estimate) averaged those sides: predict reproduces it
     np.testing.assert_allclose(predictor.predict_proba(files), np.load(cropped_run / "final" / "test_probs_best.npy"),
                                atol=1e-5)
-    # and that is not what the same network gives on images decoded at its training side
+    # and that is not what the same network gives on images decoded at one side
     d = load_deliverable(cropped_run, "best")
-    (at_train,), ok, _ = decode_batch(files, [32], d.module.in_chans)
-    as_trained = ProbabilityModel(list(d.module.members), [{**best, "eval_size": 32}], [1.0],
-                                  temperature=d.module.temperature, tta=d.module.tta).probs([at_train])
-    assert as_trained.shape == (len(ok), 10)
-    assert not np.allclose(as_trained, predictor.predict_proba([files[i] for i in ok]), atol=1e-4)
+    assert "averaged over 32/36/40 px" in d.describe()
+    (at_one,), ok, _ = decode_batch(files, [36], d.module.in_chans)
+    one_side = {k: v for k, v in best.items() if k != "eval_sizes"}
+    as_one = ProbabilityModel(list(d.module.members), [one_side], [1.0],
+                              temperature=d.module.temperature, tta=d.module.tta).probs([at_one])
+    assert as_one.shape == (len(ok), 10)
+    assert not np.allclose(as_one, predictor.predict_proba([files[i] for i in ok]), atol=1e-4)

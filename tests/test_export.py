@@ -35,9 +35,9 @@ def real_images(run: Path, n: int = 12) -> list[Path]:
     return [root / k for k in rd.read_final()["test_keys"][:n]]
 
 
-def preprocess_from_json(paths: list[Path], meta: dict) -> np.ndarray:
+def preprocess_from_json(paths: list[Path], meta: dict, size: int | None = None) -> np.ndarray:
     """What a user does with only the JSON beside the export: decode, resize, uint8 NCHW."""
-    size = meta["image_size"]
+    size = size or meta["image_size"]
     mode = "L" if meta["in_chans"] == 1 else "RGB"
     batch = []
     for p in paths:
@@ -47,6 +47,11 @@ def preprocess_from_json(paths: list[Path], meta: dict) -> np.ndarray:
             arr = np.asarray(img, dtype=np.uint8)
         batch.append(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1))
     return np.stack(batch)
+
+
+def feeds_from_json(paths: list[Path], meta: dict) -> dict[str, np.ndarray]:
+    """One array per input the JSON lists, each decoded at that input's side."""
+    return {i["name"]: preprocess_from_json(paths, meta, size=i["shape"][2]) for i in meta["inputs"]}
 
 
 def test_onnx_ensemble_is_one_graph_that_onnxruntime_serves_with_the_json_alone(ensembled_run, tmp_path, capsys):
@@ -60,20 +65,23 @@ def test_onnx_ensemble_is_one_graph_that_onnxruntime_serves_with_the_json_alone(
     meta = json.loads((tmp_path / "ensemble.onnx.preprocessing.json").read_text())
     members = json.loads((ensembled_run / "ensemble.json").read_text())["members"]
     assert meta["model"] == "ensemble" and len(meta["members"]) == len(members) >= 2
-    assert meta["classes"] == [str(i) for i in range(10)] and meta["image_size"] == 16 and meta["in_chans"] == 1
+    sides = [i["shape"][2] for i in meta["inputs"]]
+    assert meta["classes"] == [str(i) for i in range(10)] and meta["in_chans"] == 1
+    assert sides[0] == 16 and meta["image_size"] == max(sides)  # trained at 16, some members average larger sides
     assert all({"mean", "std", "image_size", "weight"} <= set(m) for m in meta["members"])
+    assert sorted({s for m in meta["members"] for s in m.get("average_over_sizes", [m["image_size"]])}) == sides
     assert meta["inputs"][0]["dtype"] == "uint8" and meta["output"]["name"] == "probabilities"
     assert meta["verified"]["max_abs_diff"] <= meta["verified"]["tolerance"] == 1e-4
     onnx.checker.check_model(onnx.load(str(out)))
 
     paths = real_images(ensembled_run)
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
-    got = session.run(None, {meta["inputs"][0]["name"]: preprocess_from_json(paths, meta)})[0]
+    got = session.run(None, feeds_from_json(paths, meta))[0]
     expected = automl_vision.load(str(ensembled_run), model="ensemble").predict_proba([str(p) for p in paths])
     assert got.shape == (len(paths), 10)
     np.testing.assert_allclose(got, expected, atol=meta["verified"]["tolerance"])
     # one image at a time works too (dynamic batch)
-    one = session.run(None, {meta["inputs"][0]["name"]: preprocess_from_json(paths[:1], meta)})[0]
+    one = session.run(None, feeds_from_json(paths[:1], meta))[0]
     np.testing.assert_allclose(one, expected[:1], atol=1e-4)
 
 
@@ -88,7 +96,7 @@ def test_torchscript_best_model_loads_with_torch_jit_and_matches(ensembled_run, 
     loaded = torch.jit.load(str(out))
     paths = real_images(ensembled_run)
     with torch.no_grad():
-        got = loaded(torch.from_numpy(preprocess_from_json(paths, meta))).numpy()
+        got = loaded(*[torch.from_numpy(a) for a in feeds_from_json(paths, meta).values()]).numpy()
     expected = automl_vision.load(str(ensembled_run), model="best").predict_proba([str(p) for p in paths])
     np.testing.assert_allclose(got, expected, atol=1e-4)
 
@@ -107,17 +115,22 @@ def test_state_dict_rebuilds_from_its_json(ensembled_run, tmp_path, capsys):
     net.load_state_dict(load_file(str(out)))
     net.eval()
     paths = real_images(ensembled_run)
-    x = torch.from_numpy(preprocess_from_json(paths, meta)).float() / 255.0
     mean = torch.tensor(meta["input"]["mean"]).view(1, -1, 1, 1)
     std = torch.tensor(meta["input"]["std"]).view(1, -1, 1, 1)
-    x = (x - mean) / std
+    member = meta["members"][0]
+    sides = member.get("average_over_sizes", [member["image_size"]])
     t = meta["temperature"]
     with torch.no_grad():
-        if meta["tta"] == "none":
-            probs = torch.softmax(net(x) / t, dim=1)
-        else:  # as the JSON says: average with the flipped image, then the temperature
-            p = 0.5 * (torch.softmax(net(x), 1) + torch.softmax(net(torch.flip(x, dims=[3])), 1))
-            probs = torch.softmax(torch.log(p) / t, dim=1)
+        ps, logits = [], None
+        for side in sides:  # as the JSON says: each side decoded from the original file
+            x = (torch.from_numpy(preprocess_from_json(paths, meta, size=side)).float() / 255.0 - mean) / std
+            logits = net(x)
+            flipped = torch.softmax(net(torch.flip(x, dims=[3])), 1) if meta["tta"] != "none" else None
+            ps.append(torch.softmax(logits, 1) if flipped is None else 0.5 * (torch.softmax(logits, 1) + flipped))
+        if meta["tta"] == "none" and len(sides) == 1:
+            probs = torch.softmax(logits / t, dim=1)
+        else:  # average (flips, then sides), then the temperature on the average
+            probs = torch.softmax(torch.log(sum(ps) / len(ps)) / t, dim=1)
     expected = automl_vision.load(str(ensembled_run), model="best").predict_proba([str(p) for p in paths])
     np.testing.assert_allclose(probs.numpy(), expected, atol=1e-4)
 
@@ -148,6 +161,7 @@ def test_an_ensemble_of_two_input_sizes_is_one_onnx_graph_with_two_inputs(ensemb
     from automl_vision.predict import ProbabilityModel
 
     spec = json.loads((ensembled_run / "best" / "model.json").read_text())
+    spec = {k: v for k, v in spec.items() if k not in ("eval_size", "eval_sizes")}  # each member at one side
     specs = [spec, {**spec, "image_size": 24, "mean": [0.3], "std": [0.25]}]
     torch.manual_seed(0)
     nets = [build_model(s).eval() for s in specs]

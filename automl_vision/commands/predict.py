@@ -186,7 +186,7 @@ def _predict(args: argparse.Namespace) -> tuple[int, dict[str, Any]]:
         "model": {"kind": predictor.kind, "description": predictor.describe(),
                   "members": [{"trial": m.get("trial"), "weight": m.get("weight")} for m in members],
                   "tta": bool(predictor.module.tta), "temperature": predictor.module.temperature,
-                  "image_size": predictor.image_size},
+                  "image_size": predictor.image_size, "image_sizes": predictor.sizes},
         "images": len(rows),
         "predicted": n_ok,
         "skipped": failed,

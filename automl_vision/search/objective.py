@@ -33,7 +33,7 @@ from automl_vision.search.interrupts import check_interrupt, interrupt_behind
 from automl_vision.search.study import SCHEDULE_STEPS
 from automl_vision.search.watchdog import Watchdog, busy_note
 from automl_vision.settings import PRESETS, SearchSettings, trial_seconds
-from automl_vision.training.augment import eval_size
+from automl_vision.training.augment import eval_size, eval_sizes
 from automl_vision.training.device import ExecPath
 from automl_vision.training.inference import accepts_size
 from automl_vision.training.trainer import STRETCH_BY_EPOCH, BudgetExceeded, NonFiniteLoss, TensorData, train
@@ -290,9 +290,12 @@ class Objective:
                 "params_count": n_params,
             }
             net = result.model.to("cpu")
-            side = eval_size(cfg.image_size, cfg.aug.crop_scale)
-            if side > cfg.image_size and accepts_size(net, self.data.in_chans, side):
-                spec["eval_size"] = side  # predict decodes images at this side (augment.eval_size)
+            sides = eval_sizes(cfg.image_size, cfg.aug.crop_scale)
+            if len(sides) > 1 and accepts_size(net, self.data.in_chans, max(sides)):
+                # predict averages over these sides (augment.eval_sizes); eval_size is the one side
+                # for a single input (preprocessing.json)
+                spec["eval_size"] = eval_size(cfg.image_size, cfg.aug.crop_scale)
+                spec["eval_sizes"] = sides
             save_model(tdir, net, spec)
             write_npy(tdir / VAL_PROBS, result.val_probs.astype(np.float32))
             write_json(tdir / METRICS, {"val": metrics, **per_class(data.y_val.numpy(), result.val_probs, self.data.classes)})
