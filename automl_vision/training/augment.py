@@ -71,11 +71,13 @@ def eval_size(image_size: int, crop_scale: float) -> int:
     ``image_size``, so objects look ``f = 1 / E[sqrt(a)]`` times larger in training than in a
     whole image at ``image_size`` (1.23x with the medium policy's 0.35). Decoding the image
     larger undoes part of that. Half the enlargement is used, rounded to a multiple of 4 px
-    (medium: 64 -> 72, 96 -> 108, 128 -> 144): measured on the deliverables of 37 finished
-    searches on seven real-photo sets (benchmarks/bench_eval_resolution.py, benchmarks/README.md
-    section 7), decoding at 72, 112 and 144 px raised accuracy on the evaluation folders in 22
-    runs and lowered it in 8 (+0.47 points on average); the full 1.25x only +0.07.
-    ``image_size`` itself when training does not crop.
+    (medium: 64 -> 72, 96 -> 108, 128 -> 144): on the deliverables of 46 finished searches on
+    seven real-photo sets (benchmarks/bench_eval_resolution.py, benchmarks/README.md section 7),
+    decoding at 1.125x raised accuracy on the evaluation folders in 27 runs and lowered it in 9
+    (+0.46 points); the full 1.25x only +0.05. On trial networks scored on their runs' own
+    held-out photos it did not help (-0.11), so predictions average :func:`eval_sizes`; this
+    side is what a single input gets (preprocessing.json). ``image_size`` itself when training
+    does not crop.
     """
     return _side(image_size, 1.0 + (_enlargement(crop_scale) - 1.0) / 2.0)
 
@@ -85,10 +87,12 @@ def eval_sizes(image_size: int, crop_scale: float) -> list[int]:
     side, :func:`eval_size` and the full enlargement, so whole images cover the range of object
     sizes the network saw in its crops (medium: 64/72/80, 96/108/120, 128/144/156 px).
 
-    Measured (benchmarks/README.md section 7): on the same 37 deliverables, averaging the three
-    sides' probabilities scored +0.43 points over :func:`eval_size` alone (19 runs up, 4 down),
-    and on the searches' own trial networks, scored on their held-out validation and test
-    photos (which no choice of sides saw), about +0.5. One side when training does not crop.
+    Measured (benchmarks/README.md section 7): on the same 46 deliverables, averaging the three
+    sides' probabilities scored +0.71 points over the training side (36 runs up, 4 down) and
+    +0.24 over :func:`eval_size` alone (22 up, 6 down); on 92 of the searches' trial networks,
+    scored on their runs' own validation and test photos (which no choice of sides saw), +0.37
+    over the training side (50 up, 25 down) and +0.47 over :func:`eval_size` alone. One side
+    when training does not crop.
     """
     return sorted({int(image_size), eval_size(image_size, crop_scale), _side(image_size, _enlargement(crop_scale))})
 
