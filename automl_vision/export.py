@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from automl_vision.models import input_size, input_sizes
+from automl_vision.models import input_sizes, sides_json
 from automl_vision.predict import Deliverable, ProbabilityModel, load_deliverable
 from automl_vision.rundir import open_run
 from automl_vision.rundir import RunDir, path_inside, write_json
@@ -182,9 +182,7 @@ def preprocessing_json(d: Deliverable, fmt: str, names: list[str]) -> dict[str, 
         "model": d.kind,
         "description": d.describe(),
         "members": [{"trial": m.get("trial"), "weight": m.get("weight"), "model": s.get("label"),
-                     "image_size": input_size(s), "trained_at": s["image_size"],
-                     **({"average_over_sizes": input_sizes(s)} if len(input_sizes(s)) > 1 else {}),
-                     "mean": s["mean"], "std": s["std"]}
+                     **sides_json(s), "trained_at": s["image_size"], "mean": s["mean"], "std": s["std"]}
                     for m, s in zip(d.members, d.specs)],
         "temperature": module.temperature,
         "tta": "horizontal flip, probabilities averaged" if module.tta else "none",

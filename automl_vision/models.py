@@ -73,14 +73,18 @@ def input_sizes(spec: dict[str, Any]) -> list[int]:
     return sides or [input_size(spec)]
 
 
+def sides_json(spec: dict[str, Any]) -> dict[str, Any]:
+    """The side fields of a preprocessing JSON: ``image_size`` (the one side for a single input)
+    and, for a model that averages over several, ``average_over_sizes``."""
+    sides = input_sizes(spec)
+    return {"image_size": input_size(spec), **({"average_over_sizes": sides} if len(sides) > 1 else {})}
+
+
 def preprocessing(spec: dict[str, Any]) -> dict[str, Any]:
     """What a user needs to feed the model without automl-vision (written beside exports)."""
-    side = input_size(spec)
-    sides = input_sizes(spec)
     return {
-        "image_size": side,
-        **({"trained_at": spec["image_size"]} if side != spec["image_size"] else {}),
-        **({"average_over_sizes": sides} if len(sides) > 1 else {}),
+        **sides_json(spec),
+        **({"trained_at": spec["image_size"]} if input_size(spec) != spec["image_size"] else {}),
         "in_chans": spec["in_chans"],
         "color_mode": "L" if spec["in_chans"] == 1 else "RGB",
         "resize": "square, bilinear, EXIF orientation applied",
@@ -89,7 +93,7 @@ def preprocessing(spec: dict[str, Any]) -> dict[str, Any]:
         "std": spec["std"],
         "layout": "NCHW float32",
         "classes": spec["classes"],
-        "output": _output_recipe(spec, sides),
+        "output": _output_recipe(spec, input_sizes(spec)),
     }
 
 

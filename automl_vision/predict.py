@@ -132,7 +132,7 @@ class Deliverable:
         extra = []
         if self.module.tta:
             extra.append("flip TTA")
-        if any(len(self.module.inputs_of[i]) > 1 for i in range(len(self.specs))):
+        if any(len(sides) > 1 for sides in self.module.inputs_of):
             extra.append("averaged over " + "/".join(map(str, self.module.sizes)) + " px")
         if self.module.temperature != 1.0:
             extra.append(f"temperature {self.module.temperature:.3g}")

@@ -75,11 +75,16 @@ def score_module(module, delivered, paths: list[str], labels: np.ndarray, factor
         s = side(x.shape[-1], k)
         return (F.interpolate(x, size=(s, s), mode="bilinear", align_corners=False),) if s > x.shape[-1] else None
 
+    decoded_at: dict[int, np.ndarray] = {}  # each side decoded once, whichever modes use it
+
     def probs(mod, sizes: list[int]) -> np.ndarray:
-        arrays, ok, bad = decode_batch(paths, sizes, mod.in_chans)
-        if bad:
-            raise SystemExit(f"{len(bad)} photo(s) could not be decoded, e.g. {bad[0]}")
-        return mod.probs(arrays)
+        todo = [s for s in dict.fromkeys(sizes) if s not in decoded_at]
+        if todo:
+            arrays, _ok, bad = decode_batch(paths, todo, mod.in_chans)
+            if bad:
+                raise SystemExit(f"{len(bad)} photo(s) could not be decoded, e.g. {bad[0]}")
+            decoded_at.update(zip(todo, arrays))
+        return mod.probs([decoded_at[s] for s in sizes])
 
     def accuracy(p: np.ndarray) -> float:
         return float((p.argmax(1) == labels).mean())
