@@ -37,6 +37,25 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+# The extensions that decide which execution path the engine measures fastest: the lscpu model name
+# ("Intel(R) Xeon(R) Processor") is the same on machines with and without AMX, and bf16 is ten times
+# slower without AVX512-BF16 or AMX.
+CPU_FEATURES = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
+
+
+def cpu_features() -> list[str]:
+    """Which of ``CPU_FEATURES`` this CPU has (from /proc/cpuinfo; empty where there is none)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return [f for f in CPU_FEATURES if f in flags]
+    except OSError:
+        pass
+    return []
+
+
 def machine() -> dict[str, Any]:
     """Where the figures were taken: cores, CPU, GPU, load, versions, date."""
     import torch
@@ -62,6 +81,7 @@ def machine() -> dict[str, Any]:
     return {
         "date_utc": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "cpu": cpu_model(),
+        "cpu_features": cpu_features(),
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "gpu": gpu,

@@ -21,12 +21,18 @@ START, END = "<!-- results:start -->", "<!-- results:end -->"
 OWN = {"engine", "engine_photos", "search_quality", "data_pipeline"}
 
 
+def cpu_text(m: dict[str, Any]) -> str:
+    """The CPU's model name, with its vector extensions where the results recorded them."""
+    feats = m.get("cpu_features")
+    return f"{m.get('cpu', '?')} ({', '.join(feats) if feats else 'no AVX2'})" if feats is not None else m.get("cpu", "?")
+
+
 def machine_line(res: dict[str, Any]) -> str:
     m = res.get("machine", {})
     load = m.get("load_average_at_start")
     end = res.get("load_average_at_end")
     fmt = lambda v: "/".join(f"{x:.2f}" for x in v) if v else "?"  # noqa: E731
-    return (f"*{m.get('date_utc', '?')}; {m.get('cores', '?')} cores, {m.get('cpu', '?')}, GPU: {m.get('gpu', '?')}; "
+    return (f"*{m.get('date_utc', '?')}; {m.get('cores', '?')} cores, {cpu_text(m)}, GPU: {m.get('gpu', '?')}; "
             f"torch {m.get('torch', '?')} with {m.get('torch_threads', '?')} threads; load average (1/5/15 min) "
             f"{fmt(load)} at the start, {fmt(end)} at the end; commit {m.get('git_commit') or '?'}*")
 
@@ -167,7 +173,7 @@ def small_data(res: dict[str, Any]) -> str:
     m = res.get("machine") or {}
     st = res.get("settings") or {}
     head = (f"Budget {st.get('budget')}, seeds {st.get('seeds')}, arms {', '.join(st.get('arms') or [])}; "
-            f"{m.get('cpu', '?')}, {m.get('cores', '?')} cores, {m.get('date_utc', '?')}, "
+            f"{cpu_text(m)}, {m.get('cores', '?')} cores, {m.get('date_utc', '?')}, "
             f"load average at the end {res.get('load_average_at_end')}.")
     return head + "\n\n" + bench_small_data.table_text(res)
 

@@ -2,9 +2,9 @@
 
 CPUs differ a lot: on an Intel CPU with AMX, bf16 autocast with channels-last doubles a
 small CNN's training speed; on an AVX2-only AMD EPYC the same bf16 path is ten times
-slower than fp32. So the path is never assumed: on CPU a short measurement (a few
-training steps of a small CNN in each candidate path, well under two seconds) picks it,
-and the result is remembered per CPU model, torch version and thread count in
+slower than fp32. So the path is never assumed: on CPU a short measurement (training
+steps of a small CNN, the candidate paths taking turns; about two seconds) picks it,
+and the result is remembered per CPU model and extensions, torch version and thread count in
 ``~/.cache/automl-vision/exec_path.json``. On CUDA, torch's capability checks decide:
 bf16 autocast where the GPU supports it, else fp16 with a gradient scaler, channels-last
 and cudnn benchmark. Users can force any part with ``--device``, ``--precision`` and
@@ -103,40 +103,75 @@ class _ProbeCNN(nn.Module):
         return self.net(x)
 
 
-def _measure(precision: str, channels_last: bool, steps: int = 4, size: int = 32, batch: int = 64) -> float:
-    torch.manual_seed(0)
-    model = _ProbeCNN()
-    x = torch.rand(batch, 3, size, size)
-    y = torch.randint(0, 10, (batch,))
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-        x = x.contiguous(memory_format=torch.channels_last)
-    opt = torch.optim.SGD(model.parameters(), lr=0.01)
-    path = ExecPath("cpu", precision, channels_last, "probe")
-    best = float("inf")
-    for i in range(steps + 1):
+class _Probe:
+    """One candidate path's training step of ``_ProbeCNN`` on a fixed random batch, ready to be timed."""
+
+    def __init__(self, precision: str, channels_last: bool, size: int = 32, batch: int = 64):
+        torch.manual_seed(0)
+        self.model = _ProbeCNN()
+        self.x = torch.rand(batch, 3, size, size)
+        self.y = torch.randint(0, 10, (batch,))
+        if channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+            self.x = self.x.contiguous(memory_format=torch.channels_last)
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=0.01)
+        self.path = ExecPath("cpu", precision, channels_last, "probe")
+        self.batch = batch
+
+    def step(self) -> float:
+        """Seconds of one forward + backward + update."""
         t0 = time.perf_counter()
-        with path.autocast():
-            loss = nn.functional.cross_entropy(model(x), y)
-        opt.zero_grad(set_to_none=True)
+        with self.path.autocast():
+            loss = nn.functional.cross_entropy(self.model(self.x), self.y)
+        self.opt.zero_grad(set_to_none=True)
         loss.backward()
-        opt.step()
-        if i:  # the first step warms up kernels
-            best = min(best, time.perf_counter() - t0)
-    return batch / best
+        self.opt.step()
+        return time.perf_counter() - t0
 
 
-def _cpu_key() -> str:
-    model = platform.processor() or platform.machine()
+def _measure(names: list[str], rounds: int = 3, steps: int = 3) -> dict[str, float]:
+    """Images per second of each candidate path (``fp32``, ``fp32+cl``, ``bf16+cl``, ...): its fastest step.
+
+    The candidates take turns, ``rounds`` times ``steps`` steps each, after one untimed warm-up step each, so
+    that a few hundred milliseconds of contention (another process, a noisy neighbour of a virtual machine)
+    slow one round, not one candidate: measured one after another, a 2-core AVX512-BF16 Xeon once recorded
+    fp32+cl at 810 img/s against 1,563 in a quiet re-measure, and the wrong path was cached for the machine.
+    """
+    probes = {name: _Probe(name.split("+")[0], name.endswith("+cl")) for name in names}
+    for probe in probes.values():
+        probe.step()  # the first step warms up kernels
+    best = dict.fromkeys(probes, float("inf"))
+    for _ in range(rounds):
+        for name, probe in probes.items():
+            for _ in range(steps):
+                best[name] = min(best[name], probe.step())
+    return {name: probes[name].batch / best[name] for name in probes}
+
+
+# CPU extensions that decide which path is fastest; the model name alone does not tell them apart
+# (virtual machines report "Intel(R) Xeon(R) Processor" with and without AMX)
+_PATH_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
+
+
+def _cpu_fields() -> dict[str, str]:
+    """The first processor's fields in /proc/cpuinfo (empty where there is none)."""
+    fields: dict[str, str] = {}
     try:
         with open("/proc/cpuinfo") as fh:
             for line in fh:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
+                name, _, value = line.partition(":")
+                fields.setdefault(name.strip(), value.strip())
     except OSError:
         pass
-    return f"{model}|torch {torch.__version__}|threads {torch.get_num_threads()}|bf16 {cpu_supports_bf16()}"
+    return fields
+
+
+def _cpu_key() -> str:
+    fields = _cpu_fields()
+    model = fields.get("model name") or platform.processor() or platform.machine()
+    flags = set(fields.get("flags", "").split())
+    isa = "+".join(f for f in _PATH_FLAGS if f in flags) or "-"
+    return f"{model}|{isa}|torch {torch.__version__}|threads {torch.get_num_threads()}|bf16 {cpu_supports_bf16()}"
 
 
 def choose_cpu_path(precision: str = "auto", channels_last: str = "auto", use_cache: bool = True) -> ExecPath:
@@ -155,10 +190,7 @@ def choose_cpu_path(precision: str = "auto", channels_last: str = "auto", use_ca
         except (OSError, ValueError):
             measured = None
     if measured is None:
-        measured = {"fp32": _measure("fp32", False), "fp32+cl": _measure("fp32", True)}
-        if cpu_supports_bf16():
-            measured["bf16+cl"] = _measure("bf16", True)
-            measured["bf16"] = _measure("bf16", False)
+        measured = _measure(["fp32", "fp32+cl", "bf16+cl", "bf16"] if cpu_supports_bf16() else ["fp32", "fp32+cl"])
         if use_cache:
             try:
                 CACHE_FILE.parent.mkdir(parents=True, exist_ok=True)
