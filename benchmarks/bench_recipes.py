@@ -54,6 +54,7 @@ RECIPES: dict[str, dict[str, Any]] = {
             "aug.mixup_alpha": 0.2, "aug.cutmix_alpha": 1.0, "aug.erase": 0.0},
     "ema": {"ema": True},
     "w64": {"cnn.width": 64},
+    "s64": {"size": 64},
     "s96": {"size": 96},
     "s160": {"size": 160},
 }
