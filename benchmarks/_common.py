@@ -37,23 +37,14 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-# The extensions that decide which execution path the engine measures fastest: the lscpu model name
-# ("Intel(R) Xeon(R) Processor") is the same on machines with and without AMX, and bf16 is ten times
-# slower without AVX512-BF16 or AMX.
-CPU_FEATURES = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
-
-
 def cpu_features() -> list[str]:
-    """Which of ``CPU_FEATURES`` this CPU has (from /proc/cpuinfo; empty where there is none)."""
+    """The CPU extensions the engine's execution-path choice is keyed on (``training.device.cpu_extensions``):
+    lscpu's model name is the same on machines with and without AMX."""
     try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return [f for f in CPU_FEATURES if f in flags]
-    except OSError:
-        pass
-    return []
+        from automl_vision.training.device import cpu_extensions
+    except ImportError:  # the benchmark still describes the machine
+        return []
+    return cpu_extensions()
 
 
 def machine() -> dict[str, Any]:

@@ -24,7 +24,7 @@ OWN = {"engine", "engine_photos", "search_quality", "data_pipeline"}
 def cpu_text(m: dict[str, Any]) -> str:
     """The CPU's model name, with its vector extensions where the results recorded them."""
     feats = m.get("cpu_features")
-    return f"{m.get('cpu', '?')} ({', '.join(feats) if feats else 'no AVX2'})" if feats is not None else m.get("cpu", "?")
+    return f"{m.get('cpu', '?')} ({', '.join(feats) if feats else 'none of avx2/avx512'})" if feats is not None else m.get("cpu", "?")
 
 
 def machine_line(res: dict[str, Any]) -> str:

@@ -166,11 +166,15 @@ def _cpu_fields() -> dict[str, str]:
     return fields
 
 
+def cpu_extensions() -> list[str]:
+    """Which of the extensions that decide the fastest path (``_PATH_FLAGS``) this CPU has."""
+    flags = set(_cpu_fields().get("flags", "").split())
+    return [f for f in _PATH_FLAGS if f in flags]
+
+
 def _cpu_key() -> str:
-    fields = _cpu_fields()
-    model = fields.get("model name") or platform.processor() or platform.machine()
-    flags = set(fields.get("flags", "").split())
-    isa = "+".join(f for f in _PATH_FLAGS if f in flags) or "-"
+    model = _cpu_fields().get("model name") or platform.processor() or platform.machine()
+    isa = "+".join(cpu_extensions()) or "-"
     return f"{model}|{isa}|torch {torch.__version__}|threads {torch.get_num_threads()}|bf16 {cpu_supports_bf16()}"
 
 
