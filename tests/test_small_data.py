@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from automl_vision.evaluation import wilson_interval
-from automl_vision.search.budget import FINAL_FIT_SHARE, SMALL_DATA_MAX_IMAGES, plan_budget
+from automl_vision.search.budget import FINAL_FIT_SHARE, PROBE_TO_TRAINING, SMALL_DATA_MAX_IMAGES, plan_budget
 from automl_vision.types import UsageError
 from conftest import run_cli
 
@@ -146,25 +146,33 @@ def test_flip_tta_is_dropped_only_when_validation_says_it_hurts():
 
 
 def test_resolution_rises_only_when_the_final_fit_can_afford_it():
-    """Issue #18: up to ~1,500 photos in 10 minutes are trained at 128 px, ~3,000 at 96, more at 64;
-    never above the photos' own size, never outside the small-data regime."""
-    from automl_vision.search.budget import MIN_EPOCHS_AT_SIZE, choose_image_size
+    """Issue #18: above 64 px only when the final fit still affords enough epochs *and* enough
+    optimizer steps at the higher side at this machine's measured speed (a few hundred photos
+    make 80 epochs a few hundred steps); never above the photos' own size, never outside the
+    small-data regime."""
+    from automl_vision.search.budget import MIN_EPOCHS_AT_SIZE, MIN_STEPS_AT_SIZE, choose_image_size
 
-    fast = 4000.0  # the device probe's images per second on a 2-core AMX Xeon
-    for n_images in (244, 600, 1428):
+    fast = 2600.0 / PROBE_TO_TRAINING  # a probe that means the reference CNN trains at 2,600 img/s at 64 px
+    # 3 minutes: 64 px for every folder; 96 px would still run 200 epochs of 600 photos, but only ~1,950 steps
+    for n_images in (244, 600, 1428, 3000):
+        side, why = choose_image_size(375, n_images, 180.0, "small", fast)
+        assert side == 64 and str(MIN_STEPS_AT_SIZE) in why
+    # 10 minutes: ~3,650 steps at 128 px for up to ~2,000 photos, 96 px for a few thousand
+    for n_images in (244, 720, 1428):
         assert choose_image_size(375, n_images, 600.0, "small", fast)[0] == 128
     assert choose_image_size(227, 3000, 600.0, "small", fast)[0] == 96  # flowers: 96 px beat 64 px
-    side, why = choose_image_size(375, 5000, 600.0, "small", fast)
+    side, why = choose_image_size(375, 5500, 600.0, "small", fast)
     assert side == 64 and str(MIN_EPOCHS_AT_SIZE) in why
-    assert choose_image_size(375, 1428, 180.0, "small", fast)[0] == 64  # 3 minutes: epochs first
-    assert choose_image_size(375, 244, 600.0, "small", fast / 32)[0] == 64  # a slow machine: epochs first
-    assert choose_image_size(100, 244, 600.0, "small", fast)[0] == 96  # no upsampling of 100 px photos to 128
-    assert choose_image_size(375, 244, 600.0, "standard", fast)[0] == 64
-    assert choose_image_size(375, 244, None, "small", fast)[0] == 64
-    assert choose_image_size(375, 244, 600.0, "small", None)[0] == 64  # nothing measured (forced path)
-    # the promise in the log line holds: the final fit's epochs at the chosen side are at least the minimum
-    side, why = choose_image_size(375, 2500, 600.0, "small", fast)
+    assert choose_image_size(375, 720, 600.0, "small", 0.75 * fast)[0] == 96  # a slower machine: 96 px, not 128
+    assert choose_image_size(375, 244, 600.0, "small", fast / 32)[0] == 64  # a slow machine: steps first
+    assert choose_image_size(100, 1428, 600.0, "small", fast)[0] == 96  # no upsampling of 100 px photos to 128
+    assert choose_image_size(375, 1428, 600.0, "standard", fast)[0] == 64
+    assert choose_image_size(375, 1428, None, "small", fast)[0] == 64
+    assert choose_image_size(375, 1428, 600.0, "small", None)[0] == 64  # nothing measured (forced path)
+    # the promise in the log line holds: the final fit's epochs and steps at the chosen side are at least the minimum
+    side, why = choose_image_size(375, 3000, 600.0, "small", fast)
     assert side == 96 and int(why.split("about ")[1].split()[0]) >= MIN_EPOCHS_AT_SIZE
+    assert int(why.split("(")[1].split()[0]) >= MIN_STEPS_AT_SIZE
 
 
 def test_auto_image_size_reads_the_photos_and_the_machine(tmp_path):
@@ -175,22 +183,21 @@ def test_auto_image_size_reads_the_photos_and_the_machine(tmp_path):
     from automl_vision.types import Dataset, Sample
 
     def folder(side, n):
-        samples = []
-        for i in range(n):
-            p = tmp_path / f"{side}_{i}.png"
-            if i < 70:  # the median is read from at most 64 of them
-                Image.new("RGB", (side + 40, side), (i % 255, 0, 0)).save(p)
-            samples.append(Sample(key=p.name, label=i % 2, path=p))
+        p = tmp_path / f"{side}.png"
+        Image.new("RGB", (side + 40, side), (side % 255, 0, 0)).save(p)
+        samples = [Sample(key=f"{side}_{i}.png", label=i % 2, path=p) for i in range(n)]
         return Dataset(classes=["a", "b"], samples=samples, root=str(tmp_path))
 
-    cpu = ExecPath("cpu", "bf16", True, "measured", {"fp32": 1500.0, "bf16+cl": 4000.0})
-    assert auto_image_sizes(folder(300, 70), cpu, "auto", 600.0)[0] == [128]
-    assert auto_image_sizes(folder(300, 70), cpu, "standard", 600.0)[0] == [64]
-    assert auto_image_sizes(folder(300, 70), cpu, "auto", None)[0] == [64]
+    fast = 2600.0 / PROBE_TO_TRAINING  # the reference CNN at 2,600 img/s at 64 px
+    cpu = ExecPath("cpu", "bf16", True, "measured", {"fp32": fast / 3, "bf16+cl": fast})
+    assert auto_image_sizes(folder(300, 1200), cpu, "auto", 600.0)[0] == [128]
+    assert auto_image_sizes(folder(300, 300), cpu, "auto", 180.0)[0] == [64]  # 3 minutes: steps first
+    assert auto_image_sizes(folder(300, 1200), cpu, "standard", 600.0)[0] == [64]
+    assert auto_image_sizes(folder(300, 1200), cpu, "auto", None)[0] == [64]
     assert auto_image_sizes(folder(24, 70), cpu, "auto", 600.0)[0] == [32]  # small images: 32 px
-    slow = ExecPath("cpu", "fp32", False, "measured", {"fp32": 40.0, "bf16+cl": 4000.0})  # the path in use counts
-    assert auto_image_sizes(folder(300, 70), slow, "auto", 600.0)[0] == [64]
-    assert auto_image_sizes(folder(300, 70), ExecPath("cuda:0", "bf16", True, "gpu"), "auto", 600.0)[0] == [96]
+    slow = ExecPath("cpu", "fp32", False, "measured", {"fp32": 40.0, "bf16+cl": fast})  # the path in use counts
+    assert auto_image_sizes(folder(300, 1200), slow, "auto", 600.0)[0] == [64]
+    assert auto_image_sizes(folder(300, 1200), ExecPath("cuda:0", "bf16", True, "gpu"), "auto", 600.0)[0] == [96]
 
 
 def test_a_final_fit_stopped_by_the_deadline_at_the_end_of_its_schedule_is_kept(tmp_path, tiny_run):

@@ -125,8 +125,22 @@ CPU_IMAGE_SIZES = (64, 96, 128)
 # at 64 px a final fit of 132 epochs delivered 0.857 (a hand-written loop at 64 px: 0.864), at 96 px (86
 # epochs estimated) one of 72 epochs 0.875; the resolution is worth more than the epochs past a few dozen
 MIN_EPOCHS_AT_SIZE = 80
+# ... and at least this many optimizer steps (batches of REFERENCE_BATCH): a network trained from scratch
+# needs steps, whatever the number of photos, and on a few hundred photos 80 epochs are a few hundred steps.
+# Measured with benchmarks/bench_recipes.py (the reference CNN trained on every train photo of a set for the
+# same time at 64, 96 and 128 px, scored on its evaluation folder; 2-core AMD EPYC, bf16; section 9 of
+# benchmarks/README.md; mean differences from 64 px): with 110 s, a 3-minute search's final fit, no higher
+# side beat 64 px on 244-400 photos (96 px at 860-1,740 steps: 244 ants/bees -4.6 points over 3 seeds, 300
+# cats/dogs 0.0 and 400 flowers -0.2 over 2; 128 px at 330-760 steps: -5.4, -2.0, -1.7); with 360 s, 720
+# flowers at 96 px and 3,600 steps +1.9 (128 px at 1,600 steps: +0.1), 244 ants/bees at 96 px and 5,600
+# steps -0.7 (one photo), at 128 px and 2,400-2,500 steps -1.6. The other measured gain, 3,000 flowers at
+# 96 px in 10 minutes (above), ran 3,400 steps
+MIN_STEPS_AT_SIZE = 3000
+REFERENCE_BATCH = 64
 # images per second of the reference CNN's training at 64 px per image per second of the device probe
-# (training/device.py: _measure, a smaller network at 32 px): 1950 against 3967 on a 2-core AMX Xeon
+# (training/device.py: _measure, a smaller network at 32 px): 1950 against 3967 on a 2-core AMX Xeon (bf16),
+# about 900 against 1,860 on an AVX-512 Xeon without AMX (fp32), about 2,600 against 4,620 on an AMD EPYC
+# with AVX512-BF16 (bf16)
 PROBE_TO_TRAINING = 0.5
 
 
@@ -137,8 +151,10 @@ def choose_image_size(native_side: float, n_images: int, time_budget: float | No
     64 px unless the budget buys more: in the small-data regime with a time budget, the
     largest of :data:`CPU_IMAGE_SIZES` (never above the photos' own median side) at which
     the final fit, the delivered model's training on every image, still affords
-    :data:`MIN_EPOCHS_AT_SIZE` epochs at the measured speed of this machine. On a 2-core
-    AMX Xeon in 10 minutes, up to ~1,500 photos are trained at 128 px, up to ~3,000 at 96.
+    :data:`MIN_EPOCHS_AT_SIZE` epochs and :data:`MIN_STEPS_AT_SIZE` optimizer steps at the
+    measured speed of this machine. In 3 minutes on 2 cores every folder is trained at 64 px
+    (more steps, not more pixels); in 10, a few hundred to ~1,500 photos at 96-128 px and a
+    few thousand at 96.
     """
     base = CPU_IMAGE_SIZES[0]
     if regime != "small" or not time_budget or not probe_images_per_second or n_images <= 0:
@@ -146,14 +162,14 @@ def choose_image_size(native_side: float, n_images: int, time_budget: float | No
     seconds = FINAL_FIT_SHARE * float(time_budget)
     per_second = PROBE_TO_TRAINING * float(probe_images_per_second)
     for side in sorted(CPU_IMAGE_SIZES, reverse=True):
-        epochs = seconds * per_second * (base / side) ** 2 / n_images
-        if side <= native_side and (side == base or epochs >= MIN_EPOCHS_AT_SIZE):
-            if side == base:
-                break
-            return side, (f"{side} px: the final fit affords about {epochs:.0f} epochs of {n_images} images at it "
-                          f"(at least {MIN_EPOCHS_AT_SIZE}) on this machine")
+        images = seconds * per_second * (base / side) ** 2
+        epochs, steps = images / n_images, images / REFERENCE_BATCH
+        if side <= native_side and side != base and epochs >= MIN_EPOCHS_AT_SIZE and steps >= MIN_STEPS_AT_SIZE:
+            return side, (f"{side} px: the final fit affords about {epochs:.0f} epochs of {n_images} images "
+                          f"({steps:.0f} steps) at it on this machine (at least {MIN_EPOCHS_AT_SIZE} epochs and "
+                          f"{MIN_STEPS_AT_SIZE} steps)")
     return base, (f"{base} px (the CPU default: at a higher resolution the final fit would afford fewer than "
-                  f"{MIN_EPOCHS_AT_SIZE} epochs of {n_images} images)")
+                  f"{MIN_EPOCHS_AT_SIZE} epochs of {n_images} images or {MIN_STEPS_AT_SIZE} steps)")
 
 
 class Pace:
