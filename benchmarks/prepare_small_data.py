@@ -458,6 +458,37 @@ def write_index(out: Path) -> Path:
     return path
 
 
+def write_subset(out: Path, spec: str, log) -> None:
+    """``NAME=SOURCE:N[:SEED]``: ``out/NAME`` holds N of ``out/SOURCE``'s train photos, the same number per
+    class (the sorted paths shuffled by Python's ``random.Random(SEED)``, default 0, the first of each class
+    kept), and all of its evaluation photos: a folder of a few hundred photos from a larger set, for the
+    resolution measurements of benchmarks/README.md section 9 (cats-dogs-300, flowers-400: seed 0;
+    flowers-720: seed 1)."""
+    import random
+    import shutil
+
+    name, _, rest = spec.partition("=")
+    parts = rest.split(":")
+    if not name or len(parts) not in (2, 3) or not parts[1].isdigit():
+        raise SystemExit(f"--subset {spec!r}: expected NAME=SOURCE:N[:SEED]")
+    src, dst, n = out / parts[0], out / name, int(parts[1])
+    seed = int(parts[2]) if len(parts) == 3 else 0
+    if not (src / "train").is_dir() or not (src / "eval").is_dir():
+        raise SystemExit(f"--subset {spec!r}: {src} has no train/ and eval/ folders; build {parts[0]} first")
+    files = sorted(f for f in (src / "train").rglob("*") if f.is_file())
+    random.Random(seed).shuffle(files)
+    classes = sorted(d.name for d in (src / "train").iterdir() if d.is_dir())
+    if dst.exists():
+        shutil.rmtree(dst)
+    for cls in classes:
+        (dst / "train" / cls).mkdir(parents=True)
+        for f in [f for f in files if f.parent.name == cls][: n // len(classes)]:
+            shutil.copy2(f, dst / "train" / cls / f.name)
+    shutil.copytree(src / "eval", dst / "eval")
+    kept = sum(1 for f in (dst / "train").rglob("*") if f.is_file())
+    log(f"{name}: {kept} train photos of {parts[0]} (seed {seed}), its {sum(1 for f in (dst / 'eval').rglob('*') if f.is_file())} eval photos")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default="/work/bench-data", help="where the sets go (default /work/bench-data)")
@@ -471,6 +502,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-train", type=int, default=3000)
     ap.add_argument("--max-eval", type=int, default=1000)
     ap.add_argument("--force", action="store_true", help="rebuild sets whose folder already exists")
+    ap.add_argument("--subset", action="append", default=[], metavar="NAME=SOURCE:N[:SEED]",
+                    help="also write NAME: N train photos of the built set SOURCE (equal per class), all its eval photos")
     args = ap.parse_args(argv)
 
     out = Path(args.out)
@@ -505,6 +538,8 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             train, held, info = collect_from_git(name, spec, git_dir, log)
         write_set(out, name, train, held, info, args.max_train, args.max_eval, log)
+    for spec in args.subset:
+        write_subset(out, spec, log)
     log(f"wrote {write_index(out)}")
     return 1 if failed else 0
 

@@ -139,8 +139,8 @@ MIN_STEPS_AT_SIZE = 3000
 REFERENCE_BATCH = 64
 # images per second of the reference CNN's training at 64 px per image per second of the device probe
 # (training/device.py: _measure, a smaller network at 32 px): 1950 against 3967 on a 2-core AMX Xeon (bf16),
-# about 900 against 1,860 on an AVX-512 Xeon without AMX (fp32), about 2,600 against 4,620 on an AMD EPYC
-# with AVX512-BF16 (bf16)
+# about 900 against 1,860 on an AVX-512 Xeon without AMX (fp32), and a hymenoptera final fit 2,360 against
+# 4,870 on an AMD EPYC with AVX512-BF16 (bf16)
 PROBE_TO_TRAINING = 0.5
 
 
