@@ -475,18 +475,23 @@ def write_subset(out: Path, spec: str, log) -> None:
     seed = int(parts[2]) if len(parts) == 3 else 0
     if not (src / "train").is_dir() or not (src / "eval").is_dir():
         raise SystemExit(f"--subset {spec!r}: {src} has no train/ and eval/ folders; build {parts[0]} first")
+    # not stratified_cap: that draws proportional quotas with NumPy; this selection is the one the measured
+    # folders were made with, so that they can be rebuilt exactly
     files = sorted(f for f in (src / "train").rglob("*") if f.is_file())
     random.Random(seed).shuffle(files)
-    classes = sorted(d.name for d in (src / "train").iterdir() if d.is_dir())
+    by_class: dict[str, list[Path]] = {d.name: [] for d in sorted((src / "train").iterdir()) if d.is_dir()}
+    for f in files:
+        by_class[f.parent.name].append(f)
     if dst.exists():
         shutil.rmtree(dst)
-    for cls in classes:
+    kept = 0
+    for cls, picks in by_class.items():
         (dst / "train" / cls).mkdir(parents=True)
-        for f in [f for f in files if f.parent.name == cls][: n // len(classes)]:
+        for f in picks[: n // len(by_class)]:
             shutil.copy2(f, dst / "train" / cls / f.name)
+            kept += 1
     shutil.copytree(src / "eval", dst / "eval")
-    kept = sum(1 for f in (dst / "train").rglob("*") if f.is_file())
-    log(f"{name}: {kept} train photos of {parts[0]} (seed {seed}), its {sum(1 for f in (dst / 'eval').rglob('*') if f.is_file())} eval photos")
+    log(f"{name}: {kept} train photos of {parts[0]} (seed {seed}) and all its eval photos")
 
 
 def main(argv: list[str] | None = None) -> int:
