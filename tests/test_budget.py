@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
-from conftest import run_cli
+from conftest import cli_env, run_cli
 
 
 def test_no_trial_starts_after_the_deadline_and_the_report_exists(tmp_path, digits_dir):
@@ -25,6 +27,33 @@ def test_no_trial_starts_after_the_deadline_and_the_report_exists(tmp_path, digi
     assert report["time_budget"] == 40.0
     assert "best_trial" in report  # a deliverable was chosen within the budget
     assert (out / "best" / "model.json").exists()
+
+
+def test_the_budget_counts_from_the_command_start_not_after_its_imports(tmp_path, digits_dir):
+    """Importing torch took 9-16 s on a cold 2-core machine and a 10-minute search took up to 10m03s:
+    the clock must start when the command does."""
+    out = tmp_path / "slow-start"
+    child = (
+        "import json, sys, time\n"
+        "t0 = time.time()\n"
+        "from automl_vision import cli\n"
+        "time.sleep(3)  # a slow start: the command's own imports before the search begins\n"
+        "print(json.dumps({'t0': t0}), flush=True)\n"
+        f"sys.argv = ['automl-vision', 'search', {str(digits_dir)!r}, '--out', {str(out)!r}, '--time-budget', '60s',"
+        " '--n-trials', '1', '--max-epochs', '1', '--image-size', '16', '--models', 'cnn', '--regime', 'standard',"
+        " '--plain']\n"
+        "sys.exit(cli.main())\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=300, env=cli_env())
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    t0 = json.loads(proc.stdout.splitlines()[0])["t0"]
+    run = json.loads((out / "run.json").read_text())
+    budget = run["budget"]
+    assert t0 <= budget["started"] < t0 + 3.0, (t0, budget)  # before the slow start, not after it
+    assert run["sessions"][-1]["started"] == budget["started"]
+    assert budget["deadline"] == budget["started"] + 60.0
+    assert budget["spent"] >= 3.0  # the slow start is spent budget, and the log says so
+    assert "spent starting" in proc.stdout + proc.stderr
 
 
 def test_a_slow_first_epoch_does_not_cut_a_schedule_for_good():

@@ -31,6 +31,19 @@ def test_regime_is_chosen_from_the_number_of_images_and_can_be_forced():
         plan_budget("tiny", 100, 600.0)
 
 
+def test_the_time_spent_starting_is_taken_from_both_phases():
+    """A 2-core machine spent 9-16 s importing torch before the search's clock started, so a
+    10-minute search took up to 10m03s; counted, a slow start must still leave the trials time."""
+    plan = plan_budget("auto", 720, 40.0, started=100.0, now=112.0)  # 12 s of 40 went to start-up
+    assert plan.spent == pytest.approx(12.0) and plan.deadline == pytest.approx(140.0)
+    assert plan.final_fit == pytest.approx(FINAL_FIT_SHARE * 28.0)  # a share of what is left
+    assert plan.search_seconds == pytest.approx(28.0 - plan.final_fit - plan.final_steps) and plan.search_seconds > 5
+    # the plan in run.json keeps what was spent
+    from automl_vision.search.budget import BudgetPlan
+
+    assert BudgetPlan.from_dict(plan.as_dict()) == plan
+
+
 def test_wilson_interval_says_how_little_a_few_dozen_images_tell():
     low, high = wilson_interval(33 / 37, 37)
     assert (round(low, 2), round(high, 2)) == (0.75, 0.96)

@@ -180,11 +180,12 @@ def run(args: argparse.Namespace) -> int:
     from automl_vision.search.run import run_search
 
     options = {k: v for k, v in vars(args).items()
-               if k not in ("data", "out", "func", "command", "overwrite", "json")}
+               if k not in ("data", "out", "func", "command", "overwrite", "json", "started")}
     options["storage"] = args.storage or os.environ.get("AUTOML_VISION_STORAGE") or None  # docs/environment.md
     settings = settings_from_options(args.data, args.out, **options)
     with human_text_to_stderr(args.json):
-        report = run_search(settings, argv=sys.argv, plain=True if args.plain else None, overwrite=args.overwrite)
+        report = run_search(settings, argv=sys.argv, plain=True if args.plain else None, overwrite=args.overwrite,
+                            started=getattr(args, "started", None))
     if args.json:
         print_json(report_document("search", settings.run_dir, report))
     # a search that delivers nothing (no trial finished with a score) is a failure a script must see

@@ -71,6 +71,7 @@ class BudgetPlan:
     time_budget: float | None  # seconds; None: no limit
     final_steps: float  # seconds kept for selection, TTA, calibration, the test evaluation
     final_fit: float  # seconds kept for the final fit (small-data regime with a budget), else 0
+    spent: float = 0.0  # seconds of the budget gone when the plan was made (imports, probe, reading photos)
 
     @property
     def deadline(self) -> float | None:
@@ -84,7 +85,7 @@ class BudgetPlan:
     @property
     def search_seconds(self) -> float | None:
         """Seconds the trials have in all (None: no time budget)."""
-        return self.time_budget - self.reserve if self.time_budget else None
+        return max(0.0, self.time_budget - self.spent - self.reserve) if self.time_budget else None
 
     @property
     def final_fit_on(self) -> bool:
@@ -100,21 +101,29 @@ class BudgetPlan:
         try:
             return cls(regime=str(d["regime"]), why=str(d.get("why", "")), started=float(d["started"]),
                        time_budget=float(d["time_budget"]) if d.get("time_budget") else None,
-                       final_steps=float(d.get("final_steps") or 0.0), final_fit=float(d.get("final_fit") or 0.0))
+                       final_steps=float(d.get("final_steps") or 0.0), final_fit=float(d.get("final_fit") or 0.0),
+                       spent=float(d.get("spent") or 0.0))
         except (KeyError, TypeError, ValueError):
             return None
 
 
 def plan_budget(requested_regime: str, n_images: int, time_budget: float | None,
-                started: float | None = None) -> BudgetPlan:
-    """Resolve the regime and split ``time_budget`` between the trials and the final steps."""
+                started: float | None = None, now: float | None = None) -> BudgetPlan:
+    """Resolve the regime and split ``time_budget`` between the trials and the final steps.
+
+    ``started``: when the budget began (the process start for the command line); ``now``: when
+    the plan is made. What went before (imports, the device probe, reading the photos) is
+    spent: the final fit gets :data:`FINAL_FIT_SHARE` of what is left, so that a slow start
+    eats into both phases instead of leaving the trials no time at all.
+    """
     regime, why = resolve_regime(requested_regime, n_images, time_budget)
     started = time.time() if started is None else started
     if not time_budget:
         return BudgetPlan(regime, why, started, None, 0.0, 0.0)
     steps = final_steps_seconds(time_budget)
-    fit = FINAL_FIT_SHARE * time_budget if regime == "small" else 0.0
-    return BudgetPlan(regime, why, started, float(time_budget), steps, fit)
+    spent = min(max(0.0, now - started), float(time_budget)) if now is not None else 0.0
+    fit = FINAL_FIT_SHARE * (time_budget - spent) if regime == "small" else 0.0
+    return BudgetPlan(regime, why, started, float(time_budget), steps, fit, spent)
 
 
 # ------------------------------------------------------------------ resolution

@@ -275,13 +275,15 @@ def run_worker(study: optuna.Study, objective: Objective, budget: Budget, n_tria
 
 
 def run_search(settings: SearchSettings, argv: list[str] | None = None, plain: bool | None = None,
-               overwrite: bool = False) -> dict[str, Any]:
+               overwrite: bool = False, started: float | None = None) -> dict[str, Any]:
     """Run a whole search; returns the final report. Raises UsageError for bad input.
 
     ``overwrite``: use an ``--out`` folder that holds other files (see :func:`check_out`).
+    ``started``: when ``--time-budget`` began (the command line passes its process start, so that
+    its imports count); by default, now.
     """
     check_start(settings, overwrite)
-    t_start = time.time()
+    t_start = time.time() if started is None else started
     deadline = t_start + settings.time_budget if settings.time_budget else None
     pm = get_plugin_manager(settings.plugins, prefer=settings.prefer)
     objectives = check_settings(settings, pm)
@@ -318,8 +320,14 @@ def run_search(settings: SearchSettings, argv: list[str] | None = None, plain: b
         log(f"warning: {w}")
     from automl_vision.search.budget import plan_budget
 
-    plan = plan_budget(settings.regime, sum(counts.values()), settings.time_budget, started=t_start)
+    plan = plan_budget(settings.regime, sum(counts.values()), settings.time_budget, started=t_start,
+                       now=time.time())
     log(f"regime: {plan.regime} ({plan.why})")
+    if plan.time_budget:
+        fit = f", final fit {format_duration(plan.final_fit)}" if plan.final_fit else ""
+        log(f"budget: {format_duration(plan.time_budget)} from the command's start: {format_duration(plan.spent)} "
+            f"spent starting (imports, device probe, photos), trials {format_duration(plan.search_seconds)}, "
+            f"final steps {format_duration(plan.final_steps)}{fit}")
 
     stored = dict(settings.as_dict(), storage=redact(settings.storage))
     run_info = previous_run(run_dir, overwrite) or {}
