@@ -403,3 +403,31 @@ def test_a_final_fit_pair_is_the_deliverable_predict_and_export_use(tmp_path, ti
     flat = " ".join(text.split())
     assert report["tta"]["requested"] and f"Rule: {report['tta']['best']['rule']}" in flat
     assert "a pair" in final_fit_line(report) and f"trial #{report['best_trial']}'s" in final_fit_line(report)
+
+
+def test_the_report_says_when_the_selection_kept_a_model_over_the_leader(tmp_path, tiny_run, monkeypatch):
+    """When the selection keeps the first portfolio configuration over a leader whose lead is not
+    significant, the deliverable's description must not call the kept model "best on validation"
+    (measured on flowers-720: trial 3 led, trial 0 was kept, and the report said trial 0 was best)."""
+    from automl_vision.rundir import write_json
+    from automl_vision.search import final
+    from automl_vision.search.final import finalize, training
+    from automl_vision.training.device import choose
+
+    rd, pm, data = _copied_run(tmp_path, tiny_run)
+    n_all, n_train = len(training.all_labelled(data)), len(data.split_index["train"])
+    per_epoch = max(training.epoch_seconds_on(rd, r["number"], n_all, n_train) for r in rd.usable_trials())
+    write_json(rd.run_json, {**rd.read_run(), "budget": plan_budget("small", 300, 3 * per_epoch / FINAL_FIT_SHARE).as_dict()})
+    real, picked = final.select_best, {}
+
+    def keep_another(trials, val, y, metric, m):
+        leader, info = real(trials, val, y, metric, m)
+        picked["leader"], picked["kept"] = leader, next(n for n in sorted(val) if n != leader)
+        return picked["kept"], {**info, "leader": leader, "chosen": picked["kept"]}
+
+    monkeypatch.setattr(final, "select_best", keep_another)
+    report = finalize(rd, data, pm, choose("cpu", "fp32", "off"), "accuracy", log=lambda m: None,
+                      respect_budget=False)
+    assert report["best_trial"] == picked["kept"] and "skipped" not in report["final_fit"], report["final_fit"]
+    assert f"trial {picked['kept']}'s network (kept over trial {picked['leader']}" in report["why"], report["why"]
+    assert "best on validation" not in report["why"]

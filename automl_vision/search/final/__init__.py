@@ -234,20 +234,24 @@ def finalize(run_dir: RunDir, data: PreparedData, pm: PluginManager, path: ExecP
         ff = deliver_final_fit(run_dir, [best_n] if pair is None else [best_n, pair], data, pm, path, plan,
                                respect_budget, log, temperature=best_t, tta=best_tta)
         report["final_fit"] = {**ff, "pair_decision": pair_why}
+        # the selection may keep the first portfolio entry over a leader that is not significantly better
+        leader = (report.get("selection") or {}).get("leader")
+        chosen = ("best on validation" if leader in (None, best_n)
+                  else f"kept over trial {leader}, whose lead on validation was not significant")
         if ff.get("pair"):
             use_ensemble = True
             fitted_dir = {int(f["of_trial"]): f["dir"] for f in ff["pair"]}
             for member in ensemble_info["members"]:
                 member["dir"] = fitted_dir[int(member["trial"])]
             report["deliverable"] = "ensemble"
-            report["why"] = (f"small-data regime: the networks of trials {best_n} (best on validation) and {pair} "
-                             f"(the runner-up) were each trained further on all {ff['images']} labelled images, for "
+            report["why"] = (f"small-data regime: the networks of trials {best_n} ({chosen}) and {pair} "
+                             f"(the best other trial on validation) were each trained further on all {ff['images']} labelled images, for "
                              f"{' and '.join(str(f['epochs']) for f in ff['pair'])} epochs, and their average is "
                              f"delivered")
         elif "skipped" not in ff:
             use_ensemble = False
             report["deliverable"] = "best"
-            report["why"] = (f"small-data regime: trial {best_n}'s network (best on validation) was trained further "
+            report["why"] = (f"small-data regime: trial {best_n}'s network ({chosen}) was trained further "
                              f"on all {ff['images']} labelled images for {ff['epochs']} epochs")
     # the dashboard's per-class validation metrics of the best model and the ensemble need the labels,
     # and the probabilities as delivered (after test-time augmentation and temperature, when used)
