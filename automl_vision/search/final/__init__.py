@@ -245,7 +245,8 @@ def finalize(run_dir: RunDir, data: PreparedData, pm: PluginManager, path: ExecP
                 member["dir"] = fitted_dir[int(member["trial"])]
             report["deliverable"] = "ensemble"
             report["why"] = (f"small-data regime: the networks of trials {best_n} ({chosen}) and {pair} "
-                             f"(the best other trial on validation) were each trained further on all {ff['images']} labelled images, for "
+                             f"(the best other trial on validation) were each trained further on all "
+                             f"{ff['images']} labelled images, for "
                              f"{' and '.join(str(f['epochs']) for f in ff['pair'])} epochs, and their average is "
                              f"delivered")
         elif "skipped" not in ff:
