@@ -292,6 +292,17 @@ def test_a_final_fit_planned_short_grows_to_the_time_it_has(tmp_path, tiny_run):
         == info["epochs"]
 
 
+def _plan_final_fit_epochs(rd, data, epochs):
+    """Write a small-data budget into the run whose final fit affords ``epochs`` epochs of its slowest trial."""
+    from automl_vision.rundir import write_json
+    from automl_vision.search.final import training
+
+    n_all, n_train = len(training.all_labelled(data)), len(data.split_index["train"])
+    per_epoch = max(training.epoch_seconds_on(rd, r["number"], n_all, n_train) for r in rd.usable_trials())
+    write_json(rd.run_json, {**rd.read_run(),
+                             "budget": plan_budget("small", 300, epochs * per_epoch / FINAL_FIT_SHARE).as_dict()})
+
+
 def _copied_run(tmp_path, tiny_run):
     import shutil
 
@@ -349,17 +360,11 @@ def test_a_final_fit_pair_is_the_deliverable_predict_and_export_use(tmp_path, ti
     from automl_vision.search.final import finalize, training
     from automl_vision.training.device import choose
 
-    from automl_vision.rundir import write_json
-    from automl_vision.search.budget import plan_budget
-
     rd, pm, data = _copied_run(tmp_path, tiny_run)
     # a small-data run whose plan kept time for 4 epochs of each of two networks (MIN_PAIR_EPOCHS = 3:
     # on tiny digits a few epochs stand for a few hundred)
     monkeypatch.setattr(training, "MIN_PAIR_EPOCHS", 3)
-    n_all, n_train = len(training.all_labelled(data)), len(data.split_index["train"])
-    per_epoch = max(training.epoch_seconds_on(rd, r["number"], n_all, n_train) for r in rd.usable_trials())
-    seconds = 2 * 4 * per_epoch
-    write_json(rd.run_json, {**rd.read_run(), "budget": plan_budget("small", 300, seconds / FINAL_FIT_SHARE).as_dict()})
+    _plan_final_fit_epochs(rd, data, 2 * 4)
     report = finalize(rd, data, pm, choose("cpu", "fp32", "off"), "accuracy", log=lambda m: None,
                       respect_budget=False)
     ff = report["final_fit"]
@@ -409,16 +414,12 @@ def test_the_report_says_when_the_selection_kept_a_model_over_the_leader(tmp_pat
     """When the selection keeps the first portfolio configuration over a leader whose lead is not
     significant, the deliverable's description must not call the kept model "best on validation"
     (measured on flowers-720: trial 3 led, trial 0 was kept, and the report said trial 0 was best)."""
-    from automl_vision.rundir import write_json
     from automl_vision.search import final
-    from automl_vision.search.final import finalize, training
+    from automl_vision.search.final import finalize
     from automl_vision.training.device import choose
 
     rd, pm, data = _copied_run(tmp_path, tiny_run)
-    n_all, n_train = len(training.all_labelled(data)), len(data.split_index["train"])
-    per_epoch = max(training.epoch_seconds_on(rd, r["number"], n_all, n_train) for r in rd.usable_trials())
-    plan = plan_budget("small", 300, 3 * per_epoch / FINAL_FIT_SHARE)  # time for one network's final fit
-    write_json(rd.run_json, {**rd.read_run(), "budget": plan.as_dict()})
+    _plan_final_fit_epochs(rd, data, 3)  # time for one network's final fit
     real, picked = final.select_best, {}
 
     def keep_another(trials, val, y, metric, m):

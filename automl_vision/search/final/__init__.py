@@ -235,9 +235,8 @@ def finalize(run_dir: RunDir, data: PreparedData, pm: PluginManager, path: ExecP
                                respect_budget, log, temperature=best_t, tta=best_tta)
         report["final_fit"] = {**ff, "pair_decision": pair_why}
         # the selection may keep the first portfolio entry over a leader that is not significantly better
-        leader = (report.get("selection") or {}).get("leader")
-        chosen = ("best on validation" if leader in (None, best_n)
-                  else f"kept over trial {leader}, whose lead on validation was not significant")
+        chosen = ("best on validation" if sel.get("leader") in (None, best_n)
+                  else f"kept over trial {sel['leader']}, whose lead on validation was not significant")
         if ff.get("pair"):
             use_ensemble = True
             fitted_dir = {int(f["of_trial"]): f["dir"] for f in ff["pair"]}
