@@ -166,6 +166,26 @@ def test_cpu_path_is_measured_per_cpu_extensions_and_a_cache_of_another_cpu_is_n
     assert device.choose_cpu_path().precision == "fp32" and len(measured) == 1  # this machine's entry is reused
 
 
+def test_a_figure_cached_by_an_older_probe_is_measured_again(tmp_path, monkeypatch):
+    """The cached speeds feed the path and the resolution choice; figures of another probe
+    network (the 32 px probe before this one) would pick the wrong layout and size."""
+    from automl_vision.training import device
+
+    monkeypatch.setattr(device, "CACHE_FILE", tmp_path / "exec_path.json")
+    monkeypatch.setattr(device, "cpu_supports_bf16", lambda: True)
+    key = device._cpu_key()
+    assert device.PROBE_VERSION in key
+    old_key = key.rsplit("|probe ", 1)[0]  # how a cache written before the probe's version was spelt
+    device.CACHE_FILE.write_text(json.dumps({old_key: {"fp32": 100.0, "fp32+cl": 120.0, "bf16+cl": 450.0,
+                                                       "bf16": 455.0}}))
+    measured = []
+    monkeypatch.setattr(device, "_measure", lambda names: measured.append(names) or
+                        {"fp32": 900.0, "fp32+cl": 1300.0, "bf16+cl": 2200.0, "bf16": 1400.0})
+    path = device.choose_cpu_path()
+    assert len(measured) == 1 and (path.precision, path.channels_last) == ("bf16", True)
+    assert json.loads(device.CACHE_FILE.read_text())[key]["bf16+cl"] == 2200.0
+
+
 def test_cpu_path_probe_times_every_candidate():
     from automl_vision.training.device import _measure
 

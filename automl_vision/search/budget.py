@@ -146,11 +146,14 @@ MIN_EPOCHS_AT_SIZE = 80
 # 96 px in 10 minutes (above), ran 3,400 steps
 MIN_STEPS_AT_SIZE = 3000
 REFERENCE_BATCH = 64
-# images per second of the reference CNN's training at 64 px per image per second of the device probe
-# (training/device.py: _measure, a smaller network at 32 px): 1950 against 3967 on a 2-core AMX Xeon (bf16),
-# about 900 against 1,860 on an AVX-512 Xeon without AMX (fp32), and a hymenoptera final fit 2,360 against
-# 4,870 on an AMD EPYC with AVX512-BF16 (bf16)
-PROBE_TO_TRAINING = 0.5
+# images per second of the reference CNN's training per image per second of the device probe
+# (training/device.py: _measure times a network of the reference CNN's shape at 64 px on random batches, so
+# this is what the data pipeline and the real network's details cost). On a 2-core AMD EPYC with AVX512-BF16
+# (bf16 + channels-last) the probe measured 2,136-2,280 img/s, and 10-minute final fits of the reference CNN
+# at 96 px ran 815-1,312 img/s: 0.86-1.3 of the probe scaled to 96 px (trashnet's 2,016 photos the lowest,
+# 244 ant/bee photos the highest). The probe before this one (a 3-conv network at 32 px) needed 0.5 here and
+# on two Xeons; taken low, an estimate errs towards 64 px, the side that trains the most steps
+PROBE_TO_TRAINING = 0.85
 
 
 def choose_image_size(native_side: float, n_images: int, time_budget: float | None, regime: str,
