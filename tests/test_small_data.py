@@ -283,9 +283,14 @@ def test_a_final_fit_planned_short_grows_to_the_time_it_has(tmp_path, tiny_run):
     n = sum(len(data.split_index[s]) for s in ("train", "val", "test"))
     per_epoch = epoch_seconds_on(rd, number, n, len(data.split_index["train"]))
     end = time.time() + 10.0
-    info = final_fit(rd, number, data, pm, path, seconds=4.5 * per_epoch, end=end, log=lambda m: None)
+    lines: list[str] = []
+    info = final_fit(rd, number, data, pm, path, seconds=4.5 * per_epoch, end=end, log=lines.append)
     assert "skipped" not in info, info
     assert info["planned_epochs"] == 4 and info["epochs"] > 4, info  # grew from its own pace
+    # the terminal tells the plan from what ran: a user once read "trained for 73 epochs" before a fit of 96
+    said = [line for line in lines if line.startswith("final fit:")]
+    assert "4 epochs planned" in said[0] and "re-planned after every epoch" in said[0], said
+    assert said[-1].startswith(f"final fit: trial {number}'s network trained for {info['epochs']} epochs"), said
     # and says what the budget did to its schedule (grown, perhaps cut back a little later on)
     assert "stopped" in info or f" to {info['epochs']} " in info["schedule"], info
     assert info["epochs"] <= 1000 and json.loads((run / "final_fit" / "model.json").read_text())["final_fit"]["epochs"] \
