@@ -145,6 +145,16 @@ MIN_EPOCHS_AT_SIZE = 80
 # steps -0.7 (one photo), at 128 px and 2,400-2,500 steps -1.6. The other measured gain, 3,000 flowers at
 # 96 px in 10 minutes (above), ran 3,400 steps
 MIN_STEPS_AT_SIZE = 3000
+# the final fit trains two networks, the best model and the runner-up on validation, each for half of its
+# time, and delivers their average, when each of the two can still run this many epochs. Measured on the
+# 10-minute runs of benchmarks/README.md section 5 (the same run directories, evaluation folders): intel-scenes
+# one network of 251 epochs 0.854, two of 125 averaged 0.881; trashnet 371 epochs 0.869, two of 185 0.887;
+# flowers 170 epochs 0.868, two of 85 0.865 (two images fewer); cats-vs-dogs 342 epochs 0.899, two of 171
+# 0.879 (seven of 356 images fewer, within the 1-2 points one seed's training moves it). The pair's
+# validation accuracy before the final fit did not tell these apart (below the best model's on all four).
+# Read by search/final/training.py (choose_final_pair), and here by the resolution rule below, which must know
+# whether the final fit's steps go to one network or are split between two
+MIN_PAIR_EPOCHS = 100
 REFERENCE_BATCH = 64
 # images per second of the reference CNN's training per image per second of the device probe
 # (training/device.py: _measure times a network of the reference CNN's shape at 64 px on random batches, so
@@ -164,9 +174,11 @@ def choose_image_size(native_side: float, n_images: int, time_budget: float | No
     largest of :data:`CPU_IMAGE_SIZES` (never above the photos' own median side) at which
     the final fit, the delivered model's training on every image, still affords
     :data:`MIN_EPOCHS_AT_SIZE` epochs and :data:`MIN_STEPS_AT_SIZE` optimizer steps at the
-    measured speed of this machine. In 3 minutes on 2 cores every folder is trained at 64 px
-    (more steps, not more pixels); in 10, a few hundred to ~1,500 photos at 96-128 px and a
-    few thousand at 96.
+    measured speed of this machine, the steps counted per network: where each half of the
+    final fit still runs :data:`MIN_PAIR_EPOCHS` epochs, the final fit will most likely train
+    a pair, each network for half of it. In 3 minutes on 2 cores every folder is trained at
+    64 px (more steps, not more pixels); in 10, a few hundred photos at 96 px (a pair),
+    ~1,000-2,000 at 128 (one network) and a few thousand at 96.
     """
     base = CPU_IMAGE_SIZES[0]
     if regime != "small" or not time_budget or not probe_images_per_second or n_images <= 0:
@@ -175,13 +187,22 @@ def choose_image_size(native_side: float, n_images: int, time_budget: float | No
     per_second = PROBE_TO_TRAINING * float(probe_images_per_second)
     for side in sorted(CPU_IMAGE_SIZES, reverse=True):
         images = seconds * per_second * (base / side) ** 2
-        epochs, steps = images / n_images, images / REFERENCE_BATCH
+        epochs = images / n_images
+        # the steps count per network: where each half of the final fit runs MIN_PAIR_EPOCHS, it will most likely
+        # train two networks (a pair), each for half. Measured on a 2-core Zen-4 EPYC, 10 minutes, one session,
+        # the same seed each (benchmarks/README.md section 13): 720 flower photos at 128 px in a pair of ~1,500
+        # steps a network 0.803, at 128 px alone (2,700 steps) 0.798, at 96 px in a pair (2,950-3,360 steps
+        # each) 0.816; 244 ant/bee photos at 128 px alone (3,300 steps) 0.791, at 96 px in a pair 0.817 (at 128
+        # px in pairs of 580-1,720 steps, an earlier session: 0.778 and 0.771)
+        networks = 2 if epochs / 2 >= MIN_PAIR_EPOCHS else 1
+        steps = images / networks / REFERENCE_BATCH
         if side <= native_side and side != base and epochs >= MIN_EPOCHS_AT_SIZE and steps >= MIN_STEPS_AT_SIZE:
+            form = f"{steps:.0f} steps" if networks == 1 else f"two networks of {steps:.0f} steps each"
             return side, (f"{side} px: the final fit affords about {epochs:.0f} epochs of {n_images} images "
-                          f"({steps:.0f} steps) at it on this machine (at least {MIN_EPOCHS_AT_SIZE} epochs and "
-                          f"{MIN_STEPS_AT_SIZE} steps)")
+                          f"({form}) at it on this machine (at least {MIN_EPOCHS_AT_SIZE} epochs and "
+                          f"{MIN_STEPS_AT_SIZE} steps a network)")
     return base, (f"{base} px (the CPU default: at a higher resolution the final fit would afford fewer than "
-                  f"{MIN_EPOCHS_AT_SIZE} epochs of {n_images} images or {MIN_STEPS_AT_SIZE} steps)")
+                  f"{MIN_EPOCHS_AT_SIZE} epochs of {n_images} images or {MIN_STEPS_AT_SIZE} steps a network)")
 
 
 class Pace:

@@ -15,6 +15,7 @@ from automl_vision.models import build_model, load_model, save_model
 from automl_vision.plugins import PluginManager
 from automl_vision.rundir import (CONFIG, CONFIG_SCHEMA, FINAL_FIT, MODEL_JSON, MODEL_SCHEMA, REFIT, WEIGHTS, RunDir,
                                   final_fit_folder, read_json, write_json)
+from automl_vision.search.budget import MIN_PAIR_EPOCHS
 from automl_vision.settings import format_duration
 from automl_vision.training.device import ExecPath
 from automl_vision.search.final.common import write_best
@@ -117,14 +118,7 @@ def refit_trial(run_dir: RunDir, number: int, data: PreparedData, pm: PluginMana
 # a cap of 400 left half the budget unspent while a hand-written loop ran 661 epochs and won
 FINAL_FIT_EPOCH_CAP = 1000
 MIN_FINAL_FIT_EPOCHS = 3
-# the final fit trains two networks, the best model and the runner-up on validation, each for half of its
-# time, and delivers their average, when each of the two can still run this many epochs. Measured on the
-# 10-minute runs of benchmarks/README.md section 5 (the same run directories, evaluation folders): intel-scenes
-# one network of 251 epochs 0.854, two of 125 averaged 0.881; trashnet 371 epochs 0.869, two of 185 0.887;
-# flowers 170 epochs 0.868, two of 85 0.865 (two images fewer); cats-vs-dogs 342 epochs 0.899, two of 171
-# 0.879 (seven of 356 images fewer, within the 1-2 points one seed's training moves it). The pair's
-# validation accuracy before the final fit did not tell these apart (below the best model's on all four)
-MIN_PAIR_EPOCHS = 100
+# the pair's threshold (MIN_PAIR_EPOCHS) lives in search/budget.py: the resolution rule reads it too
 # a final fit stopped by the deadline after this share of its (re)planned schedule is delivered: its
 # cosine learning rate is within 3% of the end of its decay. Below it the search's own model is
 # delivered (on a machine that got busy mid-run, a final fit was thrown away 6 minutes into it)
