@@ -193,7 +193,8 @@ def choose_image_size(native_side: float, n_images: int, time_budget: float | No
         # the same seed each (benchmarks/README.md section 13): 720 flower photos at 128 px in a pair of ~1,500
         # steps a network 0.803, at 128 px alone (2,700 steps) 0.798, at 96 px in a pair (2,950-3,360 steps
         # each) 0.816; 244 ant/bee photos at 128 px alone (3,300 steps) 0.791, at 96 px in a pair 0.817 (at 128
-        # px in pairs of 580-1,720 steps, an earlier session: 0.778 and 0.771)
+        # px in pairs of 580-1,720 steps, an earlier session: 0.778), and at seed 2 0.752 in a pair at 96 px
+        # against 0.771 at 128 (an earlier session): level there, ahead on the flowers
         networks = 2 if epochs / 2 >= MIN_PAIR_EPOCHS else 1
         steps = images / networks / REFERENCE_BATCH
         if side <= native_side and side != base and epochs >= MIN_EPOCHS_AT_SIZE and steps >= MIN_STEPS_AT_SIZE:
