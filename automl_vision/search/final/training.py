@@ -114,9 +114,11 @@ def refit_trial(run_dir: RunDir, number: int, data: PreparedData, pm: PluginMana
             "seconds": info["seconds"]}
 
 
-# the most epochs a final fit runs, a bound rather than a target: on 244 photos (hymenoptera, 3 minutes)
-# a cap of 400 left half the budget unspent while a hand-written loop ran 661 epochs and won
-FINAL_FIT_EPOCH_CAP = 1000
+# the most epochs a final fit runs, a bound rather than a target (the time budget is the limit): on 244 photos
+# (hymenoptera, 3 minutes) a cap of 400 left half the budget unspent while a hand-written loop ran 661 epochs
+# and won; at 64 px in 10 minutes on a Zen-4 EPYC a cap of 1000 stopped both networks of the pair after 1m35s
+# each and the search ended 195 s early, while the loop ran 2,700-4,000 epochs of the same photos
+FINAL_FIT_EPOCH_CAP = 4000
 MIN_FINAL_FIT_EPOCHS = 3
 # the pair's threshold (MIN_PAIR_EPOCHS) lives in search/budget.py: the resolution rule reads it too
 # a final fit stopped by the deadline after this share of its (re)planned schedule is delivered: its
