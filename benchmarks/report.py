@@ -178,6 +178,51 @@ def small_data(res: dict[str, Any]) -> str:
     return head + "\n\n" + bench_small_data.table_text(res)
 
 
+def scoreboard(results: dict[str, dict[str, Any]]) -> str:
+    """Every paired run of the small-data benchmark in one table per budget and CPU: the default
+    search with no extra options against the hand-written loop of the same seed in the same
+    results file. The per-experiment tables below hold each file's own runs, forced options included;
+    this one answers the issue's question (above the loop on every set?) over all of them, and says
+    which commits ran, because the runs span several versions of the search."""
+    import bench_small_data
+
+    groups: dict[tuple[str, str], dict[str, list[tuple[float, float, str, int]]]] = {}
+    for name in sorted(results):
+        res = results[name]
+        budget = str((res.get("settings") or {}).get("budget"))
+        machine = res.get("machine") or {}
+        cpu = cpu_text(machine) + ("" if machine.get("cpu_features") is not None else " (extensions not recorded)")
+        for set_name, entry in (res.get("datasets") or {}).items():
+            runs = [r for r in entry.get("runs") or [] if bench_small_data.ok(r)]
+            loops = {r["seed"]: r for r in runs if r["arm"] == "loop"}
+            for r in runs:
+                if r["arm"] != "default" or r.get("extra") or r["seed"] not in loops:
+                    continue
+                commit = str(r.get("git_commit") or (res.get("machine") or {}).get("git_commit") or "?")
+                pair = (r["eval_accuracy"], loops[r["seed"]]["eval_accuracy"], commit, int(r.get("eval_images") or 0))
+                groups.setdefault((budget, cpu), {}).setdefault(set_name, []).append(pair)
+    if not groups:
+        return "(no paired runs yet)"
+    parts = []
+    for (budget, cpu), sets in sorted(groups.items()):
+        rows = []
+        for set_name, pairs in sorted(sets.items()):
+            margins = [a - b for a, b, _, _ in pairs]
+            above, level = sum(d > 0 for d in margins), sum(d == 0 for d in margins)
+            # the worst margin in photos of the evaluation folder, the unit in which a tie is read
+            worst = min(pairs, key=lambda q: q[0] - q[1])
+            photos = round((worst[0] - worst[1]) * worst[3]) if worst[3] else None
+            commits = ", ".join(dict.fromkeys(c for _, _, c, _ in pairs))
+            rows.append([set_name, len(pairs), f"{C.median([a for a, _, _, _ in pairs]):.3f}",
+                         f"{C.median([b for _, b, _, _ in pairs]):.3f}",
+                         f"{above} above, {level} level, {len(pairs) - above - level} below",
+                         f"{min(margins):+.3f}" + (f" ({photos:+d} photo{'' if abs(photos) == 1 else 's'})" if photos is not None else ""), commits])
+        parts.append(f"**{budget}, {cpu}**\n\n" + C.table(
+            ["set", "paired runs", "search median", "loop median", "search against its loop", "worst margin",
+             "commits"], rows))
+    return "\n\n".join(parts)
+
+
 RENDER = {"search_strategy": search_strategy, "engine": engine, "engine_photos": engine, "engine_1thread": engine, "search_quality": search_quality, "search_quality_3min": search_quality, "data_pipeline": data_pipeline}
 TITLES = {
     "engine": "1. Engine overhead (digits)",
@@ -199,7 +244,11 @@ def render(results_dir: Path) -> str:
     names += [f.stem for f in files if f.stem not in names and f.stem != "data_pipeline"]
     if (results_dir / "data_pipeline.json").exists():
         names.append("data_pipeline")
+    small = {}
     for name in names:
+        if name.startswith("small_data_") and not small:
+            small = {f.stem: json.loads(f.read_text()) for f in files if f.stem.startswith("small_data_")}
+            parts.append("### 5. Small real-photo folders: every paired run, per budget and CPU\n\n" + scoreboard(small))
         try:
             res = json.loads((results_dir / f"{name}.json").read_text())
         except (OSError, ValueError) as exc:

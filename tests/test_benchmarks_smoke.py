@@ -205,3 +205,34 @@ def test_recipes_benchmark_quick(tmp_path):
     assert "| s96 |" in res["markdown"]
     bad = run_bench("bench_recipes.py", "--quick", "--recipes", "nope")
     assert bad.returncode == 2 and "unknown recipe" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def small_data_result(commit: str, runs: list[tuple[str, int, float, list[str]]]) -> dict:
+    return {"benchmark": "small_data", "machine": {"cpu": "Some CPU", "cpu_features": ["avx2"], "git_commit": commit},
+            "settings": {"budget": "10m"},
+            "datasets": {"ants": {"runs": [{"arm": arm, "seed": seed, "eval_accuracy": acc, "eval_images": 100,
+                                            "extra": extra, "git_commit": commit} for arm, seed, acc, extra in runs]}}}
+
+
+def test_report_scoreboard_pairs_each_default_search_with_its_own_loop(tmp_path):
+    """The README's per-budget scoreboard counts a search as above, level or below the loop of its own
+    seed in its own file, leaves out searches run with forced options, and names the worst margin."""
+    sys.path.insert(0, str(BENCH))
+    import report
+
+    text = report.scoreboard({
+        "small_data_a": small_data_result("aaa1111", [("default", 0, 0.80, []), ("loop", 0, 0.75, []),
+                                                      ("default", 1, 0.70, []), ("loop", 1, 0.73, []),
+                                                      ("default", 2, 0.99, ["--image-size", "64"]), ("loop", 2, 0.50, [])]),
+        "small_data_b": small_data_result("bbb2222", [("default", 0, 0.76, []), ("loop", 0, 0.76, []),
+                                                      ("default", 3, 0.90, [])]),
+    })
+    assert "**10m, Some CPU (avx2)**" in text
+    row = next(line for line in text.splitlines() if line.startswith("| ants |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    # three paired runs: the forced --image-size run and the one without a loop of its seed are left out
+    assert cells[1] == "3"
+    assert cells[2] == "0.760" and cells[3] == "0.750"
+    assert cells[4] == "1 above, 1 level, 1 below"
+    assert cells[5] == "-0.030 (-3 photos)"
+    assert cells[6] == "aaa1111, bbb2222"
