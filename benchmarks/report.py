@@ -198,7 +198,7 @@ def scoreboard(results: dict[str, dict[str, Any]]) -> str:
             for r in runs:
                 if r["arm"] != "default" or r.get("extra") or r["seed"] not in loops:
                     continue
-                commit = str(r.get("git_commit") or (res.get("machine") or {}).get("git_commit") or "?")
+                commit = str(r.get("git_commit") or machine.get("git_commit") or "?")
                 pair = (r["eval_accuracy"], loops[r["seed"]]["eval_accuracy"], commit, int(r.get("eval_images") or 0))
                 groups.setdefault((budget, cpu), {}).setdefault(set_name, []).append(pair)
     if not groups:
@@ -244,15 +244,22 @@ def render(results_dir: Path) -> str:
     names += [f.stem for f in files if f.stem not in names and f.stem != "data_pipeline"]
     if (results_dir / "data_pipeline.json").exists():
         names.append("data_pipeline")
-    small = {}
+    # each file read once: the scoreboard and the per-file tables share what was read
+    loaded: dict[str, dict[str, Any] | Exception] = {}
     for name in names:
-        if name.startswith("small_data_") and not small:
-            small = {f.stem: json.loads(f.read_text()) for f in files if f.stem.startswith("small_data_")}
-            parts.append("### 5. Small real-photo folders: every paired run, per budget and CPU\n\n" + scoreboard(small))
         try:
-            res = json.loads((results_dir / f"{name}.json").read_text())
+            loaded[name] = json.loads((results_dir / f"{name}.json").read_text())
         except (OSError, ValueError) as exc:
-            parts.append(f"### {name}\n\n(unreadable: {exc})")
+            loaded[name] = exc
+    small = {n: r for n, r in loaded.items() if n.startswith("small_data_") and isinstance(r, dict)}
+    board = False
+    for name in names:
+        if name.startswith("small_data_") and not board:
+            board = True
+            parts.append("### 5. Small real-photo folders: every paired run, per budget and CPU\n\n" + scoreboard(small))
+        res = loaded[name]
+        if isinstance(res, Exception):
+            parts.append(f"### {name}\n\n(unreadable: {res})")
             continue
         title = TITLES.get(name) or (f"{TITLES['search_strategy']}: `results/{name}.json`" if name.startswith("search_strategy")
                                      else f"5. Small real-photo folders, {name[len('small_data_'):]}: the default "
