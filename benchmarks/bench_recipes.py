@@ -31,6 +31,7 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 import tempfile
 import time
@@ -86,7 +87,8 @@ def config_of(entry: dict[str, Any], overrides: dict[str, Any], size: int, num_c
                   num_classes, 3, num_train, "cpu", 20)
 
 
-def run_recipe(cfg, data, y_eval: np.ndarray, seconds: float, path) -> dict[str, Any]:
+def train_one(cfg, data, seconds: float, path):
+    """One network of ``cfg`` trained for ``seconds``: (plain, flipped) probabilities on the eval photos, epochs."""
     import torch
 
     from automl_vision.models import build_model
@@ -101,15 +103,41 @@ def run_recipe(cfg, data, y_eval: np.ndarray, seconds: float, path) -> dict[str,
         return done + max(1, int((seconds - (time.perf_counter() - t0)) / max(epoch_seconds, 1e-3)))
 
     res = train(model, cfg, data, path, plan=plan, grow_until=10**9)
-    elapsed = time.perf_counter() - t0
     # the plain probabilities are the trainer's last evaluation (the eval folder stands in for validation);
     # the flipped ones come from the engine's own inference on its execution path, as predict's flip TTA
     mean = torch.tensor(data.mean, device=path.torch_device).view(1, -1, 1, 1)
     std = torch.tensor(data.std, device=path.torch_device).view(1, -1, 1, 1)
     flipped = predict_probs(res.model, data.x_val.flip(3), mean, std, path)
-    return {"eval_accuracy": float((res.val_probs.argmax(1) == y_eval).mean()),
-            "eval_accuracy_flip": float(((res.val_probs + flipped).argmax(1) == y_eval).mean()),
-            "epochs": res.epochs_run, "seconds": round(elapsed, 1)}
+    return np.asarray(res.val_probs), np.asarray(flipped), res.epochs_run
+
+
+def run_recipe(cfg, data, y_eval: np.ndarray, seconds: float, path, networks: int = 1) -> dict[str, Any]:
+    """``networks`` networks of ``cfg`` (seeds ``cfg.seed``, ``cfg.seed + 1000``, ...), each trained for an
+    equal share of ``seconds``, their probabilities averaged: what a final fit of that many networks delivers."""
+    import dataclasses
+
+    t0 = time.perf_counter()
+    plain, flip, epochs = [], [], []
+    for i in range(networks):
+        share = (seconds - (time.perf_counter() - t0)) / (networks - i)
+        p, f, e = train_one(dataclasses.replace(cfg, seed=cfg.seed + 1000 * i), data, share, path)
+        plain.append(p)
+        flip.append(p + f)
+        epochs.append(e)
+
+    def accuracy(members) -> float:
+        return float((sum(members).argmax(1) == y_eval).mean())
+
+    out = {"eval_accuracy": accuracy(plain), "eval_accuracy_flip": accuracy(flip),
+           "epochs": int(sum(epochs) / networks), "seconds": round(time.perf_counter() - t0, 1)}
+    if networks > 1:
+        # how the average grows with its size, these networks' time held fixed: the mean accuracy of every
+        # average of k of them (one seed's networks give C(K, k) averages instead of one)
+        subsets = {k: [accuracy([plain[i] for i in c]) for c in itertools.combinations(range(networks), k)]
+                   for k in range(1, networks + 1)}
+        out.update(networks=networks, network_epochs=epochs, network_eval_accuracy=subsets[1],
+                   mean_eval_accuracy_of_k={str(k): float(np.mean(v)) for k, v in subsets.items()})
+    return out
 
 
 def markdown(payload: dict[str, Any]) -> str:
@@ -119,7 +147,9 @@ def markdown(payload: dict[str, Any]) -> str:
                      s["eval_accuracy_flip"]["median"], s["epochs"]["median"]])
     st = payload["settings"]
     return (f"Set `{st['set']}` ({st['n_train']} train / {st['n_eval']} eval photos), entry `{st['entry']}`, "
-            f"{st['seconds']:.0f} s a recipe, seeds {st['seeds']}.\n\n"
+            f"{st['seconds']:.0f} s a recipe"
+            + (f" shared by {st['networks']} networks whose predictions are averaged" if st.get("networks", 1) > 1 else "")
+            + f", seeds {st['seeds']}.\n\n"
             + C.table(["recipe", "runs", "eval acc (median)", "range", "with flip TTA", "epochs"], rows))
 
 
@@ -131,6 +161,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--image-size", type=int, default=128, help="image size of the recipes without their own (default 128)")
     ap.add_argument("--seconds", type=float, default=None, help="training time of each recipe (default 240; 3 with --quick)")
     ap.add_argument("--seeds", default="0", help="comma-separated seeds (default 0)")
+    ap.add_argument("--networks", type=int, default=1,
+                    help="networks a recipe trains, each for an equal share of --seconds, their predictions "
+                         "averaged (default 1)")
     ap.add_argument("--quick", action="store_true", help="smoke setting: tiny generated set, 3 s a recipe (figures mean nothing)")
     ap.add_argument("--out", help="results JSON (default: benchmarks/results/recipes_<set>.json; with --quick results/quick/)")
     args = ap.parse_args(argv)
@@ -143,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     except ValueError:
         ap.error("--seeds takes whole numbers like 0,1,2")
+    if args.networks < 1:
+        ap.error("--networks takes a whole number of at least 1")
     if not args.data and not args.quick:
         ap.error("give --data (a folder with train/ and eval/) or --quick")
     from automl_vision.search.portfolio import load_portfolio
@@ -169,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
             "benchmark": "recipes", "machine": C.machine(), "quick": args.quick,
             "settings": {"set": root.name, "entry": entry["name"], "seconds": seconds, "seeds": seeds,
                          "recipes": {r: RECIPES[r] for r in recipes}, "image_size": args.image_size,
+                         "networks": args.networks,
                          "execution_path": str(path)},
             "runs": [], "summary": {},
         }
@@ -184,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
                 data = TensorData.from_arrays(xt, yt, xe, ye, len(classes))
                 cfg = config_of(entry, RECIPES[name], size, len(classes), len(yt))
                 cfg.seed = seed
-                run = {"recipe": name, "seed": seed, "image_size": size, **run_recipe(cfg, data, ye, seconds, path)}
+                run = {"recipe": name, "seed": seed, "image_size": size, **run_recipe(cfg, data, ye, seconds, path, args.networks)}
                 payload["runs"].append(run)
                 print(f"{name} seed {seed}: eval {run['eval_accuracy']:.3f} (flip {run['eval_accuracy_flip']:.3f}), "
                       f"{run['epochs']} epochs in {run['seconds']:.0f}s", flush=True)

@@ -207,6 +207,24 @@ def test_recipes_benchmark_quick(tmp_path):
     assert bad.returncode == 2 and "unknown recipe" in bad.stderr and "Traceback" not in bad.stderr
 
 
+def test_recipes_benchmark_splits_the_time_between_networks(tmp_path):
+    """--networks K: K networks of different seeds share a recipe's time and their predictions are averaged."""
+    out = tmp_path / "recipes.json"
+    proc = run_bench("bench_recipes.py", "--quick", "--recipes", "base", "--networks", "2", "--out", out)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    res = json.loads(out.read_text())
+    run = res["runs"][0]
+    assert res["settings"]["networks"] == 2 and run["networks"] == 2
+    assert len(run["network_epochs"]) == 2 and all(e >= 1 for e in run["network_epochs"])
+    assert len(run["network_eval_accuracy"]) == 2 and all(0.0 <= a <= 1.0 for a in run["network_eval_accuracy"])
+    means = run["mean_eval_accuracy_of_k"]
+    assert set(means) == {"1", "2"} and means["2"] == run["eval_accuracy"]
+    assert means["1"] == sum(run["network_eval_accuracy"]) / 2
+    assert "shared by 2 networks" in res["markdown"]
+    bad = run_bench("bench_recipes.py", "--quick", "--networks", "0")
+    assert bad.returncode == 2 and "--networks" in bad.stderr and "Traceback" not in bad.stderr
+
+
 def small_data_result(commit: str, runs: list[tuple[str, int, float, list[str]]]) -> dict:
     return {"benchmark": "small_data", "machine": {"cpu": "Some CPU", "cpu_features": ["avx2"], "git_commit": commit},
             "settings": {"budget": "10m"},
