@@ -193,7 +193,7 @@ MODEL_SCHEMA = {
     "eval_sizes?": [int],
 }
 ENSEMBLE_SCHEMA = {
-    "members": [{"trial": int, "weight": NUMBER, "dir?": str}], "temperature?": NUMBER, "tta?": bool,
+    "members": [{"trial": int, "weight": NUMBER, "dir?": str, "copy?": int}], "temperature?": NUMBER, "tta?": bool,
     "selected?": bool,
 }
 DATA_REPORT_SCHEMA = {"root?": str}

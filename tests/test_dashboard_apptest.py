@@ -164,6 +164,31 @@ def test_ensemble_page_says_what_the_final_fit_delivered(monkeypatch, tmp_path, 
     assert "Final fit" not in texts(open_page(monkeypatch, [tiny_run], "ensemble"))
 
 
+def test_ensemble_page_shows_a_final_fit_of_three_networks_with_a_fresh_one(monkeypatch, tmp_path, tiny_run):
+    # a final fit of the pair and a fresh network of the best configuration (written as search/final/ does)
+    run = tmp_path / "three"
+    shutil.copytree(tiny_run, run)
+    final = json.loads((run / "final" / "report.json").read_text())
+    best = final["best_trial"]
+    other = next(m["trial"] for m in final["ensemble"]["members"] + [{"trial": best + 1}] if m["trial"] != best)
+    nets = [{"of_trial": best, "epochs": 410, "images": 300, "dir": "final_fit"},
+            {"of_trial": other, "epochs": 180, "images": 300, "dir": "final_fit_2"},
+            {"of_trial": best, "epochs": 402, "images": 300, "dir": "final_fit_3", "copy": 1, "warm_start": False}]
+    final["final_fit"] = {**nets[0], "networks": nets, "pair_decision": "each can run 100 epochs",
+                          "copies_decision": "3 networks of 2m each"}
+    final["deliverable"] = "ensemble"
+    final["ensemble"].update(method="final-fit average", members=[
+        {"trial": f["of_trial"], "weight": 1 / 3, "dir": f["dir"], **({"copy": 1} if f.get("copy") else {})}
+        for f in nets])
+    (run / "final" / "report.json").write_text(json.dumps(final))
+    at = open_page(monkeypatch, [run], "ensemble")
+    text = texts(at)
+    assert "Final fit (small-data regime), 3 networks" in text
+    assert f"a fresh network of trial #{best}'s configuration for 402 epochs" in text
+    members = at.dataframe[0].value
+    assert len(members) == 3 and "copy" in members.columns
+
+
 def test_errors_page_confusion_gallery_and_grad_cam(monkeypatch, tiny_run):
     at = open_page(monkeypatch, [tiny_run], "errors")
     probs = np.load(tiny_run / "final" / "test_probs_best.npy")

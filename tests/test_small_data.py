@@ -72,8 +72,8 @@ def test_small_folder_delivers_a_model_trained_on_every_image_within_the_budget(
     assert fit["of_trial"] == report["best_trial"] and fit["epochs"] >= 3
     best = json.loads((out / "best" / "model.json").read_text())
     assert best["final_fit"]["of_trial"] == report["best_trial"]
-    # predict uses best/, or the final-fit pair when the time left gave each of two networks enough epochs
-    assert json.loads((out / "ensemble.json").read_text())["selected"] is bool(fit.get("pair")), fit["pair_decision"]
+    # predict uses best/, or the final fit's networks when the time left gave each of two or more enough epochs
+    assert json.loads((out / "ensemble.json").read_text())["selected"] is bool(fit.get("networks")), fit["pair_decision"]
     # the honest estimate: the selected configuration as the search trained it, scored on test, with its interval
     assert "accuracy" in report["best_test"]
     low, high, n = report["intervals"]["best_test"]
@@ -342,7 +342,7 @@ def _copied_run(tmp_path, tiny_run):
 
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
-    for name in ("final_fit", "final_fit_2"):
+    for name in ("final_fit", "final_fit_2", "final_fit_3", "final_fit_4"):
         shutil.rmtree(run / name, ignore_errors=True)
     rd = RunDir(run)
     pm = run_plugin_manager(rd.read_run() or {}, [])
@@ -398,8 +398,9 @@ def test_a_final_fit_pair_is_the_deliverable_predict_and_export_use(tmp_path, ti
     report = finalize(rd, data, pm, choose("cpu", "fp32", "off"), "accuracy", log=lambda m: None,
                       respect_budget=False)
     ff = report["final_fit"]
-    assert "skipped" not in ff and len(ff.get("pair") or []) == 2, ff["pair_decision"]
-    members = {int(f["of_trial"]): f for f in ff["pair"]}
+    assert "skipped" not in ff and len(ff.get("networks") or []) == 2, ff["pair_decision"]
+    assert ff["copies_decision"] and "fewer than" in ff["copies_decision"]  # no time for fresh networks
+    members = {int(f["of_trial"]): f for f in ff["networks"]}
     assert list(members)[0] == report["best_trial"]
     assert all(f["images"] == _labelled(digits_dir) and f["epochs"] >= 2 for f in members.values())
     ens = json.loads((rd.path / "ensemble.json").read_text())
@@ -438,6 +439,82 @@ def test_a_final_fit_pair_is_the_deliverable_predict_and_export_use(tmp_path, ti
     flat = " ".join(text.split())
     assert report["tta"]["requested"] and f"Rule: {report['tta']['best']['rule']}" in flat
     assert "a pair" in final_fit_line(report) and f"trial #{report['best_trial']}'s" in final_fit_line(report)
+
+
+def test_fresh_networks_join_the_final_fit_only_while_each_still_runs_enough_epochs(tmp_path, tiny_run):
+    """Beyond the pair, fresh networks of the best configuration join the final fit up to
+    MAX_FINAL_NETWORKS, each given an equal share of the time, while each still runs
+    MIN_COPY_EPOCHS epochs (measured: past ~400 epochs on a few hundred photos an average of
+    more networks gains, one network does not)."""
+    from automl_vision.search.final.training import (MAX_FINAL_NETWORKS, MIN_COPY_EPOCHS, MIN_PAIR_EPOCHS,
+                                                     all_labelled, choose_final_copies, epoch_seconds_on)
+
+    rd, pm, data = _copied_run(tmp_path, tiny_run)
+    numbers = sorted(r["number"] for r in rd.usable_trials())
+    best, second = numbers[0], numbers[1]
+    n_all, n_train = len(all_labelled(data)), len(data.split_index["train"])
+    pace = {n: epoch_seconds_on(rd, n, n_all, n_train) for n in (best, second)}
+    assert MAX_FINAL_NETWORKS >= 3 and MIN_COPY_EPOCHS >= MIN_PAIR_EPOCHS
+    for k in range(2, MAX_FINAL_NETWORKS + 1):
+        # exactly enough for k networks of the best configuration alone: k - 1 fresh ones
+        copies, why = choose_final_copies(rd, best, None, data, k * MIN_COPY_EPOCHS * pace[best] * 1.01)
+        assert copies == k - 1 and str(MIN_COPY_EPOCHS) in why, why
+        # with a pair, the two searched networks count: k - 2 fresh ones
+        enough = k * max(MIN_COPY_EPOCHS * pace[best], MIN_PAIR_EPOCHS * pace[second]) * 1.01
+        assert choose_final_copies(rd, best, second, data, enough)[0] == k - 2
+    # never more than MAX_FINAL_NETWORKS, however long the time
+    assert choose_final_copies(rd, best, None, data, 1e9)[0] == MAX_FINAL_NETWORKS - 1
+    # short of MIN_COPY_EPOCHS for a second network: none, and the reason says so
+    copies, why = choose_final_copies(rd, best, None, data, 2 * MIN_COPY_EPOCHS * pace[best] * 0.95)
+    assert copies == 0 and "fewer than" in why
+
+
+def test_a_final_fit_with_a_fresh_network_delivers_the_average_of_all_three(tmp_path, tiny_run, monkeypatch,
+                                                                           digits_dir):
+    """The pair and a fresh network of the best configuration (another seed, trained from scratch
+    on every labelled image) are the ensemble that predict loads, each with a third of the weight;
+    the honest estimate stays the pair's before the final fit, and the report says so."""
+    import automl_vision
+    from automl_vision.search.final import finalize, training
+    from automl_vision.training.device import choose
+
+    rd, pm, data = _copied_run(tmp_path, tiny_run)
+    monkeypatch.setattr(training, "MIN_PAIR_EPOCHS", 3)
+    monkeypatch.setattr(training, "MIN_COPY_EPOCHS", 3)
+    monkeypatch.setattr(training, "MAX_FINAL_NETWORKS", 3)
+    _plan_final_fit_epochs(rd, data, 3 * 4)  # time for 4 epochs of each of three networks
+    report = finalize(rd, data, pm, choose("cpu", "fp32", "off"), "accuracy", log=lambda m: None,
+                      respect_budget=False)
+    ff = report["final_fit"]
+    nets = ff.get("networks") or []
+    assert "skipped" not in ff and len(nets) == 3, (ff["pair_decision"], ff["copies_decision"])
+    best = report["best_trial"]
+    assert [f.get("copy", 0) for f in nets] == [0, 0, 1] and nets[2]["of_trial"] == best
+    assert all(f["images"] == _labelled(digits_dir) and f["epochs"] >= 2 for f in nets)
+    fresh = json.loads((rd.path / nets[2]["dir"] / "model.json").read_text())["final_fit"]
+    trial_seed = json.loads((rd.trial_dir(best) / "config.json").read_text())["seed"]
+    assert fresh["warm_start"] is False and fresh["copy"] == 1 and fresh["seed"] == trial_seed + training.COPY_SEED_STEP
+    ens = json.loads((rd.path / "ensemble.json").read_text())
+    assert ens["selected"] is True and ens["method"] == "final-fit average" and report["deliverable"] == "ensemble"
+    assert [m["dir"] for m in ens["members"]] == ["final_fit", "final_fit_2", "final_fit_3"]
+    assert [m.get("copy") for m in ens["members"]] == [None, None, 1]
+    assert sum(m["weight"] for m in ens["members"]) == pytest.approx(1.0)
+    assert "1 fresh network(s)" in report["why"]
+    predictor = automl_vision.load(rd.path)
+    assert predictor.kind == "ensemble" and len(predictor.deliverable.members) == 3
+    probs = predictor.predict_proba(sorted(p for p in digits_dir.rglob("*") if p.is_file())[:5])
+    assert probs.shape[0] == 5 and np.allclose(probs.sum(1), 1.0, atol=1e-4)
+    from rich.console import Console
+
+    from automl_vision.dashboard.sections.ensemble import final_fit_line
+    from automl_vision.search.final import print_summary
+
+    console = Console(record=True, width=300, no_color=True)
+    print_summary(report, console)
+    flat = " ".join(console.export_text().split())
+    assert "Final fit (small-data regime), 3 networks" in flat and "a fresh network of trial" in flat
+    assert "conservative" in flat and "Final fit, fresh networks:" in flat
+    assert "3 networks" in final_fit_line(report) and "fresh network" in final_fit_line(report)
 
 
 def test_the_report_says_when_the_selection_kept_a_model_over_the_leader(tmp_path, tiny_run, monkeypatch):

@@ -155,6 +155,18 @@ MIN_STEPS_AT_SIZE = 3000
 # Read by search/final/training.py (choose_final_pair), and here by the resolution rule below, which must know
 # whether the final fit's steps go to one network or are split between two
 MIN_PAIR_EPOCHS = 100
+# ... and beyond the pair, fresh networks of the best configuration (from scratch, other seeds) join the final
+# fit's average, up to MAX_FINAL_NETWORKS networks in all, while an equal share of its time still gives each
+# network of the best configuration MIN_COPY_EPOCHS epochs. Measured with benchmarks/bench_recipes.py
+# --networks 8 (the first portfolio configuration, 64 px, every train photo, 8 seeds of 90 s each, scored on
+# the eval folder; section 17 of benchmarks/README.md): the mean accuracy of an average of k of the 8 networks
+# rose on 244 ant/bee photos (336-459 epochs each) from 0.752 (k=1) to 0.763 (2), 0.772 (4), 0.778 (8), and on
+# 300 cat/dog photos (260-306 epochs) from 0.731 to 0.739, 0.746 (4), 0.744 (8); one network of 1,657 epochs
+# (the whole 360 s) 0.739 on the ants/bees, networks of 422-491 epochs 0.739-0.791: past ~400 epochs on a
+# few hundred photos a network gains nothing from more, an average of more networks does. Read by
+# search/final/training.py (choose_final_copies)
+MAX_FINAL_NETWORKS = 4
+MIN_COPY_EPOCHS = 400
 REFERENCE_BATCH = 64
 # images per second of the reference CNN's training per image per second of the device probe
 # (training/device.py: _measure times a network of the reference CNN's shape at 64 px on random batches, so

@@ -52,12 +52,17 @@ def final_fit_line(final: dict) -> str | None:
         return None
     if fit.get("skipped"):
         return f"Final fit (small-data regime): skipped — {fit['skipped']}."
-    if fit.get("pair"):
-        done = " and ".join(f"trial #{f.get('of_trial')}'s for {f.get('epochs')} epochs" for f in fit["pair"])
-        return (f"Final fit (small-data regime), a pair: the networks of {done} were trained further on all "
-                f"{fit.get('images')} labelled images, and their average (the ensemble) is delivered. The ensemble's "
-                "test scores on this page are the pair's before the final fit (train split only): the honest, "
-                "conservative estimate, since the delivered models have seen the test images.")
+    nets = fit.get("networks") or fit.get("pair")  # "pair": run directories from before fresh networks
+    if nets:
+        done = ", ".join((f"trial #{f.get('of_trial')}'s" if not f.get("copy") else
+                          f"a fresh network of trial #{f.get('of_trial')}'s configuration")
+                         + f" for {f.get('epochs')} epochs" for f in nets)
+        searched = [f for f in nets if not f.get("copy")]
+        return (f"Final fit (small-data regime), {'a pair' if len(nets) == 2 else f'{len(nets)} networks'}: the "
+                f"networks of {done} were trained on all {fit.get('images')} labelled images, and their average "
+                f"(the ensemble) is delivered. The ensemble's test scores on this page are "
+                f"{'the pair' if len(searched) == 2 else 'the best model'}'s before the final fit (train split "
+                "only): the honest, conservative estimate, since the delivered models have seen the test images.")
     return (f"Final fit (small-data regime): trial #{fit.get('of_trial')}'s network was trained further on all "
             f"{fit.get('images')} labelled images for {fit.get('epochs')} epochs, and that model is delivered. The "
             "test scores on this page are the network's before the final fit (train split only): the honest, "
@@ -133,7 +138,9 @@ def body() -> None:
         left, right = st.columns([3, 2])
         left.dataframe(members, hide_index=True, width="stretch",
                        column_config={"weight": st.column_config.ProgressColumn(format="%.2f", min_value=0, max_value=1)})
-        labels = members["trial"].map(lambda n: f"trial {n}")
+        # a fresh network of a trial's configuration (a final fit's) is its own bar
+        labels = [f"trial {r['trial']}" + (f" (fresh {int(r['copy'])})" if "copy" in r and pd.notna(r["copy"]) else "")
+                  for r in members.to_dict("records")]
         fig = px.bar(members, x="weight", y=labels, orientation="h", height=90 + 36 * len(members),
                      text=members["weight"].map(lambda w: f"{w:.2f}"), labels={"y": ""})
         fig.update_layout(margin=dict(l=10, r=10, t=10, b=10), xaxis_range=[0, 1], yaxis_type="category")

@@ -19,7 +19,11 @@
    networks enough epochs (:func:`~.training.choose_final_pair`), the best model and the
    runner-up on validation are (the *final-fit pair*), and their equal-weight average is
    the ensemble, chosen before step 3 so that TTA, temperature and the test scoring
-   (the honest estimate) are made for it.
+   (the honest estimate) are made for it; when the time still gives each network of the
+   best configuration :data:`~automl_vision.search.budget.MIN_COPY_EPOCHS` epochs, fresh
+   networks of it (other seeds, from scratch) join the average
+   (:func:`~.training.choose_final_copies`), up to four networks in all, and the estimate
+   stays that of the networks the search trained.
 
 :func:`finalize` is called at the end of ``automl-vision search`` and by
 ``automl-vision ensemble RUN_DIR``, which rebuilds the ensemble of a finished or still
@@ -57,12 +61,14 @@ from automl_vision.search.final.report import accuracy_intervals, print_summary,
 from automl_vision.search.final.selection import (SELECTION_P, select_best, sign_test,  # noqa: F401
                                                   significantly_better, trained_with_flips)
 from automl_vision.search.final.training import (FINAL_FIT_EPOCH_CAP, FINAL_FIT_KEEP_FROM,  # noqa: F401
-                                                 MIN_FINAL_FIT_EPOCHS, MIN_PAIR_EPOCHS, choose_final_pair,
+                                                 MIN_FINAL_FIT_EPOCHS, MIN_PAIR_EPOCHS, choose_final_copies,
+                                                 choose_final_pair, fitted_networks,
                                                  deliver_final_fit, epoch_seconds_on, final_fit, final_fit_window,
                                                  refit_trial, retrain, trial_config)
 
 # the ensemble "method" of the small-data regime's final-fit pair (the best model and the runner-up, equal weights)
 PAIR_METHOD = "final-fit pair"
+AVERAGE_METHOD = "final-fit average"  # more than a pair: fresh networks of the best configuration joined it
 
 
 def finalize(run_dir: RunDir, data: PreparedData, pm: PluginManager, path: ExecPath, metric: str,
@@ -118,13 +124,20 @@ def finalize(run_dir: RunDir, data: PreparedData, pm: PluginManager, path: ExecP
     # the small-data regime's final fit may train two networks and deliver their average (the final-fit
     # pair): then the ensemble is that pair, and every choice below (TTA, temperature, the test scoring,
     # the honest estimate) is made for it, on the networks as the search trained them
-    pair, pair_why = None, None
+    # beyond the pair, fresh networks of the best configuration may join the average; the choices below are
+    # made for the pair (or the best model alone), the networks that have a search-trained counterpart
+    pair, pair_why, copies, copies_why = None, None, 0, None
     if final:
         seconds, _ = final_fit_window(run_dir, best_n, plan, respect_budget)
         pair, pair_why = choose_final_pair(run_dir, best_n, val, y_val, data, seconds, m)
         log(f"final fit: {'a pair' if pair is not None else 'one network'} ({pair_why})")
+        copies, copies_why = choose_final_copies(run_dir, best_n, pair, data, seconds)
+        if copies:
+            log(f"final fit: and {copies} fresh network(s) of trial {best_n}'s configuration ({copies_why})")
     if pair is not None:
         method, weights = PAIR_METHOD, {best_n: 0.5, pair: 0.5}
+    elif copies:
+        method, weights = AVERAGE_METHOD, {best_n: 1.0}
     else:
         weights = ens.select(method, val, y_val, m.fn, m.direction, max_members=max_members)
     members = sorted(weights, key=lambda n: (-weights[n], n))
@@ -232,22 +245,27 @@ def finalize(run_dir: RunDir, data: PreparedData, pm: PluginManager, path: ExecP
     report["intervals"] = accuracy_intervals(report, len(y_val), int(len(data.split_index["test"])))
     if final:
         ff = deliver_final_fit(run_dir, [best_n] if pair is None else [best_n, pair], data, pm, path, plan,
-                               respect_budget, log, temperature=best_t, tta=best_tta)
-        report["final_fit"] = {**ff, "pair_decision": pair_why}
+                               respect_budget, log, temperature=best_t, tta=best_tta, copies=copies)
+        report["final_fit"] = {**ff, "pair_decision": pair_why, "copies_decision": copies_why}
         # the selection may keep the first portfolio entry over a leader that is not significantly better
         chosen = ("best on validation" if sel.get("leader") in (None, best_n)
                   else f"kept over trial {sel['leader']}, whose lead on validation was not significant")
-        if ff.get("pair"):
+        fitted = fitted_networks(ff)
+        if fitted:
             use_ensemble = True
-            fitted_dir = {int(f["of_trial"]): f["dir"] for f in ff["pair"]}
-            for member in ensemble_info["members"]:
-                member["dir"] = fitted_dir[int(member["trial"])]
+            ensemble_info["method"] = PAIR_METHOD if len(fitted) == 2 and not fitted[1].get("copy") else AVERAGE_METHOD
+            ensemble_info["members"] = [
+                {"trial": int(f["of_trial"]), "weight": 1.0 / len(fitted), "model": models_of.get(int(f["of_trial"]), ""),
+                 "dir": f["dir"], **({"copy": int(f["copy"])} if f.get("copy") else {})} for f in fitted]
             report["deliverable"] = "ensemble"
-            report["why"] = (f"small-data regime: the networks of trials {best_n} ({chosen}) and {pair} "
-                             f"(the best other trial on validation) were each trained further on all "
-                             f"{ff['images']} labelled images, for "
-                             f"{' and '.join(str(f['epochs']) for f in ff['pair'])} epochs, and their average is "
-                             f"delivered")
+            fresh = sum(1 for f in fitted if f.get("copy"))
+            who = f"the networks of trials {best_n} ({chosen}) and {pair} (the best other trial on validation)" \
+                if pair is not None and any(int(f["of_trial"]) == pair for f in fitted) \
+                else f"trial {best_n}'s network ({chosen})"
+            if fresh:
+                who += f"{',' if pair is not None else ''} and {fresh} fresh network(s) of trial {best_n}'s configuration"
+            report["why"] = (f"small-data regime: {who} were each trained on all {ff['images']} labelled images, for "
+                             f"{', '.join(str(f['epochs']) for f in fitted)} epochs, and their average is delivered")
         elif "skipped" not in ff:
             use_ensemble = False
             report["deliverable"] = "best"

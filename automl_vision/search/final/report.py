@@ -110,14 +110,22 @@ def print_summary(report: dict[str, Any], console=None) -> None:
     ff = report.get("final_fit") or {}
     if ff.get("skipped"):
         console.print(f"[yellow]Final fit skipped:[/] {escape(ff['skipped'])}")
-    elif ff.get("pair"):
-        done = " and ".join(f"trial {f['of_trial']}'s for {f['epochs']} epochs ({format_duration(f.get('seconds') or 0)}"
-                            f"{', reused' if f.get('reused') else ''})" for f in ff["pair"])
+    elif ff.get("networks") or ff.get("pair"):
+        nets = ff.get("networks") or ff.get("pair")
+        done = ", ".join((f"trial {f['of_trial']}'s" if not f.get("copy") else
+                          f"a fresh network of trial {f['of_trial']}'s configuration")
+                         + f" for {f['epochs']} epochs ({format_duration(f.get('seconds') or 0)}"
+                         f"{', reused' if f.get('reused') else ''})" for f in nets)
+        searched = [f for f in nets if not f.get("copy")]
+        estimate = ("the pair's" if len(searched) == 2 else f"trial {nets[0]['of_trial']}'s network's")
         console.print(escape(
-            f"Final fit (small-data regime), a pair: {done}, each network trained further on all {ff['images']} "
-            f"labelled images; their average is delivered. The ensemble's scores above are the pair's before the "
-            f"final fit, trained on the train split only: the honest estimate for the delivered models, which have "
-            f"seen every labelled image (the test split included) and cannot be scored on them."))
+            f"Final fit (small-data regime), {'a pair' if len(nets) == 2 else f'{len(nets)} networks'}: {done}, "
+            f"each network trained on all {ff['images']} labelled images; their average is delivered. The "
+            f"ensemble's scores above are {estimate} before the final fit, trained on the train split only: the "
+            f"honest estimate for the delivered models, which have seen every labelled image (the test split "
+            f"included) and cannot be scored on them"
+            + (" (conservative: the fresh networks have no counterpart the search trained, and an average of more "
+               "networks is usually more accurate)." if len(searched) < len(nets) else ".")))
     elif ff:
         console.print(escape(
             f"Final fit (small-data regime): trial {ff['of_trial']}'s network trained further on all {ff['images']} "
@@ -126,8 +134,11 @@ def print_summary(report: dict[str, Any], console=None) -> None:
             f"trained on the train split only: the honest estimate for the delivered model, which has seen "
             f"every labelled image (the test split included) and cannot be scored on them."))
     if ff.get("pair_decision") and not ff.get("skipped"):
-        console.print(escape(f"Final fit, {'a pair' if ff.get('pair') else 'one network'}: {ff['pair_decision']}."),
+        paired = any(f.get("of_trial") != ff.get("of_trial") for f in (ff.get("networks") or ff.get("pair") or []))
+        console.print(escape(f"Final fit, {'a pair' if paired else 'one searched network'}: {ff['pair_decision']}."),
                       style="dim")
+    if ff.get("copies_decision") and not ff.get("skipped"):
+        console.print(escape(f"Final fit, fresh networks: {ff['copies_decision']}."), style="dim")
     console.print(f"Deliverable: [bold]{report['deliverable']}[/] — {escape(report['why'])}.")
     if report.get("test_warning"):
         console.print(f"[yellow]Note:[/] {escape(report['test_warning'])}")

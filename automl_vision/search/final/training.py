@@ -15,7 +15,7 @@ from automl_vision.models import build_model, load_model, save_model
 from automl_vision.plugins import PluginManager
 from automl_vision.rundir import (CONFIG, CONFIG_SCHEMA, FINAL_FIT, MODEL_JSON, MODEL_SCHEMA, REFIT, WEIGHTS, RunDir,
                                   final_fit_folder, read_json, write_json)
-from automl_vision.search.budget import MIN_PAIR_EPOCHS
+from automl_vision.search.budget import MAX_FINAL_NETWORKS, MIN_COPY_EPOCHS, MIN_PAIR_EPOCHS
 from automl_vision.settings import format_duration
 from automl_vision.training.device import ExecPath
 from automl_vision.search.final.common import write_best
@@ -38,13 +38,15 @@ def trial_config(config: dict[str, Any], epochs: int):
 def retrain(run_dir: RunDir, number: int, data: PreparedData, pm: PluginManager, path: ExecPath,
             idx: np.ndarray, epochs: int, out, kind: str, log: Callable[[str], None], plan=None,
             abort=None, warm: bool = False, keep_from: float | None = None,
-            grow_until: int | None = None) -> dict[str, Any]:
+            grow_until: int | None = None, seed_offset: int = 0, note: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train trial ``number``'s configuration once more, on the images ``idx``, into ``out``.
 
     The seed (so the initial weights), the normalisation and every hyperparameter are the
     trial's; ``epochs`` sets the schedule (``plan``/``abort``/``grow_until`` as in :func:`train`). With
     ``warm`` training starts from the trial's trained weights instead (a warm restart of
-    its schedule). The model's ``model.json`` gets ``kind`` (``refit`` or ``final_fit``)
+    its schedule). ``seed_offset`` is added to the trial's seed (other initial weights, batches
+    and augmentation draws: a fresh network of the same configuration). The model's ``model.json`` gets ``kind``
+    (with ``note`` added) (``refit`` or ``final_fit``)
     with what was done. With ``keep_from``, a run that ``abort`` stops after that share
     of its schedule's steps is kept (its learning rate has all but reached the end of its
     decay); otherwise :class:`BudgetExceeded` propagates.
@@ -57,12 +59,13 @@ def retrain(run_dir: RunDir, number: int, data: PreparedData, pm: PluginManager,
     if not config or not spec:
         raise RuntimeError(f"trial {number} has no config.json or model.json to train again from")
     cfg = trial_config(config, epochs)
+    cfg.seed += int(seed_offset)
     t0 = time.time()
     val = data.split_index["val"][:64]  # the trainer reports on these after each epoch; nothing is decided on them
     x_train, x_val = data.training_arrays(idx, val, cfg.image_size, log)
     tensors = TensorData.from_arrays(x_train, data.labels[idx], x_val, data.labels[val], len(data.classes),
                                      mean=spec["mean"], std=spec["std"])
-    torch.manual_seed(cfg.seed)  # the same initial weights as the trial
+    torch.manual_seed(cfg.seed)  # the same initial weights as the trial (with no seed_offset)
     model = load_model(tdir, pm)[0] if warm else build_model(spec, pm)
     stopped = schedule = None
     try:
@@ -82,12 +85,15 @@ def retrain(run_dir: RunDir, number: int, data: PreparedData, pm: PluginManager,
         log(f"{kind.replace('_', ' ')}: stopped by the time budget at {exc.progress:.0%} of its schedule; kept")
     info = {"of_trial": number, "epochs": epochs_run, "images": int(len(idx)), "seconds": time.time() - t0,
             "warm_start": warm}
+    if seed_offset:
+        info["seed"] = cfg.seed
+    info.update(note or {})
     if stopped:
         info["stopped"] = stopped
     if schedule:
         info["schedule"] = schedule
     save_model(out, net.to("cpu"), {**spec, kind: info})
-    write_json(out / CONFIG, {**config, "epochs": epochs_run, f"{kind}_of": number})
+    write_json(out / CONFIG, {**config, "epochs": epochs_run, "seed": cfg.seed, f"{kind}_of": number})
     return info
 
 
@@ -125,6 +131,9 @@ MIN_FINAL_FIT_EPOCHS = 3
 # cosine learning rate is within 3% of the end of its decay. Below it the search's own model is
 # delivered (on a machine that got busy mid-run, a final fit was thrown away 6 minutes into it)
 FINAL_FIT_KEEP_FROM = 0.9
+# a fresh network of the best configuration in the final fit (see choose_final_copies) has the trial's seed plus
+# this times its number: other initial weights, batches and augmentation draws
+COPY_SEED_STEP = 1000
 
 
 def epoch_seconds_on(run_dir: RunDir, number: int, n_images: int, n_train: int) -> float | None:
@@ -142,14 +151,17 @@ def epoch_seconds_on(run_dir: RunDir, number: int, n_images: int, n_train: int) 
 
 
 def final_fit(run_dir: RunDir, number: int, data: PreparedData, pm: PluginManager, path: ExecPath,
-              seconds: float, end: float | None, log: Callable[[str], None], folder: str = FINAL_FIT) -> dict[str, Any]:
+              seconds: float, end: float | None, log: Callable[[str], None], folder: str = FINAL_FIT,
+              copy: int = 0) -> dict[str, Any]:
     """Train trial ``number``'s network further on every labelled image (train, validation
     and test) into ``folder`` (``final_fit/``): a warm restart of its schedule from the
     weights the search trained, for as many epochs as ``seconds`` afford (at most
     :data:`FINAL_FIT_EPOCH_CAP`), finishing by ``end`` (absolute time; None: no limit).
+    With ``copy`` > 0, a fresh network of the trial's configuration instead, its seed
+    ``COPY_SEED_STEP * copy`` above the trial's, trained from its first epoch.
 
     Returns what was done, or ``{"skipped": why}``; an earlier final fit of the same trial
-    in ``folder`` is reused.
+    (and copy) in ``folder`` is reused.
     """
     from automl_vision.search.budget import Pace
     from automl_vision.search.interrupts import check_interrupt
@@ -158,8 +170,9 @@ def final_fit(run_dir: RunDir, number: int, data: PreparedData, pm: PluginManage
     out = run_dir.path / folder
     idx = all_labelled(data)
     done = read_json(out / MODEL_JSON, MODEL_SCHEMA)
-    if done and (done.get("final_fit") or {}).get("of_trial") == number and (out / WEIGHTS).exists():
-        return {**done["final_fit"], "dir": folder, "reused": True}
+    earlier = (done or {}).get("final_fit") or {}
+    if earlier.get("of_trial") == number and int(earlier.get("copy") or 0) == copy and (out / WEIGHTS).exists():
+        return {**earlier, "dir": folder, "reused": True}
     per_epoch = epoch_seconds_on(run_dir, number, len(idx), len(data.split_index["train"]))
     if per_epoch is None:
         return {"skipped": f"trial {number} has no timed epochs to plan a final fit from"}
@@ -192,16 +205,20 @@ def final_fit(run_dir: RunDir, number: int, data: PreparedData, pm: PluginManage
     # epoch, and the epochs actually run (the report's figure) differ: on a Zen-4 EPYC, 10 minutes, trashnet
     # was planned for 73 epochs from its trial's pace and ran 96; cats-vs-dogs 107 and ran 128
     replanned = " (re-planned after every epoch to end with the time budget)" if end is not None else ""
-    log(f"final fit: training trial {number}'s network further on all {len(idx)} labelled images, a warm restart of "
-        f"its schedule: {epochs} epochs planned from its trial's pace, about {format_duration(epochs * per_epoch)}"
-        f"{replanned}")
+    what = (f"trial {number}'s network further" if not copy else
+            f"a fresh network of trial {number}'s configuration (another seed)")
+    how = "a warm restart of its schedule" if not copy else "from its first epoch"
+    log(f"final fit: training {what} on all {len(idx)} labelled images, {how}: {epochs} epochs planned from its "
+        f"trial's pace, about {format_duration(epochs * per_epoch)}{replanned}")
     try:
         info = retrain(run_dir, number, data, pm, path, idx, epochs, out, "final_fit", log, plan=plan, abort=abort,
-                       warm=True, keep_from=FINAL_FIT_KEEP_FROM, grow_until=FINAL_FIT_EPOCH_CAP)
+                       warm=not copy, keep_from=FINAL_FIT_KEEP_FROM, grow_until=FINAL_FIT_EPOCH_CAP,
+                       seed_offset=COPY_SEED_STEP * copy, note={"copy": copy} if copy else None)
     except BudgetExceeded as exc:
         shutil.rmtree(out, ignore_errors=True)
         return {"skipped": f"the final fit ran past the time budget ({exc}); the search's model is delivered"}
-    log(f"final fit: trial {number}'s network trained for {info['epochs']} epochs ({format_duration(info['seconds'])})")
+    which = f"trial {number}'s network" if not copy else f"the fresh network {copy} of trial {number}'s configuration"
+    log(f"final fit: {which} trained for {info['epochs']} epochs ({format_duration(info['seconds'])})")
     return {**info, "planned_epochs": epochs, "dir": folder, "reused": False}
 
 
@@ -259,27 +276,57 @@ def choose_final_pair(run_dir: RunDir, best_n: int, val: dict[int, np.ndarray], 
                     f"final fit's {format_duration(seconds)}")
 
 
+def choose_final_copies(run_dir: RunDir, best_n: int, second: int | None, data: PreparedData,
+                        seconds: float) -> tuple[int, str]:
+    """(copies, why): how many fresh networks of the best model's configuration join the
+    final fit's networks (the best model, and the runner-up of a final-fit pair), each trained
+    from scratch with another seed on every labelled image.
+
+    The final fit trains the most networks, at most :data:`MAX_FINAL_NETWORKS`, for which an
+    equal share of ``seconds`` still gives each network of the best configuration
+    :data:`MIN_COPY_EPOCHS` epochs (and the runner-up :data:`MIN_PAIR_EPOCHS`) at its measured
+    pace: past the epochs a network needs on a few hundred photos, more networks in the
+    average are worth more than more epochs of one.
+    """
+    n_all, n_train = len(all_labelled(data)), len(data.split_index["train"])
+    have = 1 if second is None else 2
+    pace = {n: epoch_seconds_on(run_dir, n, n_all, n_train) for n in ([best_n] if second is None else [best_n, second])}
+    if any(p is None for p in pace.values()):
+        return 0, "no timed epochs to plan fresh networks from"
+    for k in range(MAX_FINAL_NETWORKS, have, -1):
+        share = seconds / k
+        if share / max(pace[best_n], 1e-6) >= MIN_COPY_EPOCHS and (
+                second is None or share / max(pace[second], 1e-6) >= MIN_PAIR_EPOCHS):
+            return k - have, (f"{k} networks of {format_duration(share)} each still give trial {best_n}'s configuration "
+                              f"{int(share / max(pace[best_n], 1e-6))} epochs, at least {MIN_COPY_EPOCHS}: "
+                              f"{k - have} fresh network(s) of it join the average")
+    return 0, (f"{have + 1} networks would give trial {best_n}'s configuration "
+               f"{int(seconds / (have + 1) / max(pace[best_n], 1e-6))} epochs each, fewer than {MIN_COPY_EPOCHS}")
+
+
 def deliver_final_fit(run_dir: RunDir, members: list[int], data: PreparedData, pm: PluginManager, path: ExecPath,
                       plan, respect_budget: bool, log: Callable[[str], None], temperature: float,
-                      tta: bool) -> dict[str, Any]:
+                      tta: bool, copies: int = 0) -> dict[str, Any]:
     """The small-data regime's last step: the final fit of ``members`` (the best trial, or the
-    final-fit pair: the best trial and the runner-up, each given half of the time left), the
-    first written to ``best/`` with the temperature and test-time augmentation chosen on
-    validation. The result describes the best model's final fit; a pair's adds ``pair`` (one
-    entry per member). When the runner-up's final fit cannot be done, the best one's is
-    delivered alone."""
+    final-fit pair: the best trial and the runner-up) and of ``copies`` fresh networks of the
+    best trial's configuration, each network given an equal share of the time left; the first
+    written to ``best/`` with the temperature and test-time augmentation chosen on validation.
+    The result describes the best model's final fit; with more than one network it adds
+    ``networks`` (one entry per network, in order; the fresh ones with ``copy``). When a
+    later network's final fit cannot be done, those done are delivered."""
     seconds, end = final_fit_window(run_dir, members[0], plan, respect_budget)
+    todo = [(n, 0) for n in members] + [(members[0], c) for c in range(1, copies + 1)]
     done: list[dict[str, Any]] = []
-    for rank, number in enumerate(members):
+    for rank, (number, copy) in enumerate(todo):
         # with a deadline each network gets an equal share of the time still left; without one, of the time planned
-        share = (end - time.time()) / (len(members) - rank) if end is not None else seconds / len(members)
+        share = (end - time.time()) / (len(todo) - rank) if end is not None else seconds / len(todo)
         info = final_fit(run_dir, number, data, pm, path, share, None if end is None else time.time() + share, log,
-                         folder=final_fit_folder(rank))
+                         folder=final_fit_folder(rank), copy=copy)
         if "skipped" in info:
             if rank == 0:
                 log(f"final fit skipped: {info['skipped']}")
                 return info
-            log(f"final fit of the runner-up skipped ({info['skipped']}); the best model's final fit is delivered alone")
+            log(f"final fit of network {rank + 1} skipped ({info['skipped']}); the {rank} done are delivered")
             break
         done.append(info)
     fitted = read_json(run_dir.path / FINAL_FIT / MODEL_JSON, MODEL_SCHEMA) or {}
@@ -287,6 +334,12 @@ def deliver_final_fit(run_dir: RunDir, members: list[int], data: PreparedData, p
                {**fitted, "temperature": temperature, "tta": tta, "source": FINAL_FIT})
     result = dict(done[0])
     if len(done) > 1:
-        result["pair"] = done
+        result["networks"] = done
         result["seconds_total"] = sum(float(d.get("seconds") or 0.0) for d in done)
     return result
+
+
+def fitted_networks(final_fit_info: dict[str, Any]) -> list[dict[str, Any]]:
+    """The networks a final fit delivered when more than one (``networks``; ``pair`` in run
+    directories written before fresh networks were added), else []."""
+    return list(final_fit_info.get("networks") or final_fit_info.get("pair") or [])
