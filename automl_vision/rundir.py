@@ -63,7 +63,8 @@ TEST_LABELS = "test_labels.npy"
 
 def final_fit_folder(rank: int) -> str:
     """The folder of the small-data regime's final fit of the ``rank``-th delivered network
-    (0: the best model, ``final_fit/``; 1: the second of a final-fit pair, ``final_fit_2/``)."""
+    (0: the best model, ``final_fit/``; 1: the second network, the runner-up of a final-fit pair or
+    a fresh network of the best configuration, ``final_fit_2/``; and so on: ``final_fit_3/``, ...)."""
     return FINAL_FIT if rank == 0 else f"{FINAL_FIT}_{rank + 1}"
 
 

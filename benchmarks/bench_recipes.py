@@ -150,7 +150,10 @@ def markdown(payload: dict[str, Any]) -> str:
             f"{st['seconds']:.0f} s a recipe"
             + (f" shared by {st['networks']} networks whose predictions are averaged" if st.get("networks", 1) > 1 else "")
             + f", seeds {st['seeds']}.\n\n"
-            + C.table(["recipe", "runs", "eval acc (median)", "range", "with flip TTA", "epochs"], rows))
+            + C.table(["recipe", "runs", "eval acc (median)", "range", "with flip TTA", "epochs"], rows)
+            + "".join(f"\n\n`{r['recipe']}` seed {r['seed']}: the mean eval accuracy of an average of k of its "
+                      f"{r['networks']} networks: " + ", ".join(f"k={k} {v:.3f}" for k, v in r["mean_eval_accuracy_of_k"].items())
+                      for r in payload["runs"] if r.get("mean_eval_accuracy_of_k")))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -220,7 +220,7 @@ def test_recipes_benchmark_splits_the_time_between_networks(tmp_path):
     means = run["mean_eval_accuracy_of_k"]
     assert set(means) == {"1", "2"} and means["2"] == run["eval_accuracy"]
     assert means["1"] == sum(run["network_eval_accuracy"]) / 2
-    assert "shared by 2 networks" in res["markdown"]
+    assert "shared by 2 networks" in res["markdown"] and "average of k of its 2 networks: k=1" in res["markdown"]
     bad = run_bench("bench_recipes.py", "--quick", "--networks", "0")
     assert bad.returncode == 2 and "--networks" in bad.stderr and "Traceback" not in bad.stderr
 
