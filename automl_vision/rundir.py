@@ -134,6 +134,12 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, default=_json_default, allow_nan=True) + "\n")
 
 
+def final_fit_networks(final_fit: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The networks a report's ``final_fit`` delivered when more than one (``networks``; ``pair``
+    in run directories written before fresh networks joined the final fit), else []."""
+    return list((final_fit or {}).get("networks") or (final_fit or {}).get("pair") or [])
+
+
 def tta_rules(tta: dict) -> list[str]:
     """The rules that decided flip test-time augmentation for the best model and the ensemble
     (``report.json``'s ``tta.<best|ensemble>.rule``), each once; [] for a run from before they were recorded."""

@@ -9,7 +9,7 @@ import streamlit as st
 
 from automl_vision.dashboard import ui
 from automl_vision.dashboard.data import NotAvailable, RunData, per_class_table, probability_kind
-from automl_vision.rundir import tta_rules
+from automl_vision.rundir import final_fit_networks, tta_rules
 
 
 def comparison(final: dict) -> pd.DataFrame:
@@ -52,7 +52,7 @@ def final_fit_line(final: dict) -> str | None:
         return None
     if fit.get("skipped"):
         return f"Final fit (small-data regime): skipped — {fit['skipped']}."
-    nets = fit.get("networks") or fit.get("pair")  # "pair": run directories from before fresh networks
+    nets = final_fit_networks(fit)
     if nets:
         done = ", ".join((f"trial #{f.get('of_trial')}'s" if not f.get("copy") else
                           f"a fresh network of trial #{f.get('of_trial')}'s configuration")

@@ -50,7 +50,8 @@ from automl_vision.evaluation import compute_metrics, is_better, per_class
 from automl_vision.models import load_model
 from automl_vision.plugins import PluginManager
 from automl_vision.predict import ProbabilityModel
-from automl_vision.rundir import TEST_LABELS, VAL_LABELS, RunDir, final_probs, write_json, write_npy
+from automl_vision.rundir import (TEST_LABELS, VAL_LABELS, RunDir, final_fit_networks, final_probs, write_json,
+                                  write_npy)
 from automl_vision.training.device import ExecPath
 from automl_vision.types import UsageError
 # the steps, in their modules; their public names stay importable from here, as when this was one module
@@ -62,7 +63,7 @@ from automl_vision.search.final.selection import (SELECTION_P, select_best, sign
                                                   significantly_better, trained_with_flips)
 from automl_vision.search.final.training import (FINAL_FIT_EPOCH_CAP, FINAL_FIT_KEEP_FROM,  # noqa: F401
                                                  MIN_FINAL_FIT_EPOCHS, MIN_PAIR_EPOCHS, choose_final_copies,
-                                                 choose_final_pair, fitted_networks,
+                                                 choose_final_pair,
                                                  deliver_final_fit, epoch_seconds_on, final_fit, final_fit_window,
                                                  refit_trial, retrain, trial_config)
 
@@ -250,7 +251,7 @@ def finalize(run_dir: RunDir, data: PreparedData, pm: PluginManager, path: ExecP
         # the selection may keep the first portfolio entry over a leader that is not significantly better
         chosen = ("best on validation" if sel.get("leader") in (None, best_n)
                   else f"kept over trial {sel['leader']}, whose lead on validation was not significant")
-        fitted = fitted_networks(ff)
+        fitted = final_fit_networks(ff)
         if fitted:
             use_ensemble = True
             ensemble_info["method"] = PAIR_METHOD if len(fitted) == 2 and not fitted[1].get("copy") else AVERAGE_METHOD

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from automl_vision.progress import make_console
-from automl_vision.rundir import REPORT_SCHEMA, RunDir, read_json, tta_rules
+from automl_vision.rundir import REPORT_SCHEMA, RunDir, final_fit_networks, read_json, tta_rules
 from automl_vision.settings import format_duration
 
 
@@ -110,8 +110,8 @@ def print_summary(report: dict[str, Any], console=None) -> None:
     ff = report.get("final_fit") or {}
     if ff.get("skipped"):
         console.print(f"[yellow]Final fit skipped:[/] {escape(ff['skipped'])}")
-    elif ff.get("networks") or ff.get("pair"):
-        nets = ff.get("networks") or ff.get("pair")
+    elif final_fit_networks(ff):
+        nets = final_fit_networks(ff)
         done = ", ".join((f"trial {f['of_trial']}'s" if not f.get("copy") else
                           f"a fresh network of trial {f['of_trial']}'s configuration")
                          + f" for {f['epochs']} epochs ({format_duration(f.get('seconds') or 0)}"
@@ -134,7 +134,7 @@ def print_summary(report: dict[str, Any], console=None) -> None:
             f"trained on the train split only: the honest estimate for the delivered model, which has seen "
             f"every labelled image (the test split included) and cannot be scored on them."))
     if ff.get("pair_decision") and not ff.get("skipped"):
-        paired = any(f.get("of_trial") != ff.get("of_trial") for f in (ff.get("networks") or ff.get("pair") or []))
+        paired = any(f.get("of_trial") != ff.get("of_trial") for f in final_fit_networks(ff))
         console.print(escape(f"Final fit, {'a pair' if paired else 'one searched network'}: {ff['pair_decision']}."),
                       style="dim")
     if ff.get("copies_decision") and not ff.get("skipped"):

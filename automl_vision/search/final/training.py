@@ -46,7 +46,7 @@ def retrain(run_dir: RunDir, number: int, data: PreparedData, pm: PluginManager,
     ``warm`` training starts from the trial's trained weights instead (a warm restart of
     its schedule). ``seed_offset`` is added to the trial's seed (other initial weights, batches
     and augmentation draws: a fresh network of the same configuration). The model's ``model.json`` gets ``kind``
-    (with ``note`` added) (``refit`` or ``final_fit``)
+    (``refit`` or ``final_fit``, with ``note`` added)
     with what was done. With ``keep_from``, a run that ``abort`` stops after that share
     of its schedule's steps is kept (its learning rate has all but reached the end of its
     decay); otherwise :class:`BudgetExceeded` propagates.
@@ -338,8 +338,3 @@ def deliver_final_fit(run_dir: RunDir, members: list[int], data: PreparedData, p
         result["seconds_total"] = sum(float(d.get("seconds") or 0.0) for d in done)
     return result
 
-
-def fitted_networks(final_fit_info: dict[str, Any]) -> list[dict[str, Any]]:
-    """The networks a final fit delivered when more than one (``networks``; ``pair`` in run
-    directories written before fresh networks were added), else []."""
-    return list(final_fit_info.get("networks") or final_fit_info.get("pair") or [])
