@@ -445,7 +445,7 @@ def test_a_final_fit_pair_is_the_deliverable_predict_and_export_use(tmp_path, ti
 def test_fresh_networks_join_the_final_fit_only_while_each_still_runs_enough_epochs(tmp_path, tiny_run):
     """Beyond the pair, fresh networks of the best configuration join the final fit up to
     MAX_FINAL_NETWORKS, each given an equal share of the time, while each still runs
-    MIN_COPY_EPOCHS epochs (measured: past ~400 epochs on a few hundred photos an average of
+    MIN_COPY_EPOCHS epochs (measured: past ~200 epochs on a few hundred photos an average of
     more networks gains, one network does not)."""
     from automl_vision.search.final.training import (MAX_FINAL_NETWORKS, MIN_COPY_EPOCHS, MIN_PAIR_EPOCHS,
                                                      all_labelled, choose_final_copies, epoch_seconds_on)

@@ -158,15 +158,17 @@ MIN_PAIR_EPOCHS = 100
 # ... and beyond the pair, fresh networks of the best configuration (from scratch, other seeds) join the final
 # fit's average, up to MAX_FINAL_NETWORKS networks in all, while an equal share of its time still gives each
 # network of the best configuration MIN_COPY_EPOCHS epochs. Measured with benchmarks/bench_recipes.py
-# --networks 8 (the first portfolio configuration, 64 px, every train photo, 8 seeds of 90 s each, scored on
-# the eval folder; section 17 of benchmarks/README.md): the mean accuracy of an average of k of the 8 networks
-# rose on 244 ant/bee photos (336-459 epochs each) from 0.752 (k=1) to 0.763 (2), 0.772 (4), 0.778 (8), and on
-# 300 cat/dog photos (260-306 epochs) from 0.731 to 0.739, 0.746 (4), 0.744 (8); one network of 1,657 epochs
-# (the whole 360 s) 0.739 on the ants/bees, networks of 422-491 epochs 0.739-0.791: past ~400 epochs on a
-# few hundred photos a network gains nothing from more, an average of more networks does. Read by
-# search/final/training.py (choose_final_copies)
+# --networks K (the first portfolio configuration, 64 px, every train photo, K seeds sharing the time, scored
+# on the eval folder; sections 17 and 18 of benchmarks/README.md): 360 s on 244 ant/bee photos, one network of
+# 1,657 epochs 0.739, two of ~850 0.752, four of ~450 0.791; 8 x 90 s, the mean accuracy of an average of k of
+# the 8 networks rose on the ants/bees (336-459 epochs each) from 0.752 (k=1) to 0.763 (2), 0.772 (4), 0.778
+# (8), on 300 cat/dog photos (260-306 epochs) from 0.731 to 0.739, 0.746 (4), 0.744 (8); 360 s on 720 flower
+# photos, one network of 484 epochs 0.783, two of 233 0.795, four of 123 0.788; on 2,016 trashnet photos one
+# of 219 epochs 0.863, two of 107 0.851. Of 100, 200 and 400 epochs, 200 picks the best number of networks in
+# all three equal-time comparisons (400 kept one network on the flowers). Read by search/final/training.py
+# (choose_final_copies)
 MAX_FINAL_NETWORKS = 4
-MIN_COPY_EPOCHS = 400
+MIN_COPY_EPOCHS = 200
 REFERENCE_BATCH = 64
 # images per second of the reference CNN's training per image per second of the device probe
 # (training/device.py: _measure times a network of the reference CNN's shape at 64 px on random batches, so

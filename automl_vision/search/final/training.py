@@ -285,8 +285,8 @@ def choose_final_copies(run_dir: RunDir, best_n: int, second: int | None, data: 
     The final fit trains the most networks, at most :data:`MAX_FINAL_NETWORKS`, for which an
     equal share of ``seconds`` still gives each network of the best configuration
     :data:`MIN_COPY_EPOCHS` epochs (and the runner-up :data:`MIN_PAIR_EPOCHS`) at its measured
-    pace: past the epochs a network needs on a few hundred photos, more networks in the
-    average are worth more than more epochs of one.
+    pace: past ~200 epochs, more networks in the average are worth more than more epochs
+    of one (measured on 244-720 photos; on 2,016, two networks of 107 epochs lost to one of 219).
     """
     n_all, n_train = len(all_labelled(data)), len(data.split_index["train"])
     have = 1 if second is None else 2
