@@ -164,8 +164,9 @@ MIN_PAIR_EPOCHS = 100
 # the 8 networks rose on the ants/bees (336-459 epochs each) from 0.752 (k=1) to 0.763 (2), 0.772 (4), 0.778
 # (8), on 300 cat/dog photos (260-306 epochs) from 0.731 to 0.739, 0.746 (4), 0.744 (8); 360 s on 720 flower
 # photos, one network of 484 epochs 0.783, two of 233 0.795, four of 123 0.788; on 2,016 trashnet photos one
-# of 219 epochs 0.863, two of 107 0.851. Of 100, 200 and 400 epochs, 200 picks the best number of networks in
-# all three equal-time comparisons (400 kept one network on the flowers). Read by search/final/training.py
+# of 219 epochs 0.863, two of 107 0.851 (with flip TTA level: 0.861, 0.863). Of 100, 200 and 400 epochs, 200
+# picks the best number of networks in all three equal-time comparisons; 400 kept one network on the flowers
+# (-1.2 points), 100 would split trashnet (-1.2 points without flip TTA). Read by search/final/training.py
 # (choose_final_copies)
 MAX_FINAL_NETWORKS = 4
 MIN_COPY_EPOCHS = 200
