@@ -58,6 +58,13 @@ RECIPES: dict[str, dict[str, Any]] = {
     "s64": {"size": 64},
     "s96": {"size": 96},
     "s160": {"size": 160},
+    # at 64 px (the side a few hundred photos get in a final fit on a 2-core CPU): what regularises
+    # a network trained for hundreds of epochs on a few hundred photos
+    "s64_b32": {"size": 64, "batch_size": 32},
+    "s64_heavy": {"size": 64, "aug.preset": "heavy"},
+    "s64_trivial": {"size": 64, "aug.preset": "custom", "aug.flip": True, "aug.crop_scale": 0.35, "aug.rotate": 10.0,
+                    "aug.translate": 0.1, "aug.color": 0.2, "aug.auto": "trivial", "aug.mix": "none", "aug.erase": 0.0},
+    "s64_sgd": {"size": 64, "optimizer": "sgd", "lr.sgd": 0.05},
 }
 
 
