@@ -415,3 +415,16 @@ def test_a_plugin_family_claims_its_model_names_like_the_builtins(tmp_path):
         else:
             with pytest.raises(UsageError, match="no zoo2 model matches|not a possible value"):
                 space_file.apply(settings, pm)
+
+
+def test_batch_choices_leave_at_least_four_batches_an_epoch():
+    from automl_vision.search.space import batch_choices
+
+    # a few hundred photos (a 70% split of 244-365) train in batches of 32: 64 left 2-3 steps an epoch
+    assert batch_choices(171) == [32]
+    assert batch_choices(255) == [32]
+    assert batch_choices(256) == [32, 64]
+    assert batch_choices(2100) == [32, 64, 128]
+    for n in (10, 100, 300, 600, 1000, 5000):
+        assert all(b <= max(32, n // 4) for b in batch_choices(n)), n
+        assert batch_choices(n), n  # never empty: a tiny set still gets the smallest batch
