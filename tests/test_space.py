@@ -15,7 +15,7 @@ from automl_vision.settings import settings_from_options
 from automl_vision.plugins import get_plugin_manager
 from automl_vision.search import space_file
 from automl_vision.search.portfolio import fit_entry, load_portfolio
-from automl_vision.search.space import LR_RANGES, explore, families_and_models, sample
+from automl_vision.search.space import LR_RANGES, batch_choices, explore, families_and_models, sample
 from automl_vision.types import UsageError
 from conftest import run_cli
 
@@ -418,8 +418,6 @@ def test_a_plugin_family_claims_its_model_names_like_the_builtins(tmp_path):
 
 
 def test_batch_choices_leave_at_least_four_batches_an_epoch():
-    from automl_vision.search.space import batch_choices
-
     # a few hundred photos (a 70% split of 244-365) train in batches of 32: 64 left 2-3 steps an epoch
     assert batch_choices(171) == [32]
     assert batch_choices(255) == [32]

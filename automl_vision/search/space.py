@@ -174,12 +174,12 @@ def batch_choices(num_train: int) -> list[int]:
 
     Measured (benchmarks/README.md section 19): on 244 and 300 photos at 64 px, four networks of the
     first portfolio CNN sharing 360 s, batch 32 (and so half the learning rate, scaled with the batch)
-    against batch 64 (three or four steps an epoch): each network alone +0.1 to +2.4 points in four
+    against batch 64 (three or four steps an epoch): each network alone +0.2 to +2.4 points in four
     seed pairs, their average +1.4 points on the mean (-1.3 to +3.2). A training split of fewer than
     256 images (a folder of fewer than about 365 photos) offers batch 32 only; half the split, the
     rule before, allowed 64 from 128 images.
     """
-    return [b for b in BATCH_SIZES if b <= max(32, num_train // 4)] or [BATCH_SIZES[0]]
+    return [b for b in BATCH_SIZES if b <= max(BATCH_SIZES[0], num_train // 4)]  # the smallest always
 
 
 def aug_presets(settings: SearchSettings) -> list[str] | None:
