@@ -104,6 +104,8 @@ class SearchSettings:
     n_trials: int | None = None
     max_epochs: int | None = None
     image_sizes: list[int] = field(default_factory=list)  # empty: chosen from the data
+    # empty: chosen from the training split (search/space.batch_choices); a resumed study keeps its own
+    batch_sizes: list[int] = field(default_factory=list)
     metric: str = "accuracy"
     seed: int = 0
     device: str = "auto"

@@ -244,6 +244,31 @@ def test_resumed_study_with_other_choices_is_a_clear_error(tmp_path, digits_dir)
     assert "already searched 'optimizer'" in proc.stderr
 
 
+def test_a_study_resumed_by_a_newer_version_keeps_its_batch_sizes(tmp_path, digits_dir):
+    """A study an older version started with other batch-size choices for the same split (before
+    batch_choices took a quarter of the split, 210 images offered [32, 64]) resumes with those."""
+    out = tmp_path / "r"
+    base = ["search", digits_dir, "--out", out, "--max-epochs", "1", "--image-size", "16", "--models", "cnn",
+            "--no-portfolio", "--plain"]
+    assert run_cli(*base, "--n-trials", "1").returncode == 0
+    run = json.loads((out / "run.json").read_text())
+    assert run["settings"]["batch_sizes"] == batch_choices(210) == [32]
+    del run["settings"]["batch_sizes"]  # run.json as the older version wrote it
+    (out / "run.json").write_text(json.dumps(run))
+    journal = out / "study.journal"
+    stored = '{\\"choices\\": [32]}'  # the distribution, as JSON inside the journal's JSON
+    assert stored in journal.read_text()
+    journal.write_text(journal.read_text().replace(stored, '{\\"choices\\": [32, 64]}'))
+    proc = run_cli(*base, "--n-trials", "2")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((out / "run.json").read_text())["settings"]["batch_sizes"] == [32, 64]
+    study = optuna.load_study(study_name=run["study_name"],
+                              storage=optuna.storages.JournalStorage(
+                                  optuna.storages.journal.JournalFileBackend(str(journal))))
+    assert len(study.trials) == 2
+    assert all(list(t.distributions["batch_size"].choices) == [32, 64] for t in study.trials)
+
+
 def test_python_api_settings_accept_a_space_mapping():
     pm = get_plugin_manager()
     settings = settings_from_options("data", space={"optimizer": "sgd", "image_size": [48]}, n_trials=1)

@@ -47,14 +47,25 @@ def fit_entry(params: dict[str, Any], space: dict[str, Param]) -> dict[str, Any]
     return out
 
 
-def check_compatible(study: optuna.Study, space: dict[str, Param]) -> None:
-    """A resumed study must keep the choices of every categorical parameter (Optuna
-    stores one distribution per parameter name); say so before any trial fails."""
+def _distributions(study: optuna.Study) -> dict[str, Any]:
+    """Each parameter's distribution, as the study's first trial that has it stored it."""
     seen: dict[str, Any] = {}
     for t in study.get_trials(deepcopy=False):
         for name, dist in t.distributions.items():
             seen.setdefault(name, dist)
-    for name, dist in seen.items():
+    return seen
+
+
+def study_choices(study: optuna.Study, name: str) -> list[Any] | None:
+    """The choices the study searched for categorical parameter ``name`` (None: not searched yet)."""
+    dist = _distributions(study).get(name)
+    return list(dist.choices) if isinstance(dist, optuna.distributions.CategoricalDistribution) else None
+
+
+def check_compatible(study: optuna.Study, space: dict[str, Param]) -> None:
+    """A resumed study must keep the choices of every categorical parameter (Optuna
+    stores one distribution per parameter name); say so before any trial fails."""
+    for name, dist in _distributions(study).items():
         param = space.get(name)
         if param is None or param.kind != "categorical":
             continue

@@ -200,7 +200,8 @@ def sample(trial, settings: SearchSettings, pm: PluginManager, families: list[st
         raise TypeError(f"model family {family!r}: suggest() returned {type(model_params).__name__}, expected dict")
     trial = trial.with_recipe(family, family_obj.recipe)  # the training part of the space, as the family advises
 
-    batch_size = int(trial.suggest_categorical("batch_size", batch_choices(num_train)))
+    batch_size = int(trial.suggest_categorical("batch_size", [int(b) for b in settings.batch_sizes]
+                                               or batch_choices(num_train)))
     optimizer = trial.suggest_categorical("optimizer", OPTIMIZERS)
     lo, hi = LR_RANGES[optimizer]
     base_lr = trial.suggest_float(f"lr.{optimizer}", lo, hi, log=True)
