@@ -13,6 +13,7 @@ Getting the repositories (once, by hand; any clone at the pinned commit will do)
     git clone --bare https://github.com/bungabudia9-spec/H1D024006_PraktikumKB_Pertemuan8 mirrors/bungabudia9-spec+H1D024006_PraktikumKB_Pertemuan8/repo
     git clone --bare https://github.com/afroozsheikh/Intel-Image-Classifier              mirrors/afroozsheikh+Intel-Image-Classifier/repo
     git clone --bare https://github.com/congduytran12/Trash-Classification-              mirrors/congduytran12+Trash-Classification-/repo
+    git clone --bare https://github.com/995114879/17flowers                              mirrors/995114879+17flowers/repo
 
 then::
 
@@ -50,6 +51,7 @@ import argparse
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -65,6 +67,10 @@ MIN_TRAIN_PER_CLASS = 20
 # name -> where the photos are and how they are split. ``layout``:
 #   "split": <root>/<train_dir>/<class>/* and <root>/<eval_dir>/<class>/* (the repository's own split)
 #   "flat":  <root>/<class>/* (split here, stratified 80/20 with seed 0)
+#   "numbered": <root>/<file> with no class folders; the class comes from the number in the file name
+#            (``number_re``, group 1): ``classes[(number - 1) // per_class]``, i.e. ``per_class``
+#            consecutive numbers per class in the order of ``classes`` (the Oxford 17 Flowers layout,
+#            image_0001..image_1360.jpg); split here like "flat"
 SOURCES: dict[str, dict[str, Any]] = {
     "hymenoptera": {
         "repo": "zhangtao7750/syn",
@@ -121,6 +127,21 @@ SOURCES: dict[str, dict[str, Any]] = {
         "licence": "not stated in this copy (TrashNet, Yang & Thung 2016, github.com/garythung/trashnet, MIT)",
         "about": "TrashNet 'dataset-resized': photos (384x512 as stored) of single pieces of waste on a white board: "
                  "cardboard, glass, metal, paper, plastic, trash",
+    },
+    "flowers17": {
+        "repo": "995114879/17flowers",
+        "commit": "876e29c6941fa22981238f99fa5fe704f70e379f",
+        # the original JPEGs of 17flowers.tgz; the repository's datas/17flowers/c*/ and
+        # 17flowers_traintest/ hold the same photos re-saved at a higher JPEG quality (larger files), not used
+        "root": "17flowers",
+        "layout": "numbered", "number_re": r"image_(\d{4})\.jpg", "per_class": 80,
+        # the dataset's class order (80 consecutive images each)
+        "classes": ["daffodil", "snowdrop", "lily_valley", "bluebell", "crocus", "iris", "tigerlily", "tulip",
+                    "fritillary", "sunflower", "daisy", "colts_foot", "dandelion", "cowslip", "buttercup",
+                    "windflower", "pansy"],
+        "licence": "not stated (Oxford VGG 17 Category Flower Dataset, Nilsback & Zisserman 2006; photos from the web)",
+        "about": "the Oxford 17 Category Flower Dataset: 80 photos of each of 17 common UK flower species "
+                 "(shorter side about 500 px), labelled from the image numbers; the official data splits are not used",
     },
 }
 CATS_DOGS_ABOUT = ("1,802 Dogs-vs-Cats photos (subset of the Kaggle/Asirra set) from "
@@ -265,6 +286,18 @@ def collect_from_git(name: str, spec: dict[str, Any], git_dir: Path, log) -> tup
             if len(bits) != 3 or bits[0] not in parts:
                 continue
             found[(bits[0], bits[1])].append((path, sha, size))
+        elif spec["layout"] == "numbered":
+            if len(bits) != 1:
+                continue
+            m = re.fullmatch(spec["number_re"], bits[0])
+            if m is None:
+                skipped["name without a class number"] += 1
+                continue
+            idx = (int(m.group(1)) - 1) // spec["per_class"]
+            if not 0 <= idx < len(spec["classes"]):
+                skipped["number outside the classes"] += 1
+                continue
+            found[(None, spec["classes"][idx])].append((path, sha, size))
         else:
             if len(bits) != 2:
                 continue
