@@ -14,6 +14,7 @@ Getting the repositories (once, by hand; any clone at the pinned commit will do)
     git clone --bare https://github.com/afroozsheikh/Intel-Image-Classifier              mirrors/afroozsheikh+Intel-Image-Classifier/repo
     git clone --bare https://github.com/congduytran12/Trash-Classification-              mirrors/congduytran12+Trash-Classification-/repo
     git clone --bare https://github.com/995114879/17flowers                              mirrors/995114879+17flowers/repo
+    git clone --bare https://github.com/dsw88/cs601r-project1-dataset                    mirrors/dsw88+cs601r-project1-dataset/repo
 
 then::
 
@@ -70,7 +71,8 @@ MIN_TRAIN_PER_CLASS = 20
 #   "numbered": <root>/<file> with no class folders; the class comes from the number in the file name
 #            (``number_re``, group 1): ``classes[(number - 1) // per_class]``, i.e. ``per_class``
 #            consecutive numbers per class in the order of ``classes`` (the Oxford 17 Flowers layout,
-#            image_0001..image_1360.jpg); split here like "flat"
+#            image_0001..image_1360.jpg); split here like "flat". With ``per_class: 1`` the number is the
+#            class number itself (1 -> ``classes[0]``), e.g. a class prefix of the file name
 SOURCES: dict[str, dict[str, Any]] = {
     "hymenoptera": {
         "repo": "zhangtao7750/syn",
@@ -142,6 +144,28 @@ SOURCES: dict[str, dict[str, Any]] = {
         "licence": "not stated (Oxford VGG 17 Category Flower Dataset, Nilsback & Zisserman 2006; photos from the web)",
         "about": "the Oxford 17 Category Flower Dataset: 80 photos of each of 17 common UK flower species "
                  "(shorter side about 500 px), labelled from the image numbers; the official data splits are not used",
+    },
+    "leeds-butterflies": {
+        "repo": "dsw88/cs601r-project1-dataset",
+        "commit": "b01a8ebbd54c247e99699d3ff2576a63ff414549",
+        # the Leeds Butterfly Dataset as packaged for a course (resized to at most 500 px wide); the repository's
+        # butterflies/segmentations/ masks and its birds/ folder (a CUB-200 sample, ~4 photos a class) are not used
+        "root": "dataset/butterflies/images",
+        # file names are <3-digit category ID><4-digit sequence number>.png (0010001.png); the category ID is the
+        # class: per_class 1 maps ID 1..10 to classes[0..9]
+        "layout": "numbered", "number_re": r"(\d{3})\d{4}\.png", "per_class": 1,
+        # the dataset's category order (001 Danaus plexippus, 002 Heliconius charitonius, 003 Heliconius erato,
+        # 004 Junonia coenia, 005 Lycaena phlaeas, 006 Nymphalis antiopa, 007 Papilio cresphontes,
+        # 008 Pieris rapae, 009 Vanessa atalanta, 010 Vanessa cardui), by their common names (line 2 of the
+        # repository's dataset/butterflies/descriptions/<ID>.txt)
+        "classes": ["monarch", "zebra_longwing", "crimson_patched_longwing", "common_buckeye", "american_copper",
+                    "mourning_cloak", "giant_swallowtail", "cabbage_white", "red_admiral", "painted_lady"],
+        "licence": "not stated (LICENSE.txt is empty; the README asks for learning use only, no commercial use "
+                   "without the dataset creators' permission; Leeds Butterfly Dataset, Wang, Markert & Everingham, "
+                   "BMVC 2009, photos from Google Images)",
+        "about": "the Leeds Butterfly Dataset: 832 photos of 10 butterfly species (55-100 each), "
+                 "collected from Google Images; PNG, resized by the repository to at most 500 px wide; labelled "
+                 "from the category prefix of the file names",
     },
 }
 CATS_DOGS_ABOUT = ("1,802 Dogs-vs-Cats photos (subset of the Kaggle/Asirra set) from "
