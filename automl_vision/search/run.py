@@ -329,18 +329,9 @@ def run_search(settings: SearchSettings, argv: list[str] | None = None, plain: b
             f"spent starting (imports, device probe, photos), trials {format_duration(plan.search_seconds)}, "
             f"final steps {format_duration(plan.final_steps)}{fit}")
 
-    study = open_study(settings, directions, max_epochs)
-    if not settings.batch_sizes:
-        # a resumed study keeps the batch sizes it searched (Optuna cannot change a parameter's choices
-        # within a study, and a newer version may choose others for the same split)
-        from automl_vision.search.portfolio import study_choices
-        from automl_vision.search.space import batch_choices
-
-        earlier = ((previous_run(run_dir, overwrite) or {}).get("settings") or {}).get("batch_sizes")
-        settings.batch_sizes = [int(b) for b in earlier or study_choices(study, "batch_size")
-                                or batch_choices(len(data.split_index["train"]))]
     stored = dict(settings.as_dict(), storage=redact(settings.storage))
     run_info = previous_run(run_dir, overwrite) or {}
+    earlier_batches = (run_info.get("settings") or {}).get("batch_sizes")
     run_info.update(
         layout_version=1,
         # the command line may hold a storage URL with its password: store it redacted
@@ -362,8 +353,19 @@ def run_search(settings: SearchSettings, argv: list[str] | None = None, plain: b
         sessions=run_info.get("sessions", []) + [{"started": t_start, "time_budget": settings.time_budget,
                                                   "n_trials": settings.n_trials}],
     )
-    write_json(run_dir.run_json, run_info)
+    write_json(run_dir.run_json, run_info)  # before the storage opens: a run that cannot reach it is still recorded
 
+    study = open_study(settings, directions, max_epochs)
+    if not settings.batch_sizes:
+        # a resumed study keeps the batch sizes it searched (Optuna cannot change a parameter's choices
+        # within a study, and a newer version may choose others for the same split)
+        from automl_vision.search.portfolio import study_choices
+        from automl_vision.search.space import batch_choices
+
+        settings.batch_sizes = [int(b) for b in earlier_batches or study_choices(study, "batch_size")
+                                or batch_choices(len(data.split_index["train"]))]
+        stored = run_info["settings"] = dict(settings.as_dict(), storage=redact(settings.storage))
+        write_json(run_dir.run_json, run_info)
     study.set_user_attr("settings", stored)
     study.set_user_attr("automl_vision_version", __version__)
     study.set_user_attr("plugins", pm.fingerprint())
