@@ -329,9 +329,14 @@ def run_search(settings: SearchSettings, argv: list[str] | None = None, plain: b
             f"spent starting (imports, device probe, photos), trials {format_duration(plan.search_seconds)}, "
             f"final steps {format_duration(plan.final_steps)}{fit}")
 
-    stored = dict(settings.as_dict(), storage=redact(settings.storage))
     run_info = previous_run(run_dir, overwrite) or {}
-    earlier_batches = (run_info.get("settings") or {}).get("batch_sizes")
+    derived_batches = not settings.batch_sizes
+    if derived_batches:  # a resumed run keeps the batch sizes it chose, as it keeps its resolution
+        from automl_vision.search.space import batch_choices
+
+        settings.batch_sizes = [int(b) for b in (run_info.get("settings") or {}).get("batch_sizes")
+                                or batch_choices(len(data.split_index["train"]))]
+    stored = dict(settings.as_dict(), storage=redact(settings.storage))
     run_info.update(
         layout_version=1,
         # the command line may hold a storage URL with its password: store it redacted
@@ -356,16 +361,16 @@ def run_search(settings: SearchSettings, argv: list[str] | None = None, plain: b
     write_json(run_dir.run_json, run_info)  # before the storage opens: a run that cannot reach it is still recorded
 
     study = open_study(settings, directions, max_epochs)
-    if not settings.batch_sizes:
-        # a resumed study keeps the batch sizes it searched (Optuna cannot change a parameter's choices
-        # within a study, and a newer version may choose others for the same split)
+    if derived_batches:
+        # a study an older version started keeps the batch sizes it searched (Optuna cannot change a
+        # parameter's choices within a study; its run.json did not record them)
         from automl_vision.search.portfolio import study_choices
-        from automl_vision.search.space import batch_choices
 
-        settings.batch_sizes = [int(b) for b in earlier_batches or study_choices(study, "batch_size")
-                                or batch_choices(len(data.split_index["train"]))]
-        stored = run_info["settings"] = dict(settings.as_dict(), storage=redact(settings.storage))
-        write_json(run_dir.run_json, run_info)
+        searched = study_choices(study, "batch_size")
+        if searched and searched != settings.batch_sizes:
+            settings.batch_sizes = [int(b) for b in searched]
+            stored = run_info["settings"] = dict(settings.as_dict(), storage=redact(settings.storage))
+            write_json(run_dir.run_json, run_info)
     study.set_user_attr("settings", stored)
     study.set_user_attr("automl_vision_version", __version__)
     study.set_user_attr("plugins", pm.fingerprint())
