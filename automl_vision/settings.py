@@ -46,6 +46,13 @@ def trial_seconds(settings: "SearchSettings", search_seconds: float | None = Non
     return share * float(search_seconds or settings.time_budget)
 
 
+def redact(url: str | None) -> str | None:
+    """A storage URL with its password replaced, safe to print or store."""
+    if not url:
+        return url
+    return re.sub(r"(://[^:/@]+:)[^@]+@", r"\1***@", url)
+
+
 @dataclass
 class SearchOptions:
     """The settings past the main ones, typed: what the sampler, the weight set-up, the
@@ -127,6 +134,10 @@ class SearchSettings:
         d = asdict(self)
         d["options"] = self.options.as_dict()
         return d
+
+    def as_stored(self) -> dict[str, Any]:
+        """The settings as run.json and the study record them: the storage URL without its password."""
+        return dict(self.as_dict(), storage=redact(self.storage))
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "SearchSettings":

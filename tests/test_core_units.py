@@ -10,7 +10,7 @@ import torch
 
 from automl_vision.data.prepare import stratified_split
 from automl_vision.registry import ConflictError, Registry
-from automl_vision.settings import parse_duration
+from automl_vision.settings import SearchSettings, parse_duration
 from automl_vision.training.augment import PRESETS, BatchAugmenter
 from automl_vision.training.device import choose
 from automl_vision.training.trainer import TensorData, TrialConfig, train
@@ -290,3 +290,15 @@ def test_progress_says_why_a_schedule_changes_and_keeps_time_left_running():
     text = [str(cell) for col in rp.live.get_renderable().columns for cell in col._cells]
     before = [str(cell) for col in first.columns for cell in col._cells]
     assert text != before and any("58m" in t for t in text)
+
+
+def test_stored_settings_hide_the_storage_password():
+    # run.json and the study record as_stored(); the live settings keep the URL the storage needs
+    settings = SearchSettings(data="photos", run_dir="run", study_name="s", seed=3,
+                              storage="postgresql://automl:s3cret@127.0.0.1:5432/automl")
+    stored = settings.as_stored()
+    assert stored["storage"] == "postgresql://automl:***@127.0.0.1:5432/automl"
+    assert "s3cret" not in json.dumps(stored)
+    assert settings.storage.endswith(":s3cret@127.0.0.1:5432/automl")
+    assert SearchSettings.from_dict(stored).seed == 3
+    assert SearchSettings(data="photos", run_dir="run", study_name="s").as_stored()["storage"] is None

@@ -24,6 +24,7 @@ import pandas as pd
 from automl_vision.rundir import (CONFIG, DATA_REPORT, ENSEMBLE, FINAL, HISTORY, JOURNAL, LAYOUT_VERSION, LEADERBOARD, METRICS,
                                   MODEL_JSON, REPORT, RUN_JSON, STATUS, TEST_LABELS, TRIALS, VAL_LABELS, DamagedRunFileError,
                                   RunDir, final_probs, path_inside, read_json, read_npy)
+from automl_vision.settings import redact
 
 ENV_RUNS = "AUTOML_VISION_DASHBOARD_RUNS"
 ENV_STORAGE = "AUTOML_VISION_DASHBOARD_STORAGE"
@@ -89,15 +90,6 @@ def config_from_env(environ: dict[str, str] | None = None) -> Config:
         refresh = 5.0
     return Config(runs=runs, storage=env.get(ENV_STORAGE) or None, study_name=env.get(ENV_STUDY) or None,
                   refresh_seconds=max(1.0, refresh))
-
-
-def redact(url: str | None) -> str | None:
-    """A storage URL with its password hidden."""
-    import re
-
-    if not url:
-        return url
-    return re.sub(r"(://[^:/@]+:)[^@]+@", r"\1***@", url)
 
 
 # ------------------------------------------------------------------ change detection

@@ -34,8 +34,8 @@ def join_study(storage_url: str, study_name: str | None, device: str = "auto", r
     from automl_vision.search.objective import Budget, Objective, worker_id
     from automl_vision.data.prepare import reload_prepared
     from automl_vision.search.run import check_settings, directions_for, run_worker
-    from automl_vision.search.study import make_storage, open_study, redact
-    from automl_vision.settings import PRESETS, SearchSettings
+    from automl_vision.search.study import make_storage, open_study
+    from automl_vision.settings import PRESETS, SearchSettings, redact
     from automl_vision.training.device import choose
 
     if threads:

@@ -31,12 +31,12 @@ from automl_vision.progress import make_progress
 from automl_vision.rundir import RUN_SCHEMA, DamagedRunFileError, RunDir, check_schema, read_json, write_json
 from automl_vision.search.interrupts import check_interrupt
 from automl_vision.search.objective import DISK_FULL, Budget, Objective
-from automl_vision.search.study import local_storage_file, open_study, redact
+from automl_vision.search.study import local_storage_file, open_study
 # dead workers' trials (recover_stale_trials, journal file and database storages), the trial loop
 # and worker processes: see automl_vision/search/workers.py
 from automl_vision.search.loop import trial_loop
 from automl_vision.search.workers import pid_alive, recover_stale_trials, run_parallel
-from automl_vision.settings import PRESETS, SearchSettings, check_seed, format_duration
+from automl_vision.settings import PRESETS, SearchSettings, check_seed, format_duration, redact
 from automl_vision.training.device import apply_gpu_options, choose
 from automl_vision.types import Dataset, UsageError
 
@@ -336,7 +336,7 @@ def run_search(settings: SearchSettings, argv: list[str] | None = None, plain: b
 
         settings.batch_sizes = [int(b) for b in (run_info.get("settings") or {}).get("batch_sizes")
                                 or batch_choices(len(data.split_index["train"]))]
-    stored = dict(settings.as_dict(), storage=redact(settings.storage))
+    stored = settings.as_stored()
     run_info.update(
         layout_version=1,
         # the command line may hold a storage URL with its password: store it redacted
@@ -369,7 +369,7 @@ def run_search(settings: SearchSettings, argv: list[str] | None = None, plain: b
         searched = study_choices(study, "batch_size")
         if searched and searched != settings.batch_sizes:
             settings.batch_sizes = [int(b) for b in searched]
-            stored = run_info["settings"] = dict(settings.as_dict(), storage=redact(settings.storage))
+            stored = run_info["settings"] = settings.as_stored()
             write_json(run_dir.run_json, run_info)
     study.set_user_attr("settings", stored)
     study.set_user_attr("automl_vision_version", __version__)

@@ -3,24 +3,16 @@
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
 
 from automl_vision.rundir import DamagedRunFileError, RunDir, damaged_journal_record, repair_journal
-from automl_vision.settings import SearchSettings
+from automl_vision.settings import SearchSettings, redact
 from automl_vision.types import UsageError
 
 PRUNERS = ("hyperband", "sha", "median", "none")
-
-
-def redact(url: str | None) -> str | None:
-    """A storage URL with its password replaced, safe to print or store."""
-    if not url:
-        return url
-    return re.sub(r"(://[^:/@]+:)[^@]+@", r"\1***@", url)
 
 
 @dataclass(frozen=True)
