@@ -82,38 +82,30 @@ class SpaceTrial:
         return self._trial.suggest_categorical(name, list(choices))
 
     def suggest_float(self, name: str, low: float, high: float, *, step: float | None = None, log: bool = False):
-        recipe = self._recipe.get(name)
-        if isinstance(recipe, dict):  # a narrower (or wider) range: Optuna allows ranges that change
-            return self._trial.suggest_float(name, float(recipe.get("low", low)), float(recipe.get("high", high)),
-                                             step=step, log=log)
-        if name in self._recipe:
-            return self._family_choice(name)
-        ov = self._override(name)
-        if ov is _MISSING:
-            return self._trial.suggest_float(name, low, high, step=step, log=log)
-        if isinstance(ov, list):
-            return self._trial.suggest_categorical(name, ov)
-        if isinstance(ov, dict):
-            return self._trial.suggest_float(name, float(ov.get("low", low)), float(ov.get("high", high)),
-                                             step=ov.get("step", step), log=bool(ov.get("log", log)))
-        return self._trial.suggest_float(name, float(ov), float(ov))
+        return self._suggest_number(self._trial.suggest_float, float, name, low, high, step, log)
 
     def suggest_int(self, name: str, low: int, high: int, *, step: int = 1, log: bool = False):
+        return self._suggest_number(self._trial.suggest_int, int, name, low, high, step, log)
+
+    def _suggest_number(self, suggest, cast, name: str, low, high, step, log: bool):
+        """A float or int parameter (``suggest`` and ``cast`` say which): a recipe's narrower (or
+        wider) range, a family's choice, the user's override (a value, a list, a range) or the
+        model's own range, in that order."""
         recipe = self._recipe.get(name)
-        if isinstance(recipe, dict):
-            return self._trial.suggest_int(name, int(recipe.get("low", low)), int(recipe.get("high", high)),
-                                           step=step, log=log)
+        if isinstance(recipe, dict):  # a narrower (or wider) range: Optuna allows ranges that change
+            return suggest(name, cast(recipe.get("low", low)), cast(recipe.get("high", high)), step=step, log=log)
         if name in self._recipe:
             return self._family_choice(name)
         ov = self._override(name)
         if ov is _MISSING:
-            return self._trial.suggest_int(name, low, high, step=step, log=log)
+            return suggest(name, low, high, step=step, log=log)
         if isinstance(ov, list):
             return self._trial.suggest_categorical(name, ov)
         if isinstance(ov, dict):
-            return self._trial.suggest_int(name, int(ov.get("low", low)), int(ov.get("high", high)),
-                                           step=int(ov.get("step", step)), log=bool(ov.get("log", log)))
-        return self._trial.suggest_int(name, int(ov), int(ov))
+            ov_step = ov.get("step", step)
+            return suggest(name, cast(ov.get("low", low)), cast(ov.get("high", high)),
+                           step=None if ov_step is None else cast(ov_step), log=bool(ov.get("log", log)))
+        return suggest(name, cast(ov), cast(ov))
 
 
 _MISSING = object()
