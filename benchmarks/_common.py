@@ -47,6 +47,18 @@ def cpu_features() -> list[str]:
     return cpu_extensions()
 
 
+# environment variables that cap the instruction set torch's own kernels (ATen) and oneDNN's may use: set
+# to AVX2 on a CPU with AVX-512 and bf16 they make it compute like a CPU without them (bf16 then falls back
+# to slow emulated kernels, and the engine's measured path choice sees that), so a run can say how the
+# search does on the AVX2-only CPUs it may meet; recorded so such figures are never read as the host's own
+ISA_LIMIT_VARS = ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY")
+
+
+def isa_limit() -> dict[str, str]:
+    """The instruction-set caps of :data:`ISA_LIMIT_VARS` set in this process's environment."""
+    return {v: os.environ[v] for v in ISA_LIMIT_VARS if os.environ.get(v)}
+
+
 def machine() -> dict[str, Any]:
     """Where the figures were taken: cores, CPU, GPU, load, versions, date."""
     import torch
@@ -73,6 +85,7 @@ def machine() -> dict[str, Any]:
         "date_utc": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "cpu": cpu_model(),
         "cpu_features": cpu_features(),
+        **({"isa_limit": isa_limit()} if isa_limit() else {}),
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "gpu": gpu,

@@ -24,7 +24,10 @@ OWN = {"engine", "engine_photos", "search_quality", "data_pipeline"}
 def cpu_text(m: dict[str, Any]) -> str:
     """The CPU's model name, with its vector extensions where the results recorded them."""
     feats = m.get("cpu_features")
-    return f"{m.get('cpu', '?')} ({', '.join(feats) if feats else 'none of avx2/avx512'})" if feats is not None else m.get("cpu", "?")
+    text = f"{m.get('cpu', '?')} ({', '.join(feats) if feats else 'none of avx2/avx512'})" if feats is not None else m.get("cpu", "?")
+    # a run whose instruction set was capped (_common.ISA_LIMIT_VARS) computed like another CPU: its own group
+    limit = m.get("isa_limit")
+    return text + (" limited by " + ", ".join(f"{k}={v}" for k, v in sorted(limit.items())) if limit else "")
 
 
 def machine_line(res: dict[str, Any]) -> str:

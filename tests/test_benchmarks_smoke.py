@@ -254,3 +254,26 @@ def test_report_scoreboard_pairs_each_default_search_with_its_own_loop(tmp_path)
     assert cells[4] == "1 above, 1 level, 1 below"
     assert cells[5] == "-0.030 (-3 photos)"
     assert cells[6] == "aaa1111, bbb2222"
+
+
+def test_report_scoreboard_keeps_instruction_set_capped_runs_apart(tmp_path, monkeypatch):
+    """A run with the instruction set capped (ONEDNN_MAX_CPU_ISA / ATEN_CPU_CAPABILITY) computed like
+    another CPU: the benchmark records the cap, and the scoreboard counts it in its own table, never
+    with the host's own runs."""
+    sys.path.insert(0, str(BENCH))
+    import _common
+    import report
+
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    monkeypatch.delenv("ATEN_CPU_CAPABILITY", raising=False)
+    assert _common.isa_limit() == {"ONEDNN_MAX_CPU_ISA": "AVX2"}
+    capped = small_data_result("ccc3333", [("default", 0, 0.70, []), ("loop", 0, 0.75, [])])
+    capped["machine"]["isa_limit"] = _common.isa_limit()
+    text = report.scoreboard({
+        "small_data_a": small_data_result("aaa1111", [("default", 0, 0.80, []), ("loop", 0, 0.75, [])]),
+        "small_data_capped": capped,
+    })
+    assert "**10m, Some CPU (avx2)**" in text
+    assert "**10m, Some CPU (avx2) limited by ONEDNN_MAX_CPU_ISA=AVX2**" in text
+    rows = [line for line in text.splitlines() if line.startswith("| ants |")]
+    assert sorted(r.split("|")[5].strip() for r in rows) == ["0 above, 0 level, 1 below", "1 above, 0 level, 0 below"]
