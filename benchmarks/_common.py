@@ -81,11 +81,12 @@ def machine() -> dict[str, Any]:
                                 timeout=10).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         commit = ""
+    limit = isa_limit()
     return {
         "date_utc": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "cpu": cpu_model(),
         "cpu_features": cpu_features(),
-        **({"isa_limit": isa_limit()} if isa_limit() else {}),
+        **({"isa_limit": limit} if limit else {}),
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "gpu": gpu,
