@@ -166,6 +166,35 @@ def test_cpu_path_is_measured_per_cpu_extensions_and_a_cache_of_another_cpu_is_n
     assert device.choose_cpu_path().precision == "fp32" and len(measured) == 1  # this machine's entry is reused
 
 
+def test_a_path_measured_without_an_instruction_set_cap_is_not_reused_under_one(tmp_path, monkeypatch):
+    """ATEN_CPU_CAPABILITY / ONEDNN_MAX_CPU_ISA cap the kernels on the same CPU (bf16+cl fell from
+    1,848 to 84 img/s on a Zen 4 capped at AVX2): a capped process must measure its own path."""
+    import torch
+
+    from automl_vision.training import device
+
+    monkeypatch.setattr(device, "CACHE_FILE", tmp_path / "exec_path.json")
+    monkeypatch.setattr(device, "cpu_supports_bf16", lambda: True)
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    measured = []
+    speeds = iter([{"fp32": 900.0, "fp32+cl": 1000.0, "bf16+cl": 1800.0, "bf16": 1200.0},
+                   {"fp32": 900.0, "fp32+cl": 1000.0, "bf16+cl": 90.0, "bf16": 80.0},
+                   {"fp32": 700.0, "fp32+cl": 800.0, "bf16+cl": 85.0, "bf16": 80.0}])
+    monkeypatch.setattr(device, "_measure", lambda names: measured.append(names) or next(speeds))
+    assert device.choose_cpu_path().precision == "bf16" and len(measured) == 1
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")  # oneDNN capped, torch's own kernels not
+    assert device.choose_cpu_path().precision == "fp32" and len(measured) == 2
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    path = device.choose_cpu_path()
+    assert len(measured) == 3 and "fp32+cl 800" in path.reason
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    assert device.choose_cpu_path().precision == "bf16" and len(measured) == 3  # the uncapped entry is kept
+    assert len(json.loads(device.CACHE_FILE.read_text())) == 3
+
+
 def test_a_figure_cached_by_an_older_probe_is_measured_again(tmp_path, monkeypatch):
     """The cached speeds feed the path and the resolution choice; figures of another probe
     network (the 32 px probe before this one) would pick the wrong layout and size."""

@@ -186,11 +186,19 @@ def cpu_extensions() -> list[str]:
     return [f for f in _PATH_FLAGS if f in flags]
 
 
+def _kernel_isa() -> str:
+    """The instruction sets torch's and oneDNN's kernels may use in this process: the CPU's flags
+    are not enough, since ``ATEN_CPU_CAPABILITY`` and ``ONEDNN_MAX_CPU_ISA`` cap them (a user or
+    a container may set them), and a capped process runs at other speeds on the same CPU."""
+    onednn = os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "all"
+    return f"aten {torch.backends.cpu.get_cpu_capability()}|onednn {onednn.lower()}"
+
+
 def _cpu_key() -> str:
     model = _cpu_fields().get("model name") or platform.processor() or platform.machine()
     isa = "+".join(cpu_extensions()) or "-"
-    return (f"{model}|{isa}|torch {torch.__version__}|threads {torch.get_num_threads()}|bf16 {cpu_supports_bf16()}"
-            f"|probe {PROBE_VERSION}")
+    return (f"{model}|{isa}|{_kernel_isa()}|torch {torch.__version__}|threads {torch.get_num_threads()}"
+            f"|bf16 {cpu_supports_bf16()}|probe {PROBE_VERSION}")
 
 
 def choose_cpu_path(precision: str = "auto", channels_last: str = "auto", use_cache: bool = True) -> ExecPath:
