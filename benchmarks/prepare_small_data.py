@@ -516,20 +516,22 @@ def write_index(out: Path) -> Path:
 
 
 def write_subset(out: Path, spec: str, log) -> None:
-    """``NAME=SOURCE:N[:SEED]``: ``out/NAME`` holds N of ``out/SOURCE``'s train photos, the same number per
+    """``NAME=SOURCE:N[:SEED[:K]]``: ``out/NAME`` holds N of ``out/SOURCE``'s train photos, the same number per
     class (the sorted paths shuffled by Python's ``random.Random(SEED)``, default 0, the first of each class
     kept), and all of its evaluation photos: a folder of a few hundred photos from a larger set, for the
     resolution measurements of benchmarks/README.md section 9 (cats-dogs-300, flowers-400: seed 0;
-    flowers-720: seed 1)."""
+    flowers-720: seed 1). With K, only the first K classes in sorted order are kept, train and eval
+    (flowers12 = flowers17:720:0:12, the shape of issue 18's hidden 12-class flower folder: 60 photos a
+    class)."""
     import random
     import shutil
 
     name, _, rest = spec.partition("=")
     parts = rest.split(":")
-    if not name or len(parts) not in (2, 3) or not parts[1].isdigit():
-        raise SystemExit(f"--subset {spec!r}: expected NAME=SOURCE:N[:SEED]")
+    if not name or len(parts) not in (2, 3, 4) or not all(p.isdigit() for p in parts[1:]):
+        raise SystemExit(f"--subset {spec!r}: expected NAME=SOURCE:N[:SEED[:K]]")
     src, dst, n = out / parts[0], out / name, int(parts[1])
-    seed = int(parts[2]) if len(parts) == 3 else 0
+    seed = int(parts[2]) if len(parts) >= 3 else 0
     if not (src / "train").is_dir() or not (src / "eval").is_dir():
         raise SystemExit(f"--subset {spec!r}: {src} has no train/ and eval/ folders; build {parts[0]} first")
     # not stratified_cap: that draws proportional quotas with NumPy; this selection is the one the measured
@@ -537,8 +539,11 @@ def write_subset(out: Path, spec: str, log) -> None:
     files = sorted(f for f in (src / "train").rglob("*") if f.is_file())
     random.Random(seed).shuffle(files)
     by_class: dict[str, list[Path]] = {d.name: [] for d in sorted((src / "train").iterdir()) if d.is_dir()}
+    if len(parts) == 4:
+        by_class = dict(list(by_class.items())[: int(parts[3])])
     for f in files:
-        by_class[f.parent.name].append(f)
+        if f.parent.name in by_class:
+            by_class[f.parent.name].append(f)
     if dst.exists():
         shutil.rmtree(dst)
     kept = 0
@@ -547,8 +552,9 @@ def write_subset(out: Path, spec: str, log) -> None:
         for f in picks[: n // len(by_class)]:
             shutil.copy2(f, dst / "train" / cls / f.name)
             kept += 1
-    shutil.copytree(src / "eval", dst / "eval")
-    log(f"{name}: {kept} train photos of {parts[0]} (seed {seed}) and all its eval photos")
+    for cls in by_class:
+        shutil.copytree(src / "eval" / cls, dst / "eval" / cls)
+    log(f"{name}: {kept} train photos of {len(by_class)} classes of {parts[0]} (seed {seed}) and their eval photos")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -564,8 +570,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-train", type=int, default=3000)
     ap.add_argument("--max-eval", type=int, default=1000)
     ap.add_argument("--force", action="store_true", help="rebuild sets whose folder already exists")
-    ap.add_argument("--subset", action="append", default=[], metavar="NAME=SOURCE:N[:SEED]",
-                    help="also write NAME: N train photos of the built set SOURCE (equal per class), all its eval photos")
+    ap.add_argument("--subset", action="append", default=[], metavar="NAME=SOURCE:N[:SEED[:K]]",
+                    help="also write NAME: N train photos of the built set SOURCE (equal per class; with K, of its "
+                         "first K classes), all their eval photos")
     args = ap.parse_args(argv)
 
     out = Path(args.out)

@@ -277,3 +277,28 @@ def test_report_scoreboard_keeps_instruction_set_capped_runs_apart(tmp_path, mon
     assert "**10m, Some CPU (avx2) limited by ONEDNN_MAX_CPU_ISA=AVX2**" in text
     rows = [line for line in text.splitlines() if line.startswith("| ants |")]
     assert sorted(r.split("|")[5].strip() for r in rows) == ["0 above, 0 level, 1 below", "1 above, 0 level, 0 below"]
+
+
+def test_prepare_subset_keeps_the_first_classes_and_their_eval_photos(tmp_path):
+    """``--subset NAME=SOURCE:N:SEED:K`` builds a folder shaped like a hidden one (flowers12: 12 of
+    flowers17's classes, 60 photos each): N train photos equally over the first K classes, only their
+    eval photos, and the same photos on every rebuild."""
+    sys.path.insert(0, str(BENCH))
+    import prepare_small_data
+
+    for part, per_class in (("train", 5), ("eval", 2)):
+        for cls in ("c", "a", "b"):
+            (tmp_path / "src" / part / cls).mkdir(parents=True)
+            for i in range(per_class):
+                (tmp_path / "src" / part / cls / f"{cls}{i}.jpg").write_bytes(b"x")
+    picked = []
+    for _ in range(2):
+        prepare_small_data.write_subset(tmp_path, "sub=src:6:3:2", lambda s: None)
+        picked.append(sorted(str(p.relative_to(tmp_path / "sub")) for p in (tmp_path / "sub").rglob("*.jpg")))
+    assert picked[0] == picked[1]
+    assert sorted(p.name for p in (tmp_path / "sub" / "train").iterdir()) == ["a", "b"]
+    assert [len(list((tmp_path / "sub" / "train" / c).iterdir())) for c in ("a", "b")] == [3, 3]
+    assert sorted(p for p in picked[0] if p.startswith("eval")) == ["eval/a/a0.jpg", "eval/a/a1.jpg",
+                                                                    "eval/b/b0.jpg", "eval/b/b1.jpg"]
+    with pytest.raises(SystemExit, match="NAME=SOURCE:N"):
+        prepare_small_data.write_subset(tmp_path, "sub=src:6:x:2", lambda s: None)
