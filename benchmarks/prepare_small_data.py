@@ -552,8 +552,11 @@ def write_subset(out: Path, spec: str, log) -> None:
         for f in picks[: n // len(by_class)]:
             shutil.copy2(f, dst / "train" / cls / f.name)
             kept += 1
-    for cls in by_class:
-        shutil.copytree(src / "eval" / cls, dst / "eval" / cls)
+    # with K, the other classes' eval folders are left out; without, the eval tree is copied whole, as before
+    def dropped(folder: str, names: list[str]) -> list[str]:
+        return [n for n in names if Path(folder) == src / "eval" and n not in by_class]
+
+    shutil.copytree(src / "eval", dst / "eval", ignore=dropped if len(parts) == 4 else None)
     log(f"{name}: {kept} train photos of {len(by_class)} classes of {parts[0]} (seed {seed}) and their eval photos")
 
 
