@@ -350,13 +350,15 @@ def _copied_run(tmp_path, tiny_run):
     return rd, pm, reload_prepared(rd, pm)
 
 
-def test_the_final_fit_pairs_the_runner_up_only_when_both_get_enough_epochs(tmp_path, tiny_run):
+def test_the_final_fit_pairs_the_runner_up_only_when_both_get_enough_epochs(tmp_path, tiny_run, monkeypatch):
     """Issue #18: at 10 minutes two networks of half the epochs each, averaged, beat one network
     trained for all of them (trashnet); with fewer epochs (flowers) one network does better."""
+    from automl_vision.search.final import training
     from automl_vision.search.final.selection import SELECTION_P
     from automl_vision.search.final.training import MIN_PAIR_EPOCHS, all_labelled, choose_final_pair, epoch_seconds_on
 
     rd, pm, data = _copied_run(tmp_path, tiny_run)
+    monkeypatch.setattr(training, "same_network", lambda *a: False)  # a runner-up that is another network
     m = pm.metrics.get("accuracy")
     y = data.labels[data.split_index["val"]]
     val = {r["number"]: rd.read_val_probs(r["number"]).astype(np.float64) for r in rd.usable_trials()}
@@ -369,19 +371,65 @@ def test_the_final_fit_pairs_the_runner_up_only_when_both_get_enough_epochs(tmp_
     enough = 2 * MIN_PAIR_EPOCHS * slowest * 1.01
     # a best model that agrees with the runner-up wherever it matters: the pair is trained
     agreeing = {**val, best: val[runner_up].copy()}
-    second, why = choose_final_pair(rd, best, agreeing, y, data, enough, m)
-    assert second == runner_up and str(MIN_PAIR_EPOCHS) in why
+    second, fresh, why = choose_final_pair(rd, best, agreeing, y, data, enough, m)
+    assert second == runner_up and not fresh and str(MIN_PAIR_EPOCHS) in why
     # not enough time for both to run MIN_PAIR_EPOCHS: one network
-    second, why = choose_final_pair(rd, best, agreeing, y, data, enough * 0.9, m)
-    assert second is None and "fewer than" in why
+    second, fresh, why = choose_final_pair(rd, best, agreeing, y, data, enough * 0.9, m)
+    assert second is None and not fresh and "fewer than" in why
     # the best model alone significantly better on validation than the pair's average: one network
     k = val[best].shape[1]
     right = np.eye(k)[y] * 0.5 + 0.5 / k  # right everywhere, unsure
     half = np.where((np.arange(len(y)) % 2 == 0)[:, None], np.eye(k)[(y + 1) % k], np.eye(k)[y]) * 0.99 + 0.01 / k
     sure = {best: right, runner_up: half}  # the runner-up, sure and wrong on half: the average follows it
-    second, why = choose_final_pair(rd, best, sure, y, data, enough, m)
-    assert len(y) >= 10 and second is None and "significantly" in why and SELECTION_P < 1
-    assert choose_final_pair(rd, best, {best: val[best]}, y, data, enough, m)[0] is None  # nothing to pair
+    second, fresh, why = choose_final_pair(rd, best, sure, y, data, enough, m)
+    assert len(y) >= 10 and second is None and not fresh and "significantly" in why and SELECTION_P < 1
+    assert choose_final_pair(rd, best, {best: val[best]}, y, data, enough, m)[:2] == (None, False)  # nothing to pair
+
+
+def test_a_runner_up_of_the_best_models_own_network_gives_its_place_to_a_fresh_network(tmp_path, tiny_run):
+    """Issue #18: a runner-up that trains the best model's network with other settings (the
+    portfolio's plain CNN with light augmentation) made the final fit's average worse than a fresh
+    network of the best configuration in its place (benchmarks/README.md section 29): the pair's
+    second network is then a fresh one, under the pair's epoch rule; another network stays the partner."""
+    from automl_vision.search.final.training import (MIN_PAIR_EPOCHS, all_labelled, choose_final_copies,
+                                                     choose_final_pair, epoch_seconds_on, same_network)
+
+    rd, pm, data = _copied_run(tmp_path, tiny_run)
+    configs = {r["number"]: json.loads((rd.trial_dir(r["number"]) / "config.json").read_text())
+               for r in rd.usable_trials()}
+    network = {n: (c["family"], json.dumps(c["model_params"], sort_keys=True), c["image_size"])
+               for n, c in configs.items()}
+    pairs = [(a, b) for a in network for b in network if a != b]
+    # the tiny search's portfolio trains one network with two augmentation presets, and another network
+    twins = [(a, b) for a, b in pairs if network[a] == network[b]]
+    others = [(a, b) for a, b in pairs if network[a] != network[b]]
+    assert twins and others and configs[twins[0][0]]["aug_preset"] != configs[twins[0][1]]["aug_preset"]
+    assert all(same_network(rd, a, b) for a, b in twins) and not any(same_network(rd, a, b) for a, b in others)
+
+    m = pm.metrics.get("accuracy")
+    y = data.labels[data.split_index["val"]]
+    n_all, n_train = len(all_labelled(data)), len(data.split_index["train"])
+    for (best, runner_up), fresh_expected in ((twins[0], True), (others[0], False)):
+        val = {n: rd.read_val_probs(n).astype(np.float64) for n in configs}
+        k = val[best].shape[1]
+        val[best] = np.eye(k)[y] * 0.9 + 0.1 / k  # the best, and the runner-up next on validation
+        val[runner_up] = np.eye(k)[y] * 0.8 + 0.2 / k
+        for n in set(configs) - {best, runner_up}:
+            val[n] = np.full((len(y), k), 1.0 / k)
+        slowest = max(epoch_seconds_on(rd, n, n_all, n_train) for n in (best, runner_up))
+        enough = 2 * MIN_PAIR_EPOCHS * slowest * 1.01
+        second, fresh, why = choose_final_pair(rd, best, val, y, data, enough, m)
+        if fresh_expected:
+            assert second is None and fresh and "fresh network" in why and f"trial {runner_up}" in why, why
+            # the fresh network counts as the second of the final fit's networks
+            assert choose_final_copies(rd, best, None, data, 1e9, fresh_partner=True)[0] == \
+                choose_final_copies(rd, best, None, data, 1e9)[0] - 1
+            # the pair's epoch rule still holds for the best configuration's pace
+            pace = epoch_seconds_on(rd, best, n_all, n_train)
+            short = choose_final_pair(rd, best, val, y, data, 2 * MIN_PAIR_EPOCHS * pace * 0.9, m)
+            assert short[:2] == (None, False) and "fewer than" in short.why
+        else:
+            assert second == runner_up and not fresh, why
 
 
 def test_a_final_fit_pair_is_the_deliverable_predict_and_export_use(tmp_path, tiny_run, monkeypatch, digits_dir):
@@ -392,6 +440,7 @@ def test_a_final_fit_pair_is_the_deliverable_predict_and_export_use(tmp_path, ti
     from automl_vision.training.device import choose
 
     rd, pm, data = _copied_run(tmp_path, tiny_run)
+    monkeypatch.setattr(training, "same_network", lambda *a: False)  # a runner-up that is another network
     # a small-data run whose plan kept time for 4 epochs of each of two networks (MIN_PAIR_EPOCHS = 3:
     # on tiny digits a few epochs stand for a few hundred)
     monkeypatch.setattr(training, "MIN_PAIR_EPOCHS", 3)
@@ -442,6 +491,44 @@ def test_a_final_fit_pair_is_the_deliverable_predict_and_export_use(tmp_path, ti
     assert "a pair" in final_fit_line(report) and f"trial #{report['best_trial']}'s" in final_fit_line(report)
 
 
+def test_a_fresh_network_in_the_runner_ups_place_is_delivered_with_the_best_models(tmp_path, tiny_run, monkeypatch,
+                                                                                  digits_dir):
+    """When the runner-up trains the best model's own network, the final fit trains the best
+    model's network and a fresh network of its configuration; their average is what predict
+    loads, and the honest estimate is the best model's before the final fit."""
+    import automl_vision
+    from automl_vision.search.final import finalize, print_summary, training
+    from automl_vision.training.device import choose
+
+    rd, pm, data = _copied_run(tmp_path, tiny_run)
+    monkeypatch.setattr(training, "same_network", lambda *a: True)
+    monkeypatch.setattr(training, "MIN_PAIR_EPOCHS", 3)
+    _plan_final_fit_epochs(rd, data, 2 * 4)  # 4 epochs of each of two networks, not enough for a third
+    report = finalize(rd, data, pm, choose("cpu", "fp32", "off"), "accuracy", log=lambda m: None,
+                      respect_budget=False)
+    ff = report["final_fit"]
+    nets = ff.get("networks") or []
+    best = report["best_trial"]
+    assert len(nets) == 2 and [f["of_trial"] for f in nets] == [best, best], ff["pair_decision"]
+    assert [f.get("copy", 0) for f in nets] == [0, 1] and "fresh network" in ff["pair_decision"]
+    assert nets[0]["warm_start"] is True and nets[1]["warm_start"] is False
+    ens = json.loads((rd.path / "ensemble.json").read_text())
+    assert ens["selected"] is True and ens["method"] == "final-fit average" and report["deliverable"] == "ensemble"
+    assert [m["dir"] for m in ens["members"]] == ["final_fit", "final_fit_2"]
+    assert [m["weight"] for m in ens["members"]] == [0.5, 0.5]
+    assert "1 fresh network(s)" in report["why"]
+    # the estimate before the final fit is the best model's own (the fresh network has no searched counterpart)
+    assert report["ensemble"]["test"]["accuracy"] == report["best_test"]["accuracy"]
+    predictor = automl_vision.load(rd.path)
+    assert predictor.kind == "ensemble" and len(predictor.deliverable.members) == 2
+    assert len(predictor.predict(sorted(digits_dir.rglob("*.png"))[:3])) == 3
+    from rich.console import Console
+
+    console = Console(record=True, width=300, no_color=True)
+    print_summary(report, console)
+    assert "Final fit, one searched network: trial" in " ".join(console.export_text().split())
+
+
 def test_fresh_networks_join_the_final_fit_only_while_each_still_runs_enough_epochs(tmp_path, tiny_run):
     """Beyond the pair, fresh networks of the best configuration join the final fit up to
     MAX_FINAL_NETWORKS, each given an equal share of the time, while each still runs
@@ -480,6 +567,7 @@ def test_a_final_fit_with_a_fresh_network_delivers_the_average_of_all_three(tmp_
     from automl_vision.training.device import choose
 
     rd, pm, data = _copied_run(tmp_path, tiny_run)
+    monkeypatch.setattr(training, "same_network", lambda *a: False)  # a runner-up that is another network
     monkeypatch.setattr(training, "MIN_PAIR_EPOCHS", 3)
     monkeypatch.setattr(training, "MIN_COPY_EPOCHS", 3)
     monkeypatch.setattr(training, "MAX_FINAL_NETWORKS", 3)

@@ -19,7 +19,9 @@
    networks enough epochs (:func:`~.training.choose_final_pair`), the best model and the
    runner-up on validation are (the *final-fit pair*), and their equal-weight average is
    the ensemble, chosen before step 3 so that TTA, temperature and the test scoring
-   (the honest estimate) are made for it; when the time still gives each network of the
+   (the honest estimate) are made for it; a runner-up that trains the best model's own
+   network with other settings gives its place to a fresh network of the best
+   configuration (:func:`~.training.same_network`); when the time still gives each network of the
    best configuration :data:`~automl_vision.search.budget.MIN_COPY_EPOCHS` epochs, fresh
    networks of it (other seeds, from scratch) join the average
    (:func:`~.training.choose_final_copies`), up to four networks in all, and the estimate
@@ -130,11 +132,15 @@ def finalize(run_dir: RunDir, data: PreparedData, pm: PluginManager, path: ExecP
     pair, pair_why, copies, copies_why = None, None, 0, None
     if final:
         seconds, _ = final_fit_window(run_dir, best_n, plan, respect_budget)
-        pair, pair_why = choose_final_pair(run_dir, best_n, val, y_val, data, seconds, m)
-        log(f"final fit: {'a pair' if pair is not None else 'one network'} ({pair_why})")
-        copies, copies_why = choose_final_copies(run_dir, best_n, pair, data, seconds)
+        pair, fresh_partner, pair_why = choose_final_pair(run_dir, best_n, val, y_val, data, seconds, m)
+        what = "a pair" if pair is not None else "two networks" if fresh_partner else "one network"
+        log(f"final fit: {what} ({pair_why})")
+        copies, copies_why = choose_final_copies(run_dir, best_n, pair, data, seconds, fresh_partner)
         if copies:
-            log(f"final fit: and {copies} fresh network(s) of trial {best_n}'s configuration ({copies_why})")
+            log(f"final fit: and {copies} {'more ' if fresh_partner else ''}fresh network(s) of trial {best_n}'s "
+                f"configuration ({copies_why})")
+        # the fresh network in the runner-up's place is one more copy of the best configuration
+        copies += int(fresh_partner)
     if pair is not None:
         method, weights = PAIR_METHOD, {best_n: 0.5, pair: 0.5}
     elif copies:
