@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 
 from automl_vision.evaluation import wilson_interval
-from automl_vision.search.budget import FINAL_FIT_SHARE, PROBE_TO_TRAINING, SMALL_DATA_MAX_IMAGES, plan_budget
+from automl_vision.search.budget import (FINAL_FIT_SHARE, PROBE_TO_TRAINING, SLOW_PATH_FINAL_FIT_SHARE,
+                                         SMALL_DATA_MAX_IMAGES, final_fit_share, plan_budget)
+from automl_vision.training.device import ExecPath
 from automl_vision.types import UsageError
 from conftest import run_cli
 
@@ -42,6 +44,23 @@ def test_the_time_spent_starting_is_taken_from_both_phases():
     from automl_vision.search.budget import BudgetPlan
 
     assert BudgetPlan.from_dict(plan.as_dict()) == plan
+
+
+def test_the_final_fit_gets_more_of_the_budget_where_the_engine_is_no_faster_than_a_plain_loop():
+    """Without bf16 (an AVX2-only CPU) the engine trains at ~1.3x plain fp32, about a hand-written
+    loop's pace: there every second of trials is an epoch the delivered networks lose."""
+    avx2 = ExecPath("cpu", "fp32", True, "", {"fp32": 778.0, "fp32+cl": 1020.0})
+    zen4 = ExecPath("cpu", "bf16", True, "", {"fp32": 967.0, "fp32+cl": 1000.0, "bf16+cl": 1848.0, "bf16": 1500.0})
+    assert avx2.speedup == pytest.approx(1020.0 / 778.0) and zen4.speedup == pytest.approx(1848.0 / 967.0)
+    assert ExecPath("cuda", "bf16", True, "").speedup is None  # nothing measured: the usual share
+    slow = plan_budget("auto", 720, 600.0, started=0.0, speedup=avx2.speedup)
+    fast = plan_budget("auto", 720, 600.0, started=0.0, speedup=zen4.speedup)
+    assert fast.final_fit == pytest.approx(FINAL_FIT_SHARE * 600.0) == plan_budget("auto", 720, 600.0).final_fit
+    assert slow.final_fit == pytest.approx(SLOW_PATH_FINAL_FIT_SHARE * 600.0) and slow.final_fit > fast.final_fit
+    assert slow.search_seconds >= 60  # the first portfolio entry still gets its trial
+    assert "1.31x plain fp32" in slow.why and f"{SLOW_PATH_FINAL_FIT_SHARE:.0%}" in slow.why and "x plain" not in fast.why
+    assert plan_budget("standard", 720, 600.0, speedup=avx2.speedup).final_fit == 0.0
+    assert final_fit_share(None) == FINAL_FIT_SHARE
 
 
 def test_wilson_interval_says_how_little_a_few_dozen_images_tell():
@@ -82,6 +101,9 @@ def test_small_folder_delivers_a_model_trained_on_every_image_within_the_budget(
     # the final fit is inside the budget, and no trial ran into its share of it
     plan = run["budget"]
     assert report["search_seconds"] <= budget * 1.1
+    # the final fit's share follows this machine's measured speed over plain fp32
+    share = final_fit_share(ExecPath(**run["exec_path"]).speedup)
+    assert plan["final_fit"] == pytest.approx(share * (budget - plan["spent"]))
     for status in (json.loads(p.read_text()) for p in (out / "trials").glob("*/status.json")):
         assert status["finished"] <= plan["deadline"] - plan["final_fit"] + plan["final_steps"], status
     # the leaderboard carries the interval of every validation accuracy
@@ -145,6 +167,36 @@ def test_a_one_image_lead_on_a_few_dozen_images_does_not_replace_the_prior():
     assert select_best(trials, val, y36, "balanced_accuracy", other)[0] == 1
     sampled = [{"number": 0}, {"number": 1}]  # no portfolio (random sampler): the leader
     assert select_best(sampled, val, np.arange(36) % 2, "accuracy", m)[0] == 1
+
+
+def test_a_lead_taken_after_a_short_trial_does_not_choose_what_the_final_fit_trains_much_longer():
+    """Short trials favour the configuration that learns fastest: the light-augmentation entry led
+    after 32 epochs, and its final fit of ~200 lost 12 evaluation photos to the first entry's."""
+    from automl_vision.plugins import get_plugin_manager
+    from automl_vision.search.final import select_best
+    from automl_vision.search.final.selection import SHORT_LEAD_SHARE
+
+    m = get_plugin_manager().metrics.get("accuracy")
+    y = np.arange(400) % 2
+    val = {0: _probs(np.arange(400) % 5 != 0, y), 1: _probs(np.arange(400) % 10 != 0, y)}  # a significant lead
+
+    def trials(epochs):
+        return [{"number": 0, "portfolio": "cnn-plain-4stage", "epochs": epochs},
+                {"number": 1, "portfolio": "cnn-plain-4stage-light", "epochs": epochs}]
+
+    asked = []
+
+    def final_epochs(n):
+        asked.append(n)
+        return 200.0
+
+    chosen, info = select_best(trials(32), val, y, "accuracy", m, final_epochs)
+    assert chosen == 0 and asked == [1] and info["p_value"] < 0.1
+    assert info["short_lead"] == {"epochs": 32, "final_fit_epochs": 200} and info["chosen"] == 0
+    # a lead taken at half the final fit's epochs or more counts, as does any lead without a final fit
+    assert select_best(trials(int(SHORT_LEAD_SHARE * 200)), val, y, "accuracy", m, final_epochs)[0] == 1
+    assert select_best(trials(32), val, y, "accuracy", m)[0] == 1
+    assert select_best(trials(32), val, y, "accuracy", m, lambda n: None)[0] == 1  # no timed epochs: as before
 
 
 def test_flip_tta_is_dropped_only_when_validation_says_it_hurts():
@@ -618,7 +670,7 @@ def test_the_report_says_when_the_selection_kept_a_model_over_the_leader(tmp_pat
     _plan_final_fit_epochs(rd, data, 3)  # time for one network's final fit
     real, picked = final.select_best, {}
 
-    def keep_another(trials, val, y, metric, m):
+    def keep_another(trials, val, y, metric, m, final_epochs=None):
         leader, info = real(trials, val, y, metric, m)
         picked["leader"], picked["kept"] = leader, next(n for n in sorted(val) if n != leader)
         return picked["kept"], {**info, "leader": leader, "chosen": picked["kept"]}

@@ -66,7 +66,8 @@ from automl_vision.search.final.selection import (SELECTION_P, select_best, sign
 from automl_vision.search.final.training import (FINAL_FIT_EPOCH_CAP, FINAL_FIT_KEEP_FROM,  # noqa: F401
                                                  MIN_FINAL_FIT_EPOCHS, MIN_PAIR_EPOCHS, choose_final_copies,
                                                  choose_final_pair,
-                                                 deliver_final_fit, epoch_seconds_on, final_fit, final_fit_window,
+                                                 deliver_final_fit, epoch_seconds_on, final_fit, final_fit_epochs,
+                                                 final_fit_window,
                                                  refit_trial, retrain, trial_config)
 
 # the ensemble "method" of the small-data regime's final-fit pair (the best model and the runner-up, equal weights)
@@ -115,7 +116,13 @@ def finalize(run_dir: RunDir, data: PreparedData, pm: PluginManager, path: ExecP
                            "the data may have changed since the search")
         write_json(run_dir.report, report)
         return report
-    best_n, report["selection"] = select_best(trials, val, y_val, metric, m)
+    # a leader's trial must have run a fair share of the epochs its configuration would get in the final fit
+    planned = None
+    if final:
+        def planned(n: int) -> float | None:
+            return final_fit_epochs(run_dir, n, val, y_val, data,
+                                    final_fit_window(run_dir, n, plan, respect_budget)[0], m)
+    best_n, report["selection"] = select_best(trials, val, y_val, metric, m, planned)
     sel = report["selection"]
     if sel.get("prior") is not None and sel["chosen"] != sel["leader"]:
         log(f"selection: trial {sel['leader']} led on validation, right on {sel['wins']} image(s) where trial "

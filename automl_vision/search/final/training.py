@@ -338,6 +338,20 @@ def choose_final_copies(run_dir: RunDir, best_n: int, second: int | None, data: 
                f"{int(seconds / (have + 1) / max(pace[best_n], 1e-6))} epochs each, fewer than {MIN_COPY_EPOCHS}")
 
 
+def final_fit_epochs(run_dir: RunDir, number: int, val: dict[int, np.ndarray], y_val: np.ndarray,
+                     data: PreparedData, seconds: float, m) -> float | None:
+    """The epochs each network of trial ``number``'s configuration would run in a final fit of
+    ``seconds`` with ``number`` as the best model: the networks :func:`choose_final_pair` and
+    :func:`choose_final_copies` would train share the time equally. None: the trial has no timed epochs."""
+    pace = epoch_seconds_on(run_dir, number, len(all_labelled(data)), len(data.split_index["train"]))
+    if pace is None:
+        return None
+    partner, fresh, _ = choose_final_pair(run_dir, number, val, y_val, data, seconds, m)
+    copies, _ = choose_final_copies(run_dir, number, partner, data, seconds, fresh)
+    networks = 1 + int(partner is not None or fresh) + copies
+    return seconds / networks / max(pace, 1e-6)
+
+
 def deliver_final_fit(run_dir: RunDir, members: list[int], data: PreparedData, pm: PluginManager, path: ExecPath,
                       plan, respect_budget: bool, log: Callable[[str], None], temperature: float,
                       tta: bool, copies: int = 0) -> dict[str, Any]:
