@@ -37,15 +37,6 @@ SMALL_DATA_MAX_IMAGES = 6000
 # minutes: with 0.45 the final fit ran 87 epochs on all the photos where a hand-written loop given the
 # whole budget ran 120 and won (0.812 vs 0.834); the selection above it is worth less than those epochs
 FINAL_FIT_SHARE = 0.6
-# ... and where the engine trains no faster than a plain fp32 loop (the execution path the device probe picked
-# at most SLOW_PATH_SPEEDUP times plain fp32: no bf16, as on an AVX2-only CPU, where fp32 + channels-last is
-# ~1.3x), the final fit gets SLOW_PATH_FINAL_FIT_SHARE: there every second of trials is an epoch the delivered
-# networks lose at the loop's own pace, while the trials rarely find better than the first portfolio entry.
-# Measured with the instruction set capped at AVX2 (benchmarks/README.md sections 31-32): 0.8 bought a third
-# final-fit network on the 12 flower species (+5 evaluation photos over three seeds); its shorter trials
-# let a short lead pick the final fit's configuration until selection.SHORT_LEAD_SHARE ruled that out
-SLOW_PATH_SPEEDUP = 1.6
-SLOW_PATH_FINAL_FIT_SHARE = 0.8
 
 
 def final_steps_seconds(time_budget: float) -> float:
@@ -53,16 +44,8 @@ def final_steps_seconds(time_budget: float) -> float:
     return min(60.0, max(3.0, 0.04 * time_budget))
 
 
-def final_fit_share(speedup: float | None) -> float:
-    """The share of the budget (after start-up) kept for the final fit, from the measured speed of
-    the engine's execution path over plain fp32 on this machine (None: not measured)."""
-    return SLOW_PATH_FINAL_FIT_SHARE if speedup is not None and speedup < SLOW_PATH_SPEEDUP else FINAL_FIT_SHARE
-
-
-def resolve_regime(requested: str, n_images: int, time_budget: float | None,
-                   speedup: float | None = None) -> tuple[str, str]:
-    """(regime, why) for ``--regime`` ``requested`` on ``n_images`` labelled images; ``speedup``:
-    as for :func:`final_fit_share`."""
+def resolve_regime(requested: str, n_images: int, time_budget: float | None) -> tuple[str, str]:
+    """(regime, why) for ``--regime`` ``requested`` on ``n_images`` labelled images."""
     if requested not in REGIMES:
         raise UsageError(f"--regime {requested!r}: expected one of {', '.join(REGIMES)}")
     if requested == "small":
@@ -74,12 +57,8 @@ def resolve_regime(requested: str, n_images: int, time_budget: float | None,
     if n_images > SMALL_DATA_MAX_IMAGES:
         return "standard", (f"{n_images} labelled images (more than {SMALL_DATA_MAX_IMAGES}): the train split is "
                             "large enough that a final fit on every image costs more than it adds")
-    share = final_fit_share(speedup)
-    slow = (f"; {share:.0%}, not {FINAL_FIT_SHARE:.0%}: the engine trains at {speedup:.2f}x plain fp32 on this "
-            f"machine, below {SLOW_PATH_SPEEDUP}x, so trials would cost the final fit epochs at a plain loop's pace"
-            ) if share != FINAL_FIT_SHARE else ""
     return "small", (f"{n_images} labelled images (at most {SMALL_DATA_MAX_IMAGES}): the delivered model is trained "
-                     f"on all of them in the last {share:.0%} of the budget{slow}")
+                     f"on all of them in the last {FINAL_FIT_SHARE:.0%} of the budget")
 
 
 @dataclass(frozen=True)
@@ -129,24 +108,21 @@ class BudgetPlan:
 
 
 def plan_budget(requested_regime: str, n_images: int, time_budget: float | None,
-                started: float | None = None, now: float | None = None,
-                speedup: float | None = None) -> BudgetPlan:
+                started: float | None = None, now: float | None = None) -> BudgetPlan:
     """Resolve the regime and split ``time_budget`` between the trials and the final steps.
 
     ``started``: when the budget began (the process start for the command line); ``now``: when
     the plan is made. What went before (imports, the device probe, reading the photos) is
     spent: the final fit gets :data:`FINAL_FIT_SHARE` of what is left, so that a slow start
-    eats into both phases instead of leaving the trials no time at all, or
-    :data:`SLOW_PATH_FINAL_FIT_SHARE` where ``speedup`` (the execution path's measured speed over
-    plain fp32, :attr:`ExecPath.speedup`) is below :data:`SLOW_PATH_SPEEDUP`.
+    eats into both phases instead of leaving the trials no time at all.
     """
-    regime, why = resolve_regime(requested_regime, n_images, time_budget, speedup)
+    regime, why = resolve_regime(requested_regime, n_images, time_budget)
     started = time.time() if started is None else started
     if not time_budget:
         return BudgetPlan(regime, why, started, None, 0.0, 0.0)
     steps = final_steps_seconds(time_budget)
     spent = min(max(0.0, now - started), float(time_budget)) if now is not None else 0.0
-    fit = final_fit_share(speedup) * (time_budget - spent) if regime == "small" else 0.0
+    fit = FINAL_FIT_SHARE * (time_budget - spent) if regime == "small" else 0.0
     return BudgetPlan(regime, why, started, float(time_budget), steps, fit, spent)
 
 

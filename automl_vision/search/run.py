@@ -321,7 +321,7 @@ def run_search(settings: SearchSettings, argv: list[str] | None = None, plain: b
     from automl_vision.search.budget import plan_budget
 
     plan = plan_budget(settings.regime, sum(counts.values()), settings.time_budget, started=t_start,
-                       now=time.time(), speedup=path.speedup)
+                       now=time.time())
     log(f"regime: {plan.regime} ({plan.why})")
     if plan.time_budget:
         fit = f", final fit {format_duration(plan.final_fit)}" if plan.final_fit else ""

@@ -55,15 +55,6 @@ class ExecPath:
             return torch.autocast(self.torch_device.type, enabled=False)
         return torch.autocast(self.torch_device.type, dtype=dtype)
 
-    @property
-    def speedup(self) -> float | None:
-        """The picked path's measured speed over plain fp32 (contiguous) on this CPU, about what a
-        hand-written fp32 training loop gets here; None where nothing was measured (CUDA, a forced path)."""
-        measured = self.measured or {}
-        picked = measured.get(self.precision + ("+cl" if self.channels_last else ""))
-        base = measured.get("fp32")
-        return picked / base if picked and base else None
-
     def describe(self) -> str:
         fmt = "channels-last" if self.channels_last else "contiguous"
         return f"{self.device}, {self.precision}, {fmt} ({self.reason})"

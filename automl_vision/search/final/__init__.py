@@ -125,9 +125,13 @@ def finalize(run_dir: RunDir, data: PreparedData, pm: PluginManager, path: ExecP
     best_n, report["selection"] = select_best(trials, val, y_val, metric, m, planned)
     sel = report["selection"]
     if sel.get("prior") is not None and sel["chosen"] != sel["leader"]:
+        short = sel.get("short_lead")
+        enough = "not enough to replace it" if not short else (
+            f"significant, but taken after {short['epochs']} epochs, fewer than half the {short['final_fit_epochs']} "
+            "each final-fit network of it would run")
         log(f"selection: trial {sel['leader']} led on validation, right on {sel['wins']} image(s) where trial "
             f"{sel['prior']} (the first portfolio configuration) was wrong and wrong on {sel['losses']} where it was "
-            f"right (p={sel['p_value']:.2f}): not enough to replace it, so trial {sel['prior']} is the best model")
+            f"right (p={sel['p_value']:.2f}): {enough}, so trial {sel['prior']} is the best model")
     best_rec = next(r for r in trials if r["number"] == best_n)
     models_of = {r["number"]: r.get("model", "") for r in trials}
 
@@ -263,7 +267,8 @@ def finalize(run_dir: RunDir, data: PreparedData, pm: PluginManager, path: ExecP
         report["final_fit"] = {**ff, "pair_decision": pair_why, "copies_decision": copies_why}
         # the selection may keep the first portfolio entry over a leader that is not significantly better
         chosen = ("best on validation" if sel.get("leader") in (None, best_n)
-                  else f"kept over trial {sel['leader']}, whose lead on validation was not significant")
+                  else f"kept over trial {sel['leader']}, whose lead on validation was "
+                  + ("taken in a trial much shorter than the final fit" if sel.get("short_lead") else "not significant"))
         fitted = final_fit_networks(ff)
         if fitted:
             use_ensemble = True
