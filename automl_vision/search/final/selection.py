@@ -38,8 +38,9 @@ def select_best(trials: list[dict[str, Any]], val: dict[int, np.ndarray], y_val:
     two disagree (sign test, :data:`SELECTION_P`). With a few hundred validation images
     a real lead passes; with a few dozen, one image does not. ``final_epochs`` (trial number
     -> the epochs each final-fit network of its configuration would run, as
-    ``training.final_fit_epochs`` plans them; None: not known): a significant lead still does not count when the leader's trial ran fewer than
-    :data:`SHORT_LEAD_SHARE` of those epochs.
+    ``training.final_fit_epochs`` plans them; None: not known): a significant lead still
+    does not count when the leader's trial ran fewer than :data:`SHORT_LEAD_SHARE` of those
+    epochs.
     """
     best_n = leader(val, y_val, m)
     info: dict[str, Any] = {"rule": "best validation " + metric, "leader": best_n}
@@ -52,12 +53,13 @@ def select_best(trials: list[dict[str, Any]], val: dict[int, np.ndarray], y_val:
     info.update(rule=f"sign test against the first portfolio configuration (p < {SELECTION_P})", prior=prior,
                 wins=wins, losses=losses, p_value=p_value, chosen=chosen, n_val=int(len(y_val)))
     target = final_epochs(best_n) if final_epochs is not None and chosen == best_n else None
-    ran = next((int(r.get("epochs") or 0) for r in trials if int(r["number"]) == best_n), 0) if target else 0
-    if target and ran < SHORT_LEAD_SHARE * target:
-        chosen = prior
-        info.update(chosen=prior, short_lead={"epochs": ran, "final_fit_epochs": int(target)},
-                    rule=info["rule"] + (f", by a trial of at least {SHORT_LEAD_SHARE:.0%} of the epochs the "
-                                         "final fit gives its configuration"))
+    if target:
+        ran = next((int(r.get("epochs") or 0) for r in trials if int(r["number"]) == best_n), 0)
+        if ran < SHORT_LEAD_SHARE * target:
+            chosen = prior
+            info.update(chosen=prior, short_lead={"epochs": ran, "final_fit_epochs": int(target)},
+                        rule=info["rule"] + (f", by a trial of at least {SHORT_LEAD_SHARE:.0%} of the epochs the "
+                                             "final fit gives its configuration"))
     return chosen, info
 
 
