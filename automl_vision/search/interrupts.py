@@ -68,10 +68,27 @@ def _note_and_raise(signum, frame) -> None:
         raise interrupt_for(signum)
 
 
+def _in_import_machinery(frame) -> bool:
+    """True when ``frame`` or a caller of it is importlib's own code: the end of an import
+    releases its module lock in a weakref callback, where a raised exception is printed
+    ("Exception ignored in ...") and lost."""
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib"):
+            return True
+        frame = frame.f_back
+    return False
+
+
 def _raise_held(signum, frame) -> None:
-    """SIGALRM while an interrupt is held: raise it once the import that held it is over."""
-    if _noted is not None and not _held():
-        raise interrupt_for(_noted)
+    """SIGALRM while an interrupt is held: raise it once the import that held it is over,
+    and out of importlib's clean-up (else the timer looks again in 50 ms)."""
+    if _noted is None or _held():
+        return
+    if _in_import_machinery(frame):
+        if hasattr(signal, "setitimer"):
+            signal.setitimer(signal.ITIMER_REAL, _RETRY_SECONDS)
+        return
+    raise interrupt_for(_noted)
 
 
 @contextmanager
