@@ -56,9 +56,13 @@ def _held() -> bool:
     at that moment (no timer on Windows: check_interrupt() raises it later)."""
     if not _importing_uninterruptible():
         return False
+    _look_again_soon()
+    return True
+
+
+def _look_again_soon() -> None:
     if hasattr(signal, "setitimer"):
         signal.setitimer(signal.ITIMER_REAL, _RETRY_SECONDS)
-    return True
 
 
 def _note_and_raise(signum, frame) -> None:
@@ -85,8 +89,7 @@ def _raise_held(signum, frame) -> None:
     if _noted is None or _held():
         return
     if _in_import_machinery(frame):
-        if hasattr(signal, "setitimer"):
-            signal.setitimer(signal.ITIMER_REAL, _RETRY_SECONDS)
+        _look_again_soon()
         return
     raise interrupt_for(_noted)
 
