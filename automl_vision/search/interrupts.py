@@ -17,6 +17,7 @@ from __future__ import annotations
 import signal
 import sys
 import threading
+import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -76,11 +77,7 @@ def _in_import_machinery(frame) -> bool:
     """True when ``frame`` or a caller of it is importlib's own code: the end of an import
     releases its module lock in a weakref callback, where a raised exception is printed
     ("Exception ignored in ...") and lost."""
-    while frame is not None:
-        if frame.f_code.co_filename.startswith("<frozen importlib"):
-            return True
-        frame = frame.f_back
-    return False
+    return any(f.f_code.co_filename.startswith("<frozen importlib") for f, _ in traceback.walk_stack(frame))
 
 
 def _raise_held(signum, frame) -> None:
