@@ -77,7 +77,9 @@ def _in_import_machinery(frame) -> bool:
     """True when ``frame`` or a caller of it is importlib's own code: the end of an import
     releases its module lock in a weakref callback, where a raised exception is printed
     ("Exception ignored in ...") and lost."""
-    return any(f.f_code.co_filename.startswith("<frozen importlib") for f, _ in traceback.walk_stack(frame))
+    # walk_stack(None) would walk this function's own callers, not "no frame": a signal handler may be given None
+    return frame is not None and any(f.f_code.co_filename.startswith("<frozen importlib")
+                                     for f, _ in traceback.walk_stack(frame))
 
 
 def _raise_held(signum, frame) -> None:
