@@ -97,12 +97,9 @@ def config_of(entry: dict[str, Any], overrides: dict[str, Any], size: int, num_c
                   num_classes, 3, num_train, "cpu", 20)
 
 
-def train_one(cfg, data, seconds: float, path):
-    """One network of ``cfg`` trained for ``seconds``: (plain, flipped) probabilities on the eval photos, epochs."""
-    import torch
-
+def train_for(cfg, data, seconds: float, path):
+    """One network of ``cfg`` trained for ``seconds`` of wall-clock time: the trainer's result."""
     from automl_vision.models import build_model
-    from automl_vision.training.inference import predict_probs
     from automl_vision.training.trainer import train
 
     model = build_model({"family": cfg.family, "params": cfg.model_params, "in_chans": 3,
@@ -112,7 +109,22 @@ def train_one(cfg, data, seconds: float, path):
     def plan(done: int, epoch_seconds: float) -> int:  # as many epochs as the rest of the time affords
         return done + max(1, int((seconds - (time.perf_counter() - t0)) / max(epoch_seconds, 1e-3)))
 
-    res = train(model, cfg, data, path, plan=plan, grow_until=10**9)
+    return train(model, cfg, data, path, plan=plan, grow_until=10**9)
+
+
+def train_model(cfg, data, seconds: float, path):
+    """(network, epochs) of :func:`train_for`."""
+    res = train_for(cfg, data, seconds, path)
+    return res.model, res.epochs_run
+
+
+def train_one(cfg, data, seconds: float, path):
+    """One network of ``cfg`` trained for ``seconds``: (plain, flipped) probabilities on the eval photos, epochs."""
+    import torch
+
+    from automl_vision.training.inference import predict_probs
+
+    res = train_for(cfg, data, seconds, path)
     # the plain probabilities are the trainer's last evaluation (the eval folder stands in for validation);
     # the flipped ones come from the engine's own inference on its execution path, as predict's flip TTA
     mean = torch.tensor(data.mean, device=path.torch_device).view(1, -1, 1, 1)
@@ -150,6 +162,65 @@ def run_recipe(cfg, data, y_eval: np.ndarray, seconds: float, path, networks: in
     return out
 
 
+def score_multiscale(model, cfg, eval_by_side: dict[int, np.ndarray], data, path) -> np.ndarray:
+    """Eval-photo probabilities of ``model`` as ``predict`` gives them: averaged over its
+    ``eval_sizes`` (training/augment.py) and, at each side, plain and flipped."""
+    import torch
+
+    from automl_vision.training.augment import eval_sizes
+    from automl_vision.training.inference import nhwc_to_tensor, predict_probs
+
+    mean = torch.tensor(data.mean, device=path.torch_device).view(1, -1, 1, 1)
+    std = torch.tensor(data.std, device=path.torch_device).view(1, -1, 1, 1)
+    sides = eval_sizes(cfg.image_size, cfg.aug.crop_scale)
+    total = 0.0
+    for side in sides:
+        x = nhwc_to_tensor(eval_by_side[side])
+        total = total + predict_probs(model, x, mean, std, path) + predict_probs(model, x.flip(3), mean, std, path)
+    return np.asarray(total) / (2 * len(sides))
+
+
+def run_sides(entry, root: Path, classes: list[str], sides: list[int], seconds: float, networks: int,
+              seed: int, path) -> dict[str, Any]:
+    """``networks`` networks (seeds ``seed``, ``seed + 1000``, ...) at each of ``sides``, each trained for
+    ``seconds`` on every train photo and scored as ``predict`` scores it (its eval sides, flip TTA); then the
+    accuracy of every average of ``networks`` of them, grouped by how many come from each side: at equal
+    total training time, does an average across resolutions beat one of a single resolution?"""
+    import dataclasses
+
+    from automl_vision.training.augment import eval_sizes
+    from automl_vision.training.trainer import TensorData
+
+    probs: list[tuple[int, np.ndarray, int]] = []  # (side, eval probabilities, epochs)
+    eval_cache: dict[int, np.ndarray] = {}
+    y_eval = None
+    for side in sides:
+        xt, yt, xe, ye = load(root / "train", classes, side) + load(root / "eval", classes, side)
+        y_eval = ye
+        data = TensorData.from_arrays(xt, yt, xe, ye, len(classes))
+        cfg = config_of(entry, {}, side, len(classes), len(yt))
+        for s in eval_sizes(side, cfg.aug.crop_scale):
+            if s not in eval_cache:
+                eval_cache[s] = load(root / "eval", classes, s)[0]
+        for i in range(networks):
+            c = dataclasses.replace(cfg, seed=seed + 1000 * i)
+            model, epochs = train_model(c, data, seconds, path)
+            p = score_multiscale(model, c, eval_cache, data, path)
+            probs.append((side, p, epochs))
+            print(f"  {side} px network {i} seed {c.seed}: eval {float((p.argmax(1) == ye).mean()):.3f} "
+                  f"after {epochs} epochs", flush=True)
+    groups: dict[str, list[float]] = {}
+    for combo in itertools.combinations(range(len(probs)), networks):
+        key = "+".join(f"{sum(1 for i in combo if probs[i][0] == side)}x{side}" for side in sides)
+        acc = float((sum(probs[i][1] for i in combo).argmax(1) == y_eval).mean())
+        groups.setdefault(key, []).append(acc)
+    return {"seed": seed, "sides": sides, "networks": networks, "seconds_per_network": seconds,
+            "network_side": [p[0] for p in probs], "network_epochs": [p[2] for p in probs],
+            "network_eval_accuracy": [float((p[1].argmax(1) == y_eval).mean()) for p in probs],
+            "mean_eval_accuracy_by_composition": {k: float(np.mean(v)) for k, v in groups.items()},
+            "averages_by_composition": {k: len(v) for k, v in groups.items()}}
+
+
 def markdown(payload: dict[str, Any]) -> str:
     rows = []
     for name, s in payload["summary"].items():
@@ -177,6 +248,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--networks", type=int, default=1,
                     help="networks a recipe trains, each for an equal share of --seconds, their predictions "
                          "averaged (default 1)")
+    ap.add_argument("--sides", default=None,
+                    help="instead of recipes: --networks networks of the entry at each of these comma-separated "
+                         "sides (e.g. 64,96), each trained for --seconds and scored as predict scores it; reports "
+                         "every average of --networks of them by how many come from each side")
     ap.add_argument("--quick", action="store_true", help="smoke setting: tiny generated set, 3 s a recipe (figures mean nothing)")
     ap.add_argument("--out", help="results JSON (default: benchmarks/results/recipes_<set>.json; with --quick results/quick/)")
     args = ap.parse_args(argv)
@@ -222,6 +297,18 @@ def main(argv: list[str] | None = None) -> int:
             "runs": [], "summary": {},
         }
         out = Path(args.out) if args.out else C.default_path(f"recipes_{root.name}", args.quick)
+        if args.sides:
+            sides = sorted({int(x) for x in args.sides.split(",") if x.strip()})
+            payload["benchmark"] = "recipes_sides"
+            payload["settings"].update(sides=sides, seconds_per_network=seconds, recipes={})
+            for seed in seeds:
+                run = run_sides(entry, root, classes, sides, seconds, args.networks, seed, path)
+                payload["runs"].append(run)
+                print(f"seed {seed}: " + ", ".join(f"{k} {v:.3f}" for k, v in run["mean_eval_accuracy_by_composition"].items()),
+                      flush=True)
+                payload["load_average_at_end"] = C.load_average()
+                C.write_results("recipes", payload, out)
+            return 0
         cache: dict[int, tuple] = {}
         for seed in seeds:
             for name in recipes:
