@@ -25,7 +25,11 @@ Examples::
 
     .venv/bin/python benchmarks/bench_recipes.py --data /work/bench-data/hymenoptera --seconds 240
     .venv/bin/python benchmarks/bench_recipes.py --data SET --recipes base,s160 --seeds 0,1 --image-size 128
+    .venv/bin/python benchmarks/bench_recipes.py --data SET --sides 64,96 --networks 2 --seconds 180
     .venv/bin/python benchmarks/bench_recipes.py --quick
+
+``--sides`` (section 37 of benchmarks/README.md) asks another question: is an average of networks
+at two resolutions worth more than one of as many networks at one, in the same total time?
 """
 
 from __future__ import annotations
@@ -215,10 +219,29 @@ def run_sides(entry, root: Path, classes: list[str], sides: list[int], seconds: 
         acc = float((sum(probs[i][1] for i in combo).argmax(1) == y_eval).mean())
         groups.setdefault(key, []).append(acc)
     return {"seed": seed, "sides": sides, "networks": networks, "seconds_per_network": seconds,
+            "n_train": len(yt), "n_eval": len(y_eval),
             "network_side": [p[0] for p in probs], "network_epochs": [p[2] for p in probs],
             "network_eval_accuracy": [float((p[1].argmax(1) == y_eval).mean()) for p in probs],
             "mean_eval_accuracy_by_composition": {k: float(np.mean(v)) for k, v in groups.items()},
             "averages_by_composition": {k: len(v) for k, v in groups.items()}}
+
+
+def sides_markdown(payload: dict[str, Any]) -> str:
+    """The ``--sides`` results: per seed, the mean accuracy of the averages of each composition."""
+    st = payload["settings"]
+    keys: list[str] = []
+    for r in payload["runs"]:
+        keys += [k for k in r["mean_eval_accuracy_by_composition"] if k not in keys]
+    rows = [[r["seed"], *[r["mean_eval_accuracy_by_composition"].get(k, "") for k in keys],
+             " / ".join(f"{s} px {a:.3f} ({e} ep)" for s, a, e in zip(r["network_side"], r["network_eval_accuracy"],
+                                                                     r["network_epochs"]))]
+            for r in payload["runs"]]
+    return (f"Set `{st['set']}` ({st['n_train']} train / {st['n_eval']} eval photos), entry `{st['entry']}`, "
+            f"{st['networks']} network(s) at each of {', '.join(f'{x} px' for x in st['sides'])}, each trained "
+            f"{st['seconds_per_network']:.0f} s and scored as predict scores it (its eval sides, flip TTA); the mean "
+            f"accuracy of every average of {st['networks']} of them, by how many come from each side "
+            f"(equal total training time).\n\n"
+            + C.table(["seed", *keys, "each network: side, eval accuracy (epochs)"], rows))
 
 
 def markdown(payload: dict[str, Any]) -> str:
@@ -266,6 +289,14 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--seeds takes whole numbers like 0,1,2")
     if args.networks < 1:
         ap.error("--networks takes a whole number of at least 1")
+    sides: list[int] = []
+    if args.sides:
+        try:
+            sides = sorted({int(x) for x in args.sides.split(",") if x.strip()})
+        except ValueError:
+            ap.error("--sides takes whole numbers of pixels like 64,96")
+        if len(sides) < 2 or min(sides) < 8:
+            ap.error("--sides takes at least two different sides of 8 px or more, like 64,96")
     if not args.data and not args.quick:
         ap.error("give --data (a folder with train/ and eval/) or --quick")
     from automl_vision.search.portfolio import load_portfolio
@@ -297,8 +328,7 @@ def main(argv: list[str] | None = None) -> int:
             "runs": [], "summary": {},
         }
         out = Path(args.out) if args.out else C.default_path(f"recipes_{root.name}", args.quick)
-        if args.sides:
-            sides = sorted({int(x) for x in args.sides.split(",") if x.strip()})
+        if sides:
             payload["benchmark"] = "recipes_sides"
             payload["settings"].update(sides=sides, seconds_per_network=seconds, recipes={})
             for seed in seeds:
@@ -306,8 +336,11 @@ def main(argv: list[str] | None = None) -> int:
                 payload["runs"].append(run)
                 print(f"seed {seed}: " + ", ".join(f"{k} {v:.3f}" for k, v in run["mean_eval_accuracy_by_composition"].items()),
                       flush=True)
+                payload["settings"].update(n_train=run.pop("n_train"), n_eval=run.pop("n_eval"))
+                payload["markdown"] = sides_markdown(payload)
                 payload["load_average_at_end"] = C.load_average()
                 C.write_results("recipes", payload, out)
+            print(payload["markdown"])
             return 0
         cache: dict[int, tuple] = {}
         for seed in seeds:

@@ -225,6 +225,23 @@ def test_recipes_benchmark_splits_the_time_between_networks(tmp_path):
     assert bad.returncode == 2 and "--networks" in bad.stderr and "Traceback" not in bad.stderr
 
 
+def test_recipes_benchmark_compares_averages_across_sides(tmp_path):
+    """--sides: networks at each side, each scored as predict scores it, and every average of --networks of
+    them grouped by how many come from each side."""
+    out = tmp_path / "sides.json"
+    proc = run_bench("bench_recipes.py", "--quick", "--sides", "32,48", "--networks", "2", "--out", out)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    res = json.loads(out.read_text())
+    run = res["runs"][0]
+    assert res["benchmark"] == "recipes_sides" and res["settings"]["sides"] == [32, 48]
+    assert run["network_side"] == [32, 32, 48, 48] and all(e >= 1 for e in run["network_epochs"])
+    assert run["averages_by_composition"] == {"2x32+0x48": 1, "1x32+1x48": 4, "0x32+2x48": 1}
+    assert all(0.0 <= a <= 1.0 for a in run["mean_eval_accuracy_by_composition"].values())
+    assert "| 1x32+1x48 |" in res["markdown"] and "32 px" in res["markdown"]
+    bad = run_bench("bench_recipes.py", "--quick", "--sides", "64")
+    assert bad.returncode == 2 and "--sides" in bad.stderr and "Traceback" not in bad.stderr
+
+
 def small_data_result(commit: str, runs: list[tuple[str, int, float, list[str]]]) -> dict:
     return {"benchmark": "small_data", "machine": {"cpu": "Some CPU", "cpu_features": ["avx2"], "git_commit": commit},
             "settings": {"budget": "10m"},
