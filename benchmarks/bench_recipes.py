@@ -116,12 +116,6 @@ def train_for(cfg, data, seconds: float, path):
     return train(model, cfg, data, path, plan=plan, grow_until=10**9)
 
 
-def train_model(cfg, data, seconds: float, path):
-    """(network, epochs) of :func:`train_for`."""
-    res = train_for(cfg, data, seconds, path)
-    return res.model, res.epochs_run
-
-
 def train_one(cfg, data, seconds: float, path):
     """One network of ``cfg`` trained for ``seconds``: (plain, flipped) probabilities on the eval photos, epochs."""
     import torch
@@ -166,22 +160,16 @@ def run_recipe(cfg, data, y_eval: np.ndarray, seconds: float, path, networks: in
     return out
 
 
-def score_multiscale(model, cfg, eval_by_side: dict[int, np.ndarray], data, path) -> np.ndarray:
-    """Eval-photo probabilities of ``model`` as ``predict`` gives them: averaged over its
-    ``eval_sizes`` (training/augment.py) and, at each side, plain and flipped."""
-    import torch
-
+def score_as_predict(model, cfg, eval_by_side: dict[int, np.ndarray], data) -> np.ndarray:
+    """Eval-photo probabilities of ``model`` from predict's own :class:`ProbabilityModel`: averaged
+    over its ``eval_sizes`` (training/augment.py), plain and flipped at each side."""
+    from automl_vision.predict import ProbabilityModel
     from automl_vision.training.augment import eval_sizes
-    from automl_vision.training.inference import nhwc_to_tensor, predict_probs
 
-    mean = torch.tensor(data.mean, device=path.torch_device).view(1, -1, 1, 1)
-    std = torch.tensor(data.std, device=path.torch_device).view(1, -1, 1, 1)
-    sides = eval_sizes(cfg.image_size, cfg.aug.crop_scale)
-    total = 0.0
-    for side in sides:
-        x = nhwc_to_tensor(eval_by_side[side])
-        total = total + predict_probs(model, x, mean, std, path) + predict_probs(model, x.flip(3), mean, std, path)
-    return np.asarray(total) / (2 * len(sides))
+    spec = {"in_chans": 3, "image_size": cfg.image_size, "mean": data.mean, "std": data.std,
+            "eval_sizes": eval_sizes(cfg.image_size, cfg.aug.crop_scale)}
+    module = ProbabilityModel([model.to("cpu").eval()], [spec], [1.0], tta=True)
+    return module.probs([eval_by_side[side] for side in module.sizes])
 
 
 def run_sides(entry, root: Path, classes: list[str], sides: list[int], seconds: float, networks: int,
@@ -201,6 +189,7 @@ def run_sides(entry, root: Path, classes: list[str], sides: list[int], seconds: 
     for side in sides:
         xt, yt, xe, ye = load(root / "train", classes, side) + load(root / "eval", classes, side)
         y_eval = ye
+        eval_cache.setdefault(side, xe)
         data = TensorData.from_arrays(xt, yt, xe, ye, len(classes))
         cfg = config_of(entry, {}, side, len(classes), len(yt))
         for s in eval_sizes(side, cfg.aug.crop_scale):
@@ -208,8 +197,8 @@ def run_sides(entry, root: Path, classes: list[str], sides: list[int], seconds: 
                 eval_cache[s] = load(root / "eval", classes, s)[0]
         for i in range(networks):
             c = dataclasses.replace(cfg, seed=seed + 1000 * i)
-            model, epochs = train_model(c, data, seconds, path)
-            p = score_multiscale(model, c, eval_cache, data, path)
+            res = train_for(c, data, seconds, path)
+            p, epochs = score_as_predict(res.model, c, eval_cache, data), res.epochs_run
             probs.append((side, p, epochs))
             print(f"  {side} px network {i} seed {c.seed}: eval {float((p.argmax(1) == ye).mean()):.3f} "
                   f"after {epochs} epochs", flush=True)
@@ -219,7 +208,6 @@ def run_sides(entry, root: Path, classes: list[str], sides: list[int], seconds: 
         acc = float((sum(probs[i][1] for i in combo).argmax(1) == y_eval).mean())
         groups.setdefault(key, []).append(acc)
     return {"seed": seed, "sides": sides, "networks": networks, "seconds_per_network": seconds,
-            "n_train": len(yt), "n_eval": len(y_eval),
             "network_side": [p[0] for p in probs], "network_epochs": [p[2] for p in probs],
             "network_eval_accuracy": [float((p[1].argmax(1) == y_eval).mean()) for p in probs],
             "mean_eval_accuracy_by_composition": {k: float(np.mean(v)) for k, v in groups.items()},
@@ -330,13 +318,13 @@ def main(argv: list[str] | None = None) -> int:
         out = Path(args.out) if args.out else C.default_path(f"recipes_{root.name}", args.quick)
         if sides:
             payload["benchmark"] = "recipes_sides"
-            payload["settings"].update(sides=sides, seconds_per_network=seconds, recipes={})
+            payload["settings"].update(sides=sides, seconds_per_network=seconds, recipes={},
+                                       n_train=len(image_files(root / "train")), n_eval=len(image_files(root / "eval")))
             for seed in seeds:
                 run = run_sides(entry, root, classes, sides, seconds, args.networks, seed, path)
                 payload["runs"].append(run)
                 print(f"seed {seed}: " + ", ".join(f"{k} {v:.3f}" for k, v in run["mean_eval_accuracy_by_composition"].items()),
                       flush=True)
-                payload["settings"].update(n_train=run.pop("n_train"), n_eval=run.pop("n_eval"))
                 payload["markdown"] = sides_markdown(payload)
                 payload["load_average_at_end"] = C.load_average()
                 C.write_results("recipes", payload, out)
