@@ -188,7 +188,8 @@ def on_epoch_end(run_dir: str, trial_number: int, epoch: int, epochs: int, recor
         epochs: the epochs planned for the trial now (the time budget may change it).
         record: the epoch's row of ``trials/<n>/history.json``: ``epoch``, ``train_loss``,
             ``lr``, ``train_seconds``, ``eval_seconds``, ``images_per_second`` and
-            ``val_<metric>`` for every metric.
+            ``val_<metric>`` for every metric; ``skipped_steps`` too when steps were
+            left out for non-finite gradients.
     """
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import os
 import signal
 import subprocess
@@ -19,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import optuna
 import pytest
+import torch
 from PIL import Image
 
 from automl_vision.data import cache
@@ -435,6 +437,19 @@ def test_nan_loss_is_pruned_and_wrong_shape_fails_naming_the_model(tmp_path, dig
         assert needle in status["reason"].lower(), status["reason"]
         assert needle.split()[0] in (out / "leaderboard.csv").read_text().lower()
         assert "no trial finished" in read_json(out / "final" / "report.json")["error"]
+
+
+def test_a_step_with_nan_gradients_is_left_out_and_the_trial_completes(tmp_path, digits_dir):
+    out = tmp_path / "nanonce"
+    proc = run_cli("search", digits_dir, "--out", out, "--n-trials", "1", "--max-epochs", "2", "--image-size", "16",
+                   "--models", "nanonce", "--plugin", str(PLUGINS / "faulty_families.py"), "--plain")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert read_json(out / "trials" / "00000" / "status.json")["state"] == "COMPLETE"
+    history = read_json(out / "trials" / "00000" / "history.json")
+    steps = sum(row.get("skipped_steps", 0) for row in history)
+    assert steps >= 2 and all(math.isfinite(row["train_loss"]) for row in history), history
+    weights = load_weights(out / "trials" / "00000" / "weights.safetensors")
+    assert all(torch.isfinite(t).all() for t in weights.values())
 
 
 # ---------------------------------------------------------------------------- soak
