@@ -223,6 +223,26 @@ def test_cpu_path_probe_times_every_candidate():
     assert all(0 < r < float("inf") for r in rates.values())
 
 
+def test_bf16_on_cpu_is_not_used_to_train_a_network_with_strided_convolutions_on_one_pixel():
+    """oneDNN's bf16 weight gradient of a strided convolution over a 1x1 input is garbage on
+    CPUs with AMX: a ResNet at 16 px must train in fp32; at 64 px, and on other paths, the
+    path is kept; the check leaves no hook and the model's mode as it was."""
+    import timm
+
+    from automl_vision.training.device import ExecPath
+
+    bf16 = ExecPath("cpu", "bf16", True, "measured")
+    model = timm.create_model("resnet10t", num_classes=3).train()
+    small = bf16.for_network(model, (3, 16, 16))
+    assert (small.precision, small.channels_last) == ("fp32", True)
+    assert "1-pixel" in small.reason and "16 px" in small.reason
+    assert bf16.for_network(model, (3, 64, 64)) is bf16
+    fp32 = ExecPath("cpu", "fp32", True, "measured")
+    assert fp32.for_network(model, (3, 16, 16)) is fp32
+    assert model.training
+    assert not any(m._forward_pre_hooks for m in model.modules())
+
+
 def test_python_api_search_stays_callable_after_its_submodules_are_imported(digits_dir, tmp_path):
     import automl_vision
     import automl_vision.search.run  # noqa: F401  (would shadow a plain function named search)

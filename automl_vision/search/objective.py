@@ -255,6 +255,9 @@ class Objective:
                 oom = None
                 try:
                     result = train(model, cfg, data, self.path, on_epoch=on_epoch, plan=plan, abort=abort)
+                    if result.path is not None and result.path.precision != self.path.precision:
+                        self.progress.log(f"trial {trial.number}: {result.path.reason}")
+                        record["precision"] = result.path.precision
                     break
                 except Exception as exc:
                     if not is_out_of_memory(exc):

@@ -17,7 +17,7 @@ import json
 import os
 import platform
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -54,6 +54,40 @@ class ExecPath:
         if dtype is None:
             return torch.autocast(self.torch_device.type, enabled=False)
         return torch.autocast(self.torch_device.type, dtype=dtype)
+
+    def for_network(self, model: nn.Module, image_shape: tuple[int, ...]) -> "ExecPath":
+        """This path for training ``model`` on images of ``image_shape`` (C, H, W): itself,
+        or fp32 where bf16 on CPU would train it on wrong gradients.
+
+        oneDNN's bf16 weight gradient of a strided convolution whose input is one pixel
+        high or wide (a ResNet's last stage at 16 px) is garbage on Intel CPUs with AMX
+        (torch 2.14: relative error 1e20 and more, NaN in a fifth of the calls; 2x2 inputs
+        and fp32 are exact). The forward pass is right, so inference keeps the path. One
+        forward pass of two blank images in eval mode finds such convolutions."""
+        if self.precision != "bf16" or self.torch_device.type != "cpu":
+            return self
+        found: list[str] = []
+
+        def look(module, args):
+            x = args[0] if args else None
+            if isinstance(x, torch.Tensor) and x.ndim == 4 and min(x.shape[-2:]) == 1 and max(module.stride) > 1:
+                found.append(type(module).__name__)
+
+        handles = [m.register_forward_pre_hook(look) for m in model.modules() if isinstance(m, nn.Conv2d)]
+        was_training = model.training
+        try:
+            model.eval()
+            with torch.no_grad():
+                model(torch.zeros((2, *image_shape), device=self.torch_device))
+        finally:
+            for h in handles:
+                h.remove()
+            model.train(was_training)
+        if not found:
+            return self
+        return replace(self, precision="fp32", reason=(
+            f"fp32 for this network: it applies {len(found)} strided convolution(s) to 1-pixel feature maps at "
+            f"{image_shape[-1]} px, whose bf16 gradient oneDNN computes wrongly on CPU"))
 
     def describe(self) -> str:
         fmt = "channels-last" if self.channels_last else "contiguous"

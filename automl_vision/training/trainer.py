@@ -107,6 +107,7 @@ class TrainResult:
     epochs_run: int
     stopped_early: str | None = None
     grown: str | None = None  # why the trial ran more epochs than configured
+    path: ExecPath | None = None  # the execution path it trained on (ExecPath.for_network)
 
 
 class BudgetExceeded(Exception):
@@ -263,6 +264,7 @@ def train(
     random.seed(cfg.seed)
     memory_format = torch.channels_last if path.channels_last else torch.contiguous_format
     model = model.to(device=device, memory_format=memory_format)
+    path = path.for_network(model, tuple(data.x_train.shape[1:]))
     mean = torch.tensor(data.mean, device=device).view(1, -1, 1, 1)
     std = torch.tensor(data.std, device=device).view(1, -1, 1, 1)
     on_device = data_fits_on_device(data.x_train.nbytes + data.x_val.nbytes, path)
@@ -406,4 +408,4 @@ def train(
         if on_epoch is not None:
             on_epoch(epoch, val_probs, record)
     final = ema.module if ema is not None else model
-    return TrainResult(final, history, val_probs, epoch, stopped, grown)
+    return TrainResult(final, history, val_probs, epoch, stopped, grown, path)

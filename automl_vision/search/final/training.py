@@ -67,10 +67,12 @@ def retrain(run_dir: RunDir, number: int, data: PreparedData, pm: PluginManager,
                                      mean=spec["mean"], std=spec["std"])
     torch.manual_seed(cfg.seed)  # the same initial weights as the trial (with no seed_offset)
     model = load_model(tdir, pm)[0] if warm else build_model(spec, pm)
-    stopped = schedule = None
+    stopped = schedule = precision = None
     try:
         result = train(model, cfg, tensors, path, plan=plan, abort=abort, grow_until=grow_until or STRETCH_BY_EPOCH)
         net, epochs_run = result.model, result.epochs_run
+        if result.path is not None and result.path.precision != path.precision:
+            precision = result.path.reason
         # what the time budget did to the schedule, for the report: from the plan to where it ended, however
         # often it was re-planned on the way
         if epochs_run > epochs:
@@ -92,6 +94,8 @@ def retrain(run_dir: RunDir, number: int, data: PreparedData, pm: PluginManager,
         info["stopped"] = stopped
     if schedule:
         info["schedule"] = schedule
+    if precision:
+        info["precision"] = precision
     save_model(out, net.to("cpu"), {**spec, kind: info})
     write_json(out / CONFIG, {**config, "epochs": epochs_run, "seed": cfg.seed, f"{kind}_of": number})
     return info
