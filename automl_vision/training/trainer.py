@@ -211,13 +211,14 @@ def _finite_step(model: nn.Module, grad_clip: float) -> bool:
     """Clip the gradients if asked; whether they are all finite, so the step may be taken.
 
     As fp16's gradient scaler does, a step whose gradients are NaN or infinite is left
-    out rather than written into the weights, where it would end the trial: such a step
-    need not mean the training diverged. oneDNN's bf16 weight gradient of a stride-2
-    convolution over a 1x1 input (a ResNet's last stage at 16 px) is NaN now and then on
-    Intel CPUs with AMX (torch 2.14); the next step is fine. ``train`` prunes the trial
-    when most of an epoch's steps are left out. ``torch._foreach_norm`` is the one fused
-    pass over the gradients that ``clip_grad_norm_`` makes too (0.1-0.9 ms a step on two
-    cores, under 1% of a step of the portfolio's networks)."""
+    out rather than written into the weights, where it would end the trial: one faulty
+    step need not mean the training diverged (the kernel fault that showed it, oneDNN's
+    bf16 gradient over 1-pixel maps, is avoided at its root by ``ExecPath.for_network``).
+    ``train`` prunes the trial when most of an epoch's steps are left out.
+    ``torch._foreach_norm`` is the one fused pass over the gradients that
+    ``clip_grad_norm_`` makes too (0.1-0.9 ms a step on two CPU cores, under 1% of a step
+    of the portfolio's networks; on a GPU one synchronisation a step, as the fp16
+    scaler's step makes)."""
     if grad_clip > 0:
         norm = nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     else:
