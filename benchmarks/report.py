@@ -206,7 +206,7 @@ def scoreboard(results: dict[str, dict[str, Any]]) -> str:
                 groups.setdefault((budget, cpu), {}).setdefault(set_name, []).append(pair)
     if not groups:
         return "(no paired runs yet)"
-    parts = []
+    parts = [overview(groups)]
     for (budget, cpu), sets in sorted(groups.items()):
         rows = []
         for set_name, pairs in sorted(sets.items()):
@@ -224,6 +224,21 @@ def scoreboard(results: dict[str, dict[str, Any]]) -> str:
             ["set", "paired runs", "search median", "loop median", "search against its loop", "worst margin",
              "commits"], rows))
     return "\n\n".join(parts)
+
+
+def overview(groups: dict[tuple[str, str], dict[str, list[tuple[float, float, str, int]]]]) -> str:
+    """One line per budget and CPU over every set of the tables below it: how many paired runs, how
+    many of them above, level with and below their own loop, and which sets were ever below (the
+    README's summary of other CPUs quotes these lines)."""
+    rows = []
+    for (budget, cpu), sets in sorted(groups.items()):
+        margins = {name: [a - b for a, b, _, _ in pairs] for name, pairs in sets.items()}
+        every = [d for ds in margins.values() for d in ds]
+        above, level = sum(d > 0 for d in every), sum(d == 0 for d in every)
+        below_sets = sorted(name for name, ds in margins.items() if any(d < 0 for d in ds))
+        rows.append([budget, cpu, len(sets), len(every), f"{above} above, {level} level, {len(every) - above - level} below",
+                     ", ".join(below_sets) or "none"])
+    return C.table(["budget", "CPU", "sets", "paired runs", "search against its loop", "sets below it at least once"], rows)
 
 
 RENDER = {"search_strategy": search_strategy, "engine": engine, "engine_photos": engine, "engine_1thread": engine, "search_quality": search_quality, "search_quality_3min": search_quality, "data_pipeline": data_pipeline}

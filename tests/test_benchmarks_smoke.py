@@ -271,6 +271,9 @@ def test_report_scoreboard_pairs_each_default_search_with_its_own_loop(tmp_path)
     assert cells[4] == "1 above, 1 level, 1 below"
     assert cells[5] == "-0.030 (-3 photos)"
     assert cells[6] == "aaa1111, bbb2222"
+    # the overview line above the tables counts the same three pairs and names the set that fell below
+    total = next(line for line in text.splitlines() if line.startswith("| 10m | Some CPU (avx2) |"))
+    assert [c.strip() for c in total.strip("|").split("|")][2:] == ["1", "3", "1 above, 1 level, 1 below", "ants"]
 
 
 def test_report_scoreboard_keeps_instruction_set_capped_runs_apart(tmp_path, monkeypatch):
