@@ -181,6 +181,12 @@ def small_data(res: dict[str, Any]) -> str:
     return head + "\n\n" + bench_small_data.table_text(res)
 
 
+def tally(margins: list[float]) -> str:
+    """Search-minus-loop accuracy margins counted as the scoreboard reads them (level: equal accuracy)."""
+    above, level = sum(d > 0 for d in margins), sum(d == 0 for d in margins)
+    return f"{above} above, {level} level, {len(margins) - above - level} below"
+
+
 def scoreboard(results: dict[str, dict[str, Any]]) -> str:
     """Every paired run of the small-data benchmark in one table per budget and CPU: the default
     search with no extra options against the hand-written loop of the same seed in the same
@@ -211,14 +217,13 @@ def scoreboard(results: dict[str, dict[str, Any]]) -> str:
         rows = []
         for set_name, pairs in sorted(sets.items()):
             margins = [a - b for a, b, _, _ in pairs]
-            above, level = sum(d > 0 for d in margins), sum(d == 0 for d in margins)
             # the worst margin in photos of the evaluation folder, the unit in which a tie is read
             worst = min(pairs, key=lambda q: q[0] - q[1])
             photos = round((worst[0] - worst[1]) * worst[3]) if worst[3] else None
             commits = ", ".join(dict.fromkeys(c for _, _, c, _ in pairs))
             rows.append([set_name, len(pairs), f"{C.median([a for a, _, _, _ in pairs]):.3f}",
                          f"{C.median([b for _, b, _, _ in pairs]):.3f}",
-                         f"{above} above, {level} level, {len(pairs) - above - level} below",
+                         tally(margins),
                          f"{min(margins):+.3f}" + (f" ({photos:+d} photo{'' if abs(photos) == 1 else 's'})" if photos is not None else ""), commits])
         parts.append(f"**{budget}, {cpu}**\n\n" + C.table(
             ["set", "paired runs", "search median", "loop median", "search against its loop", "worst margin",
@@ -234,10 +239,8 @@ def overview(groups: dict[tuple[str, str], dict[str, list[tuple[float, float, st
     for (budget, cpu), sets in sorted(groups.items()):
         margins = {name: [a - b for a, b, _, _ in pairs] for name, pairs in sets.items()}
         every = [d for ds in margins.values() for d in ds]
-        above, level = sum(d > 0 for d in every), sum(d == 0 for d in every)
         below_sets = sorted(name for name, ds in margins.items() if any(d < 0 for d in ds))
-        rows.append([budget, cpu, len(sets), len(every), f"{above} above, {level} level, {len(every) - above - level} below",
-                     ", ".join(below_sets) or "none"])
+        rows.append([budget, cpu, len(sets), len(every), tally(every), ", ".join(below_sets) or "none"])
     return C.table(["budget", "CPU", "sets", "paired runs", "search against its loop", "sets below it at least once"], rows)
 
 
