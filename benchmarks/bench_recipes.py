@@ -72,11 +72,6 @@ RECIPES: dict[str, dict[str, Any]] = {
     # at 64 px on a thousand photos or more: does a larger network than the hand loop's pay in the same time
     "s64_w48": {"size": 64, "cnn.width": 48},
     "s64_x2": {"size": 64, "cnn.blocks": 2},
-    # sharpness-aware minimisation (two passes a step, so half the epochs in the same time): on a few
-    # hundred photos the epochs are plenty, flatter minima may generalise better ("cfg." sets the
-    # trial's configuration itself: SAM is not a parameter of the space)
-    "s64_sam05": {"size": 64, "cfg.sam_rho": 0.05},
-    "s64_sam2": {"size": 64, "cfg.sam_rho": 0.2},
 }
 
 
@@ -97,18 +92,13 @@ def config_of(entry: dict[str, Any], overrides: dict[str, Any], size: int, num_c
     from automl_vision.search.space import batch_choices, sample
     from automl_vision.settings import SearchSettings
 
-    params = {**entry["params"], **{k: v for k, v in overrides.items() if k != "size" and not k.startswith("cfg.")},
-              "image_size": size}
+    params = {**entry["params"], **{k: v for k, v in overrides.items() if k != "size"}, "image_size": size}
     choices = batch_choices(num_train)  # a tiny set offers only small batches, as in the search
     if params.get("batch_size") not in choices:
         params["batch_size"] = max([b for b in choices if b <= params.get("batch_size", 64)] or [min(choices)])
     settings = SearchSettings.from_dict({"data": "-", "run_dir": "-", "study_name": "-", "image_sizes": [size]})
-    cfg = sample(optuna.trial.FixedTrial(params), settings, get_plugin_manager(), [params["family"]], {},
-                 num_classes, 3, num_train, "cpu", 20)
-    for k, v in overrides.items():
-        if k.startswith("cfg."):
-            setattr(cfg, k[4:], v)
-    return cfg
+    return sample(optuna.trial.FixedTrial(params), settings, get_plugin_manager(), [params["family"]], {},
+                  num_classes, 3, num_train, "cpu", 20)
 
 
 def train_for(cfg, data, seconds: float, path):

@@ -101,54 +101,6 @@ def test_trainer_really_learns_a_separable_task():
     np.testing.assert_allclose(result.val_probs.sum(1), 1.0, rtol=1e-5)
 
 
-def test_sam_takes_its_step_from_the_worst_nearby_weights_and_counts_batch_statistics_once():
-    """Sharpness-aware minimisation (``sam_rho``): the ascent moves the weights by exactly rho
-    and the descent puts them back; a SAM step counts the batch once in BatchNorm's running
-    statistics (as a plain step does) but steps with another gradient; and it still learns."""
-    import copy
-
-    from automl_vision.builtin.custom_cnn import build
-    from automl_vision.training.trainer import _sam_ascent, _sam_descent
-
-    params = {"cnn.block": "plain", "cnn.stages": 2, "cnn.blocks": 1, "cnn.width": 16, "cnn.kernel": 3,
-              "cnn.norm": "batch", "cnn.act": "relu", "cnn.dropout": 0.0, "cnn.pool": "avg"}
-    torch.manual_seed(0)
-    model = build(params, in_chans=3, image_size=12, num_classes=3)
-    x, y = _blobs(n=32)
-    torch.nn.functional.cross_entropy(model(x.float() / 255), y).backward()
-    before = [p.detach().clone() for p in model.parameters()]
-    move = _sam_ascent(model, 0.05)
-    shift = torch.sqrt(sum(((p - b) ** 2).sum() for p, b in zip(model.parameters(), before)))
-    assert float(shift) == pytest.approx(0.05, rel=1e-4)
-    _sam_descent(model, move)
-    for p, b in zip(model.parameters(), before):
-        torch.testing.assert_close(p.detach(), b)
-
-    data = TensorData(x, y, x, y, mean=[0.5] * 3, std=[0.25] * 3, num_classes=3)
-    path = choose("cpu", "fp32", "off")
-    plain_cfg = TrialConfig(family="cnn", model_params=params, image_size=12, batch_size=32, lr=3e-3, epochs=1)
-    sam_cfg = TrialConfig(family="cnn", model_params=params, image_size=12, batch_size=32, lr=3e-3, epochs=1,
-                          sam_rho=0.05)
-    plain = train(copy.deepcopy(model), plain_cfg, data, path).model  # one step each, from the same weights
-    sam = train(copy.deepcopy(model), sam_cfg, data, path).model
-    norms = [(a, b) for a, b in zip(plain.modules(), sam.modules()) if isinstance(a, torch.nn.BatchNorm2d)]
-    assert norms
-    counted = {int(m.num_batches_tracked) for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)}
-    for a, b in norms:
-        torch.testing.assert_close(a.running_mean, b.running_mean)
-        assert {int(a.num_batches_tracked), int(b.num_batches_tracked)} == {c + 1 for c in counted}
-    conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
-    step = [m for m in plain.modules() if isinstance(m, torch.nn.Conv2d)][0].weight
-    sam_step = [m for m in sam.modules() if isinstance(m, torch.nn.Conv2d)][0].weight
-    assert not torch.allclose(step, sam_step) and not torch.allclose(sam_step, conv.weight)
-
-    xv, yv = _blobs(seed=1)
-    big = TensorData(*_blobs(), xv, yv, mean=[0.5] * 3, std=[0.25] * 3, num_classes=3)
-    sam_cfg.epochs = 4
-    result = train(build(params, in_chans=3, image_size=12, num_classes=3), sam_cfg, big, path)
-    assert (result.val_probs.argmax(1) == yv.numpy()).mean() > 0.9
-
-
 def test_trainer_plan_shortens_the_trial_and_keeps_its_schedule_whole():
     x, y = _blobs(n=64)
     data = TensorData(x, y, x, y, mean=[0.5] * 3, std=[0.25] * 3, num_classes=3)

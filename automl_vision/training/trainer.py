@@ -49,7 +49,6 @@ class TrialConfig:
     epochs: int = 10
     ema: bool = False
     grad_clip: float = 0.0  # max gradient norm; 0 = off
-    sam_rho: float = 0.0  # sharpness-aware minimisation's neighbourhood radius; 0 = off (see _sam_ascent)
     label_smoothing: float = 0.0
     class_weighting: bool = False
     aug_preset: str = "light"
@@ -208,53 +207,6 @@ def make_optimizer(model: nn.Module, cfg: TrialConfig) -> torch.optim.Optimizer:
     return create_optimizer_v2(model, opt=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay, **kwargs)
 
 
-def _sam_ascent(model: nn.Module, rho: float) -> list[torch.Tensor] | None:
-    """Sharpness-aware minimisation's first half (Foret et al., 2021): move the weights by
-    ``rho`` along the normalised gradient just computed, to the worst point of their
-    neighbourhood; the caller computes the gradient there and undoes the move with
-    :func:`_sam_descent` before the optimiser steps. Returns the move, or None (and moves
-    nothing) when the gradient is not finite. The normalisation makes it independent of
-    fp16's loss scale. Written here rather than taken from a package: no maintained one on
-    PyPI wraps timm's optimisers, and these are two fused passes over the weights."""
-    params = [p for p in model.parameters() if p.grad is not None]
-    if not params:
-        return None
-    grads = [p.grad for p in params]
-    norm = torch.stack(torch._foreach_norm(grads)).norm()
-    if not bool(torch.isfinite(norm)):
-        return None
-    with torch.no_grad():
-        move = torch._foreach_mul(grads, rho / (float(norm) + 1e-12))
-        torch._foreach_add_(params, move)
-    return move
-
-
-def _sam_descent(model: nn.Module, move: list[torch.Tensor]) -> None:
-    """Undo :func:`_sam_ascent`'s move; the gradient taken at the moved weights stays."""
-    with torch.no_grad():
-        torch._foreach_sub_([p for p in model.parameters() if p.grad is not None], move)
-
-
-class _FrozenNormStats:
-    """BatchNorm's running statistics left as they are inside the block (SAM's second
-    forward pass sees the same batch: counting it twice would skew them)."""
-
-    def __init__(self, model: nn.Module) -> None:
-        self.norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-
-    def __enter__(self) -> None:
-        self.saved = [(m.momentum, None if m.num_batches_tracked is None else m.num_batches_tracked.clone())
-                      for m in self.norms]
-        for m in self.norms:
-            m.momentum = 0.0  # running = (1 - momentum) * running + momentum * batch
-
-    def __exit__(self, *exc: Any) -> None:
-        for m, (momentum, tracked) in zip(self.norms, self.saved):
-            m.momentum = momentum
-            if tracked is not None:
-                m.num_batches_tracked.copy_(tracked)
-
-
 def _finite_step(model: nn.Module, grad_clip: float) -> bool:
     """Clip the gradients if asked; whether they are all finite, so the step may be taken.
 
@@ -351,20 +303,6 @@ def train(
 
         ema = ModelEmaV3(model, decay=0.998, use_warmup=True)
 
-    frozen_stats = _FrozenNormStats(model)
-
-    def batch_loss(xb: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        with path.autocast():
-            logits = train_model(xb)
-        logits = logits.float()
-        if logits.ndim != 2 or logits.shape != (xb.shape[0], data.num_classes):
-            raise ValueError(
-                f"model {cfg.family} returned shape {tuple(logits.shape)}, expected ({xb.shape[0]}, {data.num_classes})"
-            )
-        if target.ndim == 2:  # soft targets from mixup/cutmix
-            return torch.sum(-target * torch.log_softmax(logits, dim=-1), dim=-1).mean()
-        return hard_loss(logits, target)
-
     history: list[dict[str, Any]] = []
     val_probs = np.zeros((0, data.num_classes))
     stopped = None
@@ -392,16 +330,19 @@ def train(
             xb = augmenter.erase(xb)
             yb = y_train[idx]
             xb, target = augmenter.mix(xb, yb)
-            loss = batch_loss(xb, target)
+            with path.autocast():
+                logits = train_model(xb)
+            logits = logits.float()
+            if logits.ndim != 2 or logits.shape != (xb.shape[0], data.num_classes):
+                raise ValueError(
+                    f"model {cfg.family} returned shape {tuple(logits.shape)}, expected ({xb.shape[0]}, {data.num_classes})"
+                )
+            if target.ndim == 2:  # soft targets from mixup/cutmix
+                loss = torch.sum(-target * torch.log_softmax(logits, dim=-1), dim=-1).mean()
+            else:
+                loss = hard_loss(logits, target)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
-            if cfg.sam_rho > 0:
-                move = _sam_ascent(model, cfg.sam_rho)
-                if move is not None:  # the gradient again, at the worst point near the weights
-                    optimizer.zero_grad(set_to_none=False)
-                    with frozen_stats:
-                        scaler.scale(batch_loss(xb, target)).backward()
-                    _sam_descent(model, move)
             if scaler.is_enabled():  # fp16: the scaler skips steps with non-finite gradients itself
                 if cfg.grad_clip > 0:
                     scaler.unscale_(optimizer)
