@@ -72,6 +72,9 @@ RECIPES: dict[str, dict[str, Any]] = {
     # at 64 px on a thousand photos or more: does a larger network than the hand loop's pay in the same time
     "s64_w48": {"size": 64, "cnn.width": 48},
     "s64_x2": {"size": 64, "cnn.blocks": 2},
+    # at 64 px, stronger regularisation of the network itself (the entry: weight decay 0.05, dropout 0.1)
+    "s64_wd5": {"size": 64, "weight_decay": 0.5},
+    "s64_drop3": {"size": 64, "cnn.dropout": 0.3},
 }
 
 
