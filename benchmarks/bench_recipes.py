@@ -26,10 +26,13 @@ Examples::
     .venv/bin/python benchmarks/bench_recipes.py --data /work/bench-data/hymenoptera --seconds 240
     .venv/bin/python benchmarks/bench_recipes.py --data SET --recipes base,s160 --seeds 0,1 --image-size 128
     .venv/bin/python benchmarks/bench_recipes.py --data SET --sides 64,96 --networks 2 --seconds 180
+    .venv/bin/python benchmarks/bench_recipes.py --data SET --blend s64,s64_wd5 --networks 2 --seconds 60
     .venv/bin/python benchmarks/bench_recipes.py --quick
 
 ``--sides`` (section 37 of benchmarks/README.md) asks another question: is an average of networks
 at two resolutions worth more than one of as many networks at one, in the same total time?
+``--blend`` asks it of recipes (section 44): an average across two recipes ("hyperparameter ensembles")
+against one of either recipe alone.
 """
 
 from __future__ import annotations
@@ -175,26 +178,27 @@ def score_as_predict(model, cfg, eval_by_side: dict[int, np.ndarray], data) -> n
     return module.probs([eval_by_side[side] for side in module.sizes])
 
 
-def run_sides(entry, root: Path, classes: list[str], sides: list[int], seconds: float, networks: int,
-              seed: int, path) -> dict[str, Any]:
-    """``networks`` networks (seeds ``seed``, ``seed + 1000``, ...) at each of ``sides``, each trained for
-    ``seconds`` on every train photo and scored as ``predict`` scores it (its eval sides, flip TTA); then the
-    accuracy of every average of ``networks`` of them, grouped by how many come from each side: at equal
-    total training time, does an average across resolutions beat one of a single resolution?"""
+def run_compositions(entry, root: Path, classes: list[str], variants: list[tuple[str, int, dict[str, Any]]],
+                     seconds: float, networks: int, seed: int, path) -> dict[str, Any]:
+    """``networks`` networks (seeds ``seed``, ``seed + 1000``, ...) of each variant ``(label, side, overrides)``,
+    each trained for ``seconds`` on every train photo and scored as ``predict`` scores it (its eval sides, flip
+    TTA); then the accuracy of every average of ``networks`` of them, grouped by how many come from each variant:
+    at equal total training time, does an average across variants (resolutions, recipes) beat one of a single
+    variant?"""
     import dataclasses
 
     from automl_vision.training.augment import eval_sizes
     from automl_vision.training.trainer import TensorData
 
-    probs: list[tuple[int, np.ndarray, int]] = []  # (side, eval probabilities, epochs)
+    probs: list[tuple[str, np.ndarray, int]] = []  # (variant, eval probabilities, epochs)
     eval_cache: dict[int, np.ndarray] = {}
     y_eval = None
-    for side in sides:
+    for label, side, overrides in variants:
         xt, yt, xe, ye = load(root / "train", classes, side) + load(root / "eval", classes, side)
         y_eval = ye
         eval_cache.setdefault(side, xe)
         data = TensorData.from_arrays(xt, yt, xe, ye, len(classes))
-        cfg = config_of(entry, {}, side, len(classes), len(yt))
+        cfg = config_of(entry, overrides, side, len(classes), len(yt))
         for s in eval_sizes(side, cfg.aug.crop_scale):
             if s not in eval_cache:
                 eval_cache[s] = load(root / "eval", classes, s)[0]
@@ -202,37 +206,41 @@ def run_sides(entry, root: Path, classes: list[str], sides: list[int], seconds: 
             c = dataclasses.replace(cfg, seed=seed + 1000 * i)
             res = train_for(c, data, seconds, path)
             p, epochs = score_as_predict(res.model, c, eval_cache, data), res.epochs_run
-            probs.append((side, p, epochs))
-            print(f"  {side} px network {i} seed {c.seed}: eval {float((p.argmax(1) == ye).mean()):.3f} "
+            probs.append((label, p, epochs))
+            print(f"  {label} network {i} seed {c.seed}: eval {float((p.argmax(1) == ye).mean()):.3f} "
                   f"after {epochs} epochs", flush=True)
+    labels = [v[0] for v in variants]
     groups: dict[str, list[float]] = {}
     for combo in itertools.combinations(range(len(probs)), networks):
-        key = "+".join(f"{sum(1 for i in combo if probs[i][0] == side)}x{side}" for side in sides)
+        key = "+".join(f"{sum(1 for i in combo if probs[i][0] == label)}x{label}" for label in labels)
         acc = float((sum(probs[i][1] for i in combo).argmax(1) == y_eval).mean())
         groups.setdefault(key, []).append(acc)
-    return {"seed": seed, "sides": sides, "networks": networks, "seconds_per_network": seconds,
-            "network_side": [p[0] for p in probs], "network_epochs": [p[2] for p in probs],
+    return {"seed": seed, "variants": labels, "networks": networks, "seconds_per_network": seconds,
+            "network_variant": [p[0] for p in probs], "network_epochs": [p[2] for p in probs],
             "network_eval_accuracy": [float((p[1].argmax(1) == y_eval).mean()) for p in probs],
             "mean_eval_accuracy_by_composition": {k: float(np.mean(v)) for k, v in groups.items()},
             "averages_by_composition": {k: len(v) for k, v in groups.items()}}
 
 
-def sides_markdown(payload: dict[str, Any]) -> str:
-    """The ``--sides`` results: per seed, the mean accuracy of the averages of each composition."""
+def compositions_markdown(payload: dict[str, Any]) -> str:
+    """The ``--sides`` / ``--blend`` results: per seed, the mean accuracy of the averages of each composition."""
     st = payload["settings"]
+    sides = payload["benchmark"] == "recipes_sides"
+    name = (lambda v: f"{v} px") if sides else (lambda v: f"`{v}`")
     keys: list[str] = []
     for r in payload["runs"]:
         keys += [k for k in r["mean_eval_accuracy_by_composition"] if k not in keys]
     rows = [[r["seed"], *[r["mean_eval_accuracy_by_composition"].get(k, "") for k in keys],
-             " / ".join(f"{s} px {a:.3f} ({e} ep)" for s, a, e in zip(r["network_side"], r["network_eval_accuracy"],
-                                                                     r["network_epochs"]))]
+             " / ".join(f"{name(v)} {a:.3f} ({e} ep)" for v, a, e in zip(r["network_variant"], r["network_eval_accuracy"],
+                                                                        r["network_epochs"]))]
             for r in payload["runs"]]
+    kind = "side" if sides else "recipe"
     return (f"Set `{st['set']}` ({st['n_train']} train / {st['n_eval']} eval photos), entry `{st['entry']}`, "
-            f"{st['networks']} network(s) at each of {', '.join(f'{x} px' for x in st['sides'])}, each trained "
+            f"{st['networks']} network(s) of each of {', '.join(name(x) for x in st['variants'])}, each trained "
             f"{st['seconds_per_network']:.0f} s and scored as predict scores it (its eval sides, flip TTA); the mean "
-            f"accuracy of every average of {st['networks']} of them, by how many come from each side "
+            f"accuracy of every average of {st['networks']} of them, by how many come from each {kind} "
             f"(equal total training time).\n\n"
-            + C.table(["seed", *keys, "each network: side, eval accuracy (epochs)"], rows))
+            + C.table(["seed", *keys, f"each network: {kind}, eval accuracy (epochs)"], rows))
 
 
 def markdown(payload: dict[str, Any]) -> str:
@@ -266,6 +274,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="instead of recipes: --networks networks of the entry at each of these comma-separated "
                          "sides (e.g. 64,96), each trained for --seconds and scored as predict scores it; reports "
                          "every average of --networks of them by how many come from each side")
+    ap.add_argument("--blend", default=None,
+                    help="instead of recipes: --networks networks of each of these comma-separated recipes (e.g. "
+                         "s64,s64_wd5), each trained for --seconds and scored as predict scores it; reports every "
+                         "average of --networks of them by how many come from each recipe")
     ap.add_argument("--quick", action="store_true", help="smoke setting: tiny generated set, 3 s a recipe (figures mean nothing)")
     ap.add_argument("--out", help="results JSON (default: benchmarks/results/recipes_<set>.json; with --quick results/quick/)")
     args = ap.parse_args(argv)
@@ -288,6 +300,13 @@ def main(argv: list[str] | None = None) -> int:
             ap.error("--sides takes whole numbers of pixels like 64,96")
         if len(sides) < 2 or min(sides) < 8:
             ap.error("--sides takes at least two different sides of 8 px or more, like 64,96")
+    blend = list(dict.fromkeys(r.strip() for r in (args.blend or "").split(",") if r.strip()))
+    if args.blend is not None:
+        if sides:
+            ap.error("give --sides or --blend, not both")
+        unknown = [r for r in blend if r not in RECIPES]
+        if unknown or len(blend) < 2:
+            ap.error(f"--blend takes at least two different recipes of {', '.join(RECIPES)}, like s64,s64_wd5")
     if not args.data and not args.quick:
         ap.error("give --data (a folder with train/ and eval/) or --quick")
     from automl_vision.search.portfolio import load_portfolio
@@ -319,16 +338,23 @@ def main(argv: list[str] | None = None) -> int:
             "runs": [], "summary": {},
         }
         out = Path(args.out) if args.out else C.default_path(f"recipes_{root.name}", args.quick)
-        if sides:
-            payload["benchmark"] = "recipes_sides"
-            payload["settings"].update(sides=sides, seconds_per_network=seconds, recipes={},
-                                       n_train=len(image_files(root / "train")), n_eval=len(image_files(root / "eval")))
+        if sides or blend:
+            variants = ([(str(x), x, {}) for x in sides] if sides else
+                        [(r, int(RECIPES[r].get("size", args.image_size)), RECIPES[r]) for r in blend])
+            payload["benchmark"] = "recipes_sides" if sides else "recipes_blend"
+            payload["settings"].update(variants=[v[0] for v in variants], seconds_per_network=seconds,
+                                       recipes={r: RECIPES[r] for r in blend}, n_train=len(image_files(root / "train")),
+                                       n_eval=len(image_files(root / "eval")))
+            if sides:
+                payload["settings"]["sides"] = sides
             for seed in seeds:
-                run = run_sides(entry, root, classes, sides, seconds, args.networks, seed, path)
+                run = run_compositions(entry, root, classes, variants, seconds, args.networks, seed, path)
+                if sides:
+                    run["network_side"] = [int(v) for v in run["network_variant"]]
                 payload["runs"].append(run)
                 print(f"seed {seed}: " + ", ".join(f"{k} {v:.3f}" for k, v in run["mean_eval_accuracy_by_composition"].items()),
                       flush=True)
-                payload["markdown"] = sides_markdown(payload)
+                payload["markdown"] = compositions_markdown(payload)
                 payload["load_average_at_end"] = C.load_average()
                 C.write_results("recipes", payload, out)
             print(payload["markdown"])

@@ -242,6 +242,24 @@ def test_recipes_benchmark_compares_averages_across_sides(tmp_path):
     assert bad.returncode == 2 and "--sides" in bad.stderr and "Traceback" not in bad.stderr
 
 
+def test_recipes_benchmark_compares_averages_across_recipes(tmp_path):
+    """--blend: networks of each recipe, scored as predict scores them, and every average of --networks of them
+    grouped by how many come from each recipe; a single recipe or an unknown one is a usage error."""
+    out = tmp_path / "blend.json"
+    proc = run_bench("bench_recipes.py", "--quick", "--blend", "s64,s64_drop3", "--networks", "2", "--out", out)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    res = json.loads(out.read_text())
+    run = res["runs"][0]
+    assert res["benchmark"] == "recipes_blend" and res["settings"]["variants"] == ["s64", "s64_drop3"]
+    assert run["network_variant"] == ["s64", "s64", "s64_drop3", "s64_drop3"]
+    assert run["averages_by_composition"] == {"2xs64+0xs64_drop3": 1, "1xs64+1xs64_drop3": 4, "0xs64+2xs64_drop3": 1}
+    assert all(0.0 <= a <= 1.0 for a in run["mean_eval_accuracy_by_composition"].values())
+    assert "| 1xs64+1xs64_drop3 |" in res["markdown"] and "`s64_drop3`" in res["markdown"]
+    for bad_args in (["--blend", "s64"], ["--blend", "s64,nope"], ["--blend", "s64,s96", "--sides", "32,48"]):
+        bad = run_bench("bench_recipes.py", "--quick", *bad_args)
+        assert bad.returncode == 2 and "--blend" in bad.stderr and "Traceback" not in bad.stderr
+
+
 def small_data_result(commit: str, runs: list[tuple[str, int, float, list[str]]]) -> dict:
     return {"benchmark": "small_data", "machine": {"cpu": "Some CPU", "cpu_features": ["avx2"], "git_commit": commit},
             "settings": {"budget": "10m"},
