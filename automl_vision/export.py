@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from automl_vision.models import input_sizes, sides_json
+from automl_vision.models import crop_views, input_sizes, sides_json
 from automl_vision.predict import Deliverable, ProbabilityModel, load_deliverable
 from automl_vision.rundir import open_run
 from automl_vision.rundir import RunDir, path_inside, write_json
@@ -198,7 +198,10 @@ def preprocessing_json(d: Deliverable, fmt: str, names: list[str]) -> dict[str, 
             "output": "logits (N, K): probabilities are softmax(logits / temperature)"
                       + ("; average with the horizontally flipped image's probabilities (tta)" if module.tta else "")
                       + ("; average the probabilities of the image decoded at each side of the member's "
-                         "average_over_sizes, then apply the temperature to the average as softmax(log(p) / T)"
+                         "average_over_sizes" + (" and of each crop of its average_over_crops (cut at top_left from "
+                                                 "the image decoded at of_size, crop x crop pixels)"
+                                                 if crop_views(spec0)[0] else "")
+                         + ", then apply the temperature to the average as softmax(log(p) / T)"
                          if len(input_sizes(spec0)) > 1 else ""),
             "rebuild": "automl_vision.models.build_model(architecture) then load_state_dict(safetensors.torch.load_file(...))",
         }

@@ -73,11 +73,32 @@ def input_sizes(spec: dict[str, Any]) -> list[int]:
     return sides or [input_size(spec)]
 
 
+def crop_views(spec: dict[str, Any]) -> tuple[int, int, int]:
+    """(crops, side, crop_side): a model whose ``model.json`` has ``eval_crops`` (training/augment.py's
+    :func:`~automl_vision.training.augment.eval_crops`) also averages its predictions over that many
+    crops of ``image_size`` px (the centre, then the four corners) of the image decoded at ``side``, the
+    largest of :func:`input_sizes`; ``(0, 0, 0)`` for a model without them."""
+    n = int(spec.get("eval_crops") or 0)
+    side, crop = max(input_sizes(spec)), int(spec["image_size"])
+    if n <= 0 or side <= crop:
+        return 0, 0, 0
+    return min(n, 5), side, crop
+
+
+def crop_offsets(side: int, crop: int, n: int) -> list[tuple[int, int]]:
+    """(top, left) of the ``n`` crops of :func:`crop_views`: the centre, then the four corners."""
+    o = side - crop
+    return [(o // 2, o // 2), (0, 0), (0, o), (o, 0), (o, o)][:n]
+
+
 def sides_json(spec: dict[str, Any]) -> dict[str, Any]:
     """The side fields of a preprocessing JSON: ``image_size`` (the one side for a single input)
     and, for a model that averages over several, ``average_over_sizes``."""
     sides = input_sizes(spec)
-    return {"image_size": input_size(spec), **({"average_over_sizes": sides} if len(sides) > 1 else {})}
+    n, side, crop = crop_views(spec)
+    return {"image_size": input_size(spec), **({"average_over_sizes": sides} if len(sides) > 1 else {}),
+            **({"average_over_crops": {"crops": n, "of_size": side, "crop": crop,
+                                       "top_left": [list(o) for o in crop_offsets(side, crop, n)]}} if n else {})}
 
 
 def preprocessing(spec: dict[str, Any]) -> dict[str, Any]:
@@ -104,7 +125,10 @@ def _output_recipe(spec: dict[str, Any], sides: list[int]) -> str:
     # what predict.ProbabilityModel computes for one network given several sides
     return ("logits at each side of average_over_sizes (each decoded from the original image): apply softmax"
             + (", average with the horizontally flipped image's" if spec.get("tta") else "")
-            + ", average over the sides" + (f", then p -> softmax(log(p) / {t})" if t else ""))
+            + ", average over the sides"
+            + (" and the crops of average_over_crops (each the same way, all views weighted alike)"
+               if crop_views(spec)[0] else "")
+            + (f", then p -> softmax(log(p) / {t})" if t else ""))
 
 
 def write_preprocessing(path: str | Path, spec: dict[str, Any]) -> None:

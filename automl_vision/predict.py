@@ -14,7 +14,8 @@ Pillow, EXIF orientation applied, converted to greyscale (``L``) or ``RGB`` (alp
 composited on white), resized to the model's square size with bilinear resampling,
 and kept as ``uint8``. A network trained on random-resized crops is given each image at the
 sides of its ``eval_sizes`` (its training side and a little larger, each decoded from the
-original) and its probabilities are averaged; else the side is ``eval_size`` when
+original) and its probabilities are averaged, with those of ``eval_crops`` crops of its training
+side cut from the largest of those images (the centre and the four corners); else the side is ``eval_size`` when
 ``model.json`` has one, or ``image_size``. The module divides by 255 and normalises per channel.
 """
 
@@ -31,7 +32,7 @@ import torch
 from torch import nn
 
 from automl_vision.data.images import ImageDecodeError, decode
-from automl_vision.models import input_sizes
+from automl_vision.models import crop_offsets, crop_views, input_sizes
 from automl_vision.rundir import MODEL_JSON, DamagedRunFileError, RunDir, open_run, path_inside, read_model_spec
 from automl_vision.types import UsageError
 
@@ -45,7 +46,9 @@ class ProbabilityModel(nn.Module):
     :attr:`sizes`, each decoded from the original image, and returns ``float32``
     probabilities ``(N, K)``. A member whose ``model.json`` has ``eval_sizes`` (trained on
     random-resized crops) averages its probabilities over those sides; other members take
-    their one side (``eval_size`` or ``image_size``).
+    their one side (``eval_size`` or ``image_size``). A member with ``eval_crops`` also averages
+    over that many crops of its training side, cut from its largest side's input inside the
+    module (no further input), every view weighted alike.
 
     Args:
         models: the member networks (eval mode), each mapping normalised ``float32``
@@ -66,6 +69,11 @@ class ProbabilityModel(nn.Module):
         # around its training side (eval_sizes): one input per distinct side of all members
         self.sizes: list[int] = sorted({side for s in specs for side in input_sizes(s)})
         self.inputs_of = [[self.sizes.index(side) for side in input_sizes(s)] for s in specs]
+        # (input index, crop side, offsets) of a member's crops, or None (models.crop_views)
+        self.crops_of: list[tuple[int, int, list[tuple[int, int]]] | None] = []
+        for s in specs:
+            n, side, crop = crop_views(s)
+            self.crops_of.append((self.sizes.index(side), crop, crop_offsets(side, crop, n)) if n else None)
         self.in_chans = int(specs[0]["in_chans"])
         total = float(sum(weights))
         self.weights = [float(w) / total for w in weights]
@@ -77,23 +85,34 @@ class ProbabilityModel(nn.Module):
             self.register_buffer(f"std_{i}", torch.tensor(list(s["std"])[:c], dtype=torch.float32).view(1, c, 1, 1))
         self.eval()
 
+    def _view(self, member: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        q = torch.softmax(member(x).float(), dim=1)
+        if self.tta:
+            q = 0.5 * (q + torch.softmax(member(torch.flip(x, dims=[3])).float(), dim=1))
+        return q
+
     def forward(self, *images: torch.Tensor) -> torch.Tensor:
-        single = len(self.members) == 1 and not self.tta and len(self.inputs_of[0]) == 1
+        single = len(self.members) == 1 and not self.tta and len(self.inputs_of[0]) == 1 and self.crops_of[0] is None
         total = None
         for i, member in enumerate(self.members):
             p = None
+            views = 0
+            crops = self.crops_of[i]
             for j in self.inputs_of[i]:
                 x = images[j].float() / 255.0
                 x = (x - getattr(self, f"mean_{i}")) / getattr(self, f"std_{i}")
-                logits = member(x).float()
                 if single:
                     # one model at one side: temperature on the logits, exactly softmax(z / T)
-                    return torch.softmax(logits / self.temperature, dim=1)
-                q = torch.softmax(logits, dim=1)
-                if self.tta:
-                    q = 0.5 * (q + torch.softmax(member(torch.flip(x, dims=[3])).float(), dim=1))
+                    return torch.softmax(member(x).float() / self.temperature, dim=1)
+                q = self._view(member, x)
+                views += 1
+                if crops is not None and j == crops[0]:
+                    c = crops[1]
+                    for top, left in crops[2]:
+                        q = q + self._view(member, x[:, :, top:top + c, left:left + c])
+                        views += 1
                 p = q if p is None else p + q
-            p = (self.weights[i] / len(self.inputs_of[i])) * p
+            p = (self.weights[i] / views) * p
             total = p if total is None else total + p
         if self.temperature != 1.0:
             total = torch.softmax(torch.log(total.clamp_min(1e-30)) / self.temperature, dim=1)
@@ -134,6 +153,9 @@ class Deliverable:
             extra.append("flip TTA")
         if any(len(sides) > 1 for sides in self.module.inputs_of):
             extra.append("averaged over " + "/".join(map(str, self.module.sizes)) + " px")
+        crops = {len(c[2]) for c in self.module.crops_of if c is not None}
+        if crops:
+            extra.append(f"and {'/'.join(map(str, sorted(crops)))} crops")
         if self.module.temperature != 1.0:
             extra.append(f"temperature {self.module.temperature:.3g}")
         tail = f" ({', '.join(extra)})" if extra else ""

@@ -198,6 +198,7 @@ MODEL_SCHEMA = {
     "mean": [NUMBER], "std": [NUMBER], "weights_sha256?": str, "temperature?": NUMBER, "tta?": bool,
     "eval_size?": int,
     "eval_sizes?": [int],
+    "eval_crops?": int,
 }
 ENSEMBLE_SCHEMA = {
     "members": [{"trial": int, "weight": NUMBER, "dir?": str, "copy?": int}], "temperature?": NUMBER, "tta?": bool,

@@ -135,9 +135,11 @@ class ModelFamily:
             family name (``"cnn.depth"``) so that families never share a parameter.
         build: ``build(params, in_chans, image_size, num_classes) -> nn.Module``. A
             network trained on random-resized crops is given whole images at
-            ``image_size`` and a little larger for predictions, averaged (``eval_sizes``
-            in model.json, training/augment.py); one that raises on the largest of those
-            sides (a fixed input size) is kept at ``image_size``, so any network works.
+            ``image_size`` and a little larger for predictions, and crops of
+            ``image_size`` cut from the largest, averaged (``eval_sizes`` and
+            ``eval_crops`` in model.json, training/augment.py); one that raises on the
+            largest of those sides (a fixed input size) is kept at ``image_size``, so any
+            network works.
         describe: optional ``describe(params) -> str``, a short model name for tables
             (e.g. ``"resnet18"`` or ``"cnn d3 w32"``).
         description: one line for ``automl-vision plugins``.

@@ -188,6 +188,24 @@ def test_small_data_benchmark_quick(tmp_path):
     bad = run_bench("bench_eval_resolution.py", "--factors", "0.5", "--eval", tmp_path, *runs)
     assert bad.returncode == 2 and "above 1" in bad.stderr and "Traceback" not in bad.stderr
 
+    # and whether crops at prediction pay: the finished run's deliverable predicts with them (eval_crops)
+    crops_out = tmp_path / "eval_crops.json"
+    proc = run_bench("bench_eval_crops.py", "--data-root", tmp_path / "work" / "quick-data", "--out", crops_out, *runs)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    res = json.loads(crops_out.read_text())
+    [row] = res["runs"]
+    assert set(row["right"]) == {"train_side", "sides", "sides+crops"} and row["photos"] == default["eval_images"]
+    assert row["right"]["sides+crops"] == default["eval_correct"]  # as delivered: what predict scored
+    assert res["summary"]["sides+crops"]["all"] == 1 and "| sides+crops |" in res["markdown"]
+    held = tmp_path / "crops_held_out.json"
+    proc = run_bench("bench_eval_crops.py", "--held-out", "--out", held, *runs)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    res = json.loads(held.read_text())
+    assert res["settings"]["held_out"] is True and 1 <= len(res["runs"]) <= 2
+    assert all(r["photos"] == len(splits["val"]) + len(splits["test"]) for r in res["runs"])
+    bad = run_bench("bench_eval_crops.py", "--crops", "9", "--held-out", *runs)
+    assert bad.returncode == 2 and "--crops" in bad.stderr and "Traceback" not in bad.stderr
+
 
 def test_recipes_benchmark_quick(tmp_path):
     """Equal-time recipes: each trains the portfolio entry as overridden and is scored on the eval folder."""

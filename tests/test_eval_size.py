@@ -17,7 +17,8 @@ import automl_vision
 from automl_vision.builtin.custom_cnn import build as build_cnn
 from automl_vision.predict import ProbabilityModel, decode_batch, load_deliverable
 from automl_vision.rundir import RunDir
-from automl_vision.training.augment import PRESETS, eval_size, eval_sizes
+from automl_vision.models import crop_offsets, crop_views
+from automl_vision.training.augment import PRESETS, eval_crops, eval_size, eval_sizes
 from automl_vision.training.inference import accepts_size
 from conftest import run_cli
 
@@ -58,6 +59,37 @@ def test_a_member_of_several_sides_averages_its_probabilities():
     np.testing.assert_allclose(mixed.probs([images[16], images[20]]), expected, atol=1e-6)
 
 
+def test_a_member_with_crops_averages_them_with_its_sides():
+    """eval_crops: five crops of the training side (centre, four corners) cut from the largest side's
+    image, every view (sides and crops, each with its flip) weighted alike."""
+    medium = PRESETS["medium"].crop_scale
+    assert eval_crops(64, medium) == 5 and eval_crops(64, 1.0) == 0 and eval_crops(64, PRESETS["none"].crop_scale) == 0
+    assert crop_offsets(20, 16, 5) == [(2, 2), (0, 0), (0, 4), (4, 0), (4, 4)]
+    torch.manual_seed(0)
+    cnn = build_cnn({"cnn.block": "plain", "cnn.stages": 2, "cnn.blocks": 1, "cnn.width": 8, "cnn.kernel": 3,
+                     "cnn.norm": "batch", "cnn.act": "relu", "cnn.dropout": 0.0, "cnn.pool": "avg",
+                     "cnn.down": "maxpool"}, in_chans=3, image_size=16, num_classes=3).eval()
+    spec = {"image_size": 16, "in_chans": 3, "mean": [0.5] * 3, "std": [0.25] * 3}
+    sides = {**spec, "eval_size": 20, "eval_sizes": [16, 20]}
+    assert crop_views({**sides, "eval_crops": 5}) == (5, 20, 16) and crop_views(sides) == (0, 0, 0)
+    assert crop_views({**spec, "eval_crops": 5}) == (0, 0, 0)  # no larger side to cut crops from
+    rng = np.random.default_rng(1)
+    images = {s: rng.integers(0, 256, (4, s, s, 3), dtype=np.uint8) for s in (16, 20)}
+    crops = ProbabilityModel([cnn], [{**sides, "eval_crops": 5}], [1.0], tta=True)
+    assert crops.sizes == [16, 20]  # the crops need no input of their own
+
+    def one(x: np.ndarray) -> np.ndarray:
+        return ProbabilityModel([cnn], [spec], [1.0], tta=True).probs([np.ascontiguousarray(x)])
+
+    views = [one(images[16]), one(images[20])] + [one(images[20][:, t:t + 16, left:left + 16])
+                                                  for t, left in crop_offsets(20, 16, 5)]
+    got = crops.probs([images[16], images[20]])
+    np.testing.assert_allclose(got, np.mean(views, axis=0), atol=1e-6)
+    # not the sides alone: the crops move the probabilities
+    assert not np.allclose(got, ProbabilityModel([cnn], [sides], [1.0], tta=True).probs([images[16], images[20]]),
+                           atol=1e-4)
+
+
 def test_only_a_network_that_takes_the_larger_side_gets_one():
     cnn = build_cnn({"cnn.block": "plain", "cnn.stages": 3, "cnn.blocks": 1, "cnn.width": 8, "cnn.kernel": 3,
                      "cnn.norm": "batch", "cnn.act": "relu", "cnn.dropout": 0.0, "cnn.pool": "avg",
@@ -86,6 +118,7 @@ def test_the_deliverable_predicts_at_its_eval_sizes_everywhere(cropped_run):
     assert sides == [32, 36, 40]
     best = json.loads((cropped_run / "best" / "model.json").read_text())
     assert best["image_size"] == 32 and best["eval_size"] == 36 and best["eval_sizes"] == sides
+    assert best["eval_crops"] == 5  # and five crops of 32 px cut from the 40 px image
     # only the validation and test images were decoded at the larger sides, not the whole folder again
     cache = cropped_run / "cache"
     for side in (36, 40):
@@ -94,6 +127,9 @@ def test_the_deliverable_predicts_at_its_eval_sizes_everywhere(cropped_run):
     # a user without automl-vision is told the sides to decode at, and what the network was trained at
     prep = json.loads((cropped_run / "best" / "preprocessing.json").read_text())
     assert prep["image_size"] == 36 and prep["trained_at"] == 32 and prep["average_over_sizes"] == sides
+    assert prep["average_over_crops"] == {"crops": 5, "of_size": 40, "crop": 32,
+                                          "top_left": [[4, 4], [0, 0], [0, 8], [8, 0], [8, 8]]}
+    assert "crops of average_over_crops" in prep["output"]
 
     rd = RunDir(cropped_run)
     report = rd.read_final()
@@ -106,9 +142,9 @@ def test_the_deliverable_predicts_at_its_eval_sizes_everywhere(cropped_run):
                                atol=1e-5)
     # and that is not what the same network gives on images decoded at one side
     d = load_deliverable(cropped_run, "best")
-    assert "averaged over 32/36/40 px" in d.describe()
+    assert "averaged over 32/36/40 px, and 5 crops" in d.describe()
     (at_one,), ok, _ = decode_batch(files, [36], d.module.in_chans)
-    one_side = {k: v for k, v in best.items() if k != "eval_sizes"}
+    one_side = {k: v for k, v in best.items() if k not in ("eval_sizes", "eval_crops")}
     as_one = ProbabilityModel(list(d.module.members), [one_side], [1.0],
                               temperature=d.module.temperature, tta=d.module.tta).probs([at_one])
     assert as_one.shape == (len(ok), 10)

@@ -119,17 +119,25 @@ def test_state_dict_rebuilds_from_its_json(ensembled_run, tmp_path, capsys):
     std = torch.tensor(meta["input"]["std"]).view(1, -1, 1, 1)
     member = meta["members"][0]
     sides = member.get("average_over_sizes", [member["image_size"]])
+    crops = member.get("average_over_crops")
     t = meta["temperature"]
     with torch.no_grad():
         ps, logits = [], None
-        for side in sides:  # as the JSON says: each side decoded from the original file
+        views = []  # as the JSON says: each side decoded from the original file, then the crops of one of them
+        for side in sides:
             x = (torch.from_numpy(preprocess_from_json(paths, meta, size=side)).float() / 255.0 - mean) / std
+            views.append(x)
+            if crops and side == crops["of_size"]:
+                c = crops["crop"]
+                views += [x[:, :, top:top + c, left:left + c] for top, left in crops["top_left"]]
+        assert len(views) == len(sides) + (crops["crops"] if crops else 0)
+        for x in views:
             logits = net(x)
             flipped = torch.softmax(net(torch.flip(x, dims=[3])), 1) if meta["tta"] != "none" else None
             ps.append(torch.softmax(logits, 1) if flipped is None else 0.5 * (torch.softmax(logits, 1) + flipped))
         if meta["tta"] == "none" and len(sides) == 1:
             probs = torch.softmax(logits / t, dim=1)
-        else:  # average (flips, then sides), then the temperature on the average
+        else:  # average (flips, then sides and crops), then the temperature on the average
             probs = torch.softmax(torch.log(sum(ps) / len(ps)) / t, dim=1)
     expected = automl_vision.load(str(ensembled_run), model="best").predict_proba([str(p) for p in paths])
     np.testing.assert_allclose(probs.numpy(), expected, atol=1e-4)

@@ -33,7 +33,7 @@ from automl_vision.search.interrupts import check_interrupt, interrupt_behind
 from automl_vision.search.study import SCHEDULE_STEPS
 from automl_vision.search.watchdog import Watchdog, busy_note
 from automl_vision.settings import PRESETS, SearchSettings, trial_seconds
-from automl_vision.training.augment import eval_size, eval_sizes
+from automl_vision.training.augment import eval_crops, eval_size, eval_sizes
 from automl_vision.training.device import ExecPath
 from automl_vision.training.inference import accepts_size
 from automl_vision.training.trainer import STRETCH_BY_EPOCH, BudgetExceeded, NonFiniteLoss, TensorData, train
@@ -299,6 +299,8 @@ class Objective:
                 # for a single input (preprocessing.json)
                 spec["eval_size"] = eval_size(cfg.image_size, cfg.aug.crop_scale)
                 spec["eval_sizes"] = sides
+                # and over crops of its training side cut from the largest of them (augment.eval_crops)
+                spec["eval_crops"] = eval_crops(cfg.image_size, cfg.aug.crop_scale)
             save_model(tdir, net, spec)
             write_npy(tdir / VAL_PROBS, result.val_probs.astype(np.float32))
             write_json(tdir / METRICS, {"val": metrics, **per_class(data.y_val.numpy(), result.val_probs, self.data.classes)})

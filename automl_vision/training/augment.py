@@ -97,6 +97,30 @@ def eval_sizes(image_size: int, crop_scale: float) -> list[int]:
     return sorted({int(image_size), eval_size(image_size, crop_scale), _side(image_size, _enlargement(crop_scale))})
 
 
+# the crops of eval_crops: the centre and the four corners (models.crop_offsets)
+EVAL_CROPS = 5
+
+
+def eval_crops(image_size: int, crop_scale: float) -> int:
+    """How many crops of ``image_size`` px, cut from the image decoded at the largest of
+    :func:`eval_sizes` (the centre and the four corners), a network trained on random-resized
+    crops also averages its predictions over (``eval_crops`` in model.json): whole images at
+    several sides show it objects as large as its crops did on average, crops show them as
+    large *and* cut as they were in training. 0 when training does not crop.
+
+    Measured (benchmarks/bench_eval_crops.py, benchmarks/README.md section 44), nothing trained: the
+    deliverables of 36 finished searches (six real-photo sets, 3 and 10 minutes, seeds 0-2) scored
+    their evaluation folders +0.60 points over their sides alone (+56 photos; 24 runs up, 5 down,
+    no set below: trashnet +0.1, the hand signs level); their 68 best trial networks, on their runs'
+    own validation and test photos (which no choice here saw), +0.40 points (+113 of 24,536 photos;
+    40 up, 14 down). The crops without the sides (+46 photos on the folders, +119 held out) and
+    the centre crop alone (+40, +55) were less consistent; crops from a 1.375x side (+65 on the
+    folders, not checked held out) would need one more decoded side. Prediction costs 2.7x the
+    forward passes of the sides alone (16 with flip TTA instead of 6).
+    """
+    return EVAL_CROPS if max(eval_sizes(image_size, crop_scale)) > int(image_size) else 0
+
+
 def suggest_policy(trial, choices: list[str] | None = None) -> tuple[str, AugPolicy]:
     """Sample a preset or, for ``custom``, every knob (define-by-run)."""
     names = choices or ["none", "light", "medium", "heavy", "custom"]
