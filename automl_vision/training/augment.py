@@ -110,10 +110,11 @@ def eval_crops(image_size: int, crop_scale: float) -> int:
 
     Measured (benchmarks/bench_eval_crops.py, benchmarks/README.md section 44), nothing trained: the
     deliverables of 36 finished searches (six real-photo sets, 3 and 10 minutes, seeds 0-2) scored
-    their evaluation folders +0.60 points over their sides alone (+56 photos; 24 runs up, 5 down,
-    no set below: trashnet +0.1, the hand signs level); their 68 best trial networks, on their runs'
-    own validation and test photos (which no choice here saw), +0.40 points (+113 of 24,536 photos;
-    40 up, 14 down). The crops without the sides (+46 photos on the folders, +119 held out) and
+    their evaluation folders +0.61 points over their sides alone (+57 photos; 24 runs up, 5 down,
+    no set below: trashnet +0.1, the hand signs level); their 72 best trial networks, on their runs'
+    own validation and test photos (which no choice here saw), +0.42 points (+124 photos; 44 up,
+    14 down; the ants/bees -5 photos over 12 networks of 72 photos, every other set up). In a first
+    version of the script the crops without the sides (+46 photos on the folders, +119 held out) and
     the centre crop alone (+40, +55) were less consistent; crops from a 1.375x side (+65 on the
     folders, not checked held out) would need one more decoded side. Prediction costs 2.7x the
     forward passes of the sides alone (16 with flip TTA instead of 6).
