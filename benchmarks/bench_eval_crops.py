@@ -25,14 +25,13 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
-from bench_eval_resolution import NAME, at_training_side  # noqa: E402
+from bench_eval_resolution import NAME, at_training_side, held_out_networks  # noqa: E402
 from bench_small_data import image_files  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -71,26 +70,8 @@ def score(rd: Path, eval_dir: Path, crops: int) -> list[dict[str, Any]]:
 
 def score_held_out(rd: Path, crops: int, top: int = 2) -> list[dict[str, Any]]:
     """The run's ``top`` trial networks by validation accuracy on the run's validation and test photos."""
-    from automl_vision.predict import load_member
-    from automl_vision.rundir import open_run
-
-    r = open_run(rd)
-    run = r.read_run() or {}
-    splits = r.read_splits()["splits"]
-    keys = list(splits["val"]) + list(splits["test"])
-    root = Path(r.read_data_report()["root"])
-    ranked = []
-    for t in r.usable_trials():
-        metrics = r.trial_dir(int(t["number"])) / "metrics.json"
-        if metrics.is_file():
-            ranked.append((json.loads(metrics.read_text())["val"]["accuracy"], int(t["number"])))
-    rows = []
-    for _acc, n in sorted(ranked, reverse=True)[:top]:
-        net, spec = load_member(r.trial_dir(n), None, run)
-        labels = np.array([list(spec["classes"]).index(k.split("/")[0]) for k in keys])
-        right = right_by_way([net], [spec], [1.0], True, [str(root / k) for k in keys], labels, crops)
-        rows.append({"trial": n, "photos": len(keys), "right": right})
-    return rows
+    return [{"trial": n, "photos": len(paths), "right": right_by_way([net], [spec], [1.0], True, paths, labels, crops)}
+            for n, net, spec, paths, labels in held_out_networks(rd, top)]
 
 
 def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:

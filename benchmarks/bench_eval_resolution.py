@@ -127,12 +127,13 @@ def score(rd: Path, eval_dir: Path, factors: list[float]) -> dict[str, Any]:
     return {"deliverable": d.describe(), **score_module(module, m, [f for f, _c in files], labels, factors)}
 
 
-def score_held_out(rd: Path, factors: list[float], top: int = 2) -> list[dict[str, Any]]:
-    """The run's ``top`` trial networks (by validation accuracy, each trained on the run's training
-    split only) on the run's own validation and test photos, which no choice of sides saw."""
+def held_out_networks(rd: Path, top: int = 2):
+    """The run's ``top`` trial networks by validation accuracy (each trained on the run's training
+    split only), with the run's own validation and test photos: (trial, network, model.json,
+    photo paths, labels) for each."""
     import json
 
-    from automl_vision.predict import ProbabilityModel, load_member
+    from automl_vision.predict import load_member
     from automl_vision.rundir import open_run
 
     r = open_run(rd)
@@ -145,14 +146,21 @@ def score_held_out(rd: Path, factors: list[float], top: int = 2) -> list[dict[st
         metrics = r.trial_dir(int(t["number"])) / "metrics.json"
         if metrics.is_file():
             ranked.append((json.loads(metrics.read_text())["val"]["accuracy"], int(t["number"])))
-    rows = []
     for _acc, n in sorted(ranked, reverse=True)[:top]:
         net, spec = load_member(r.trial_dir(n), None, run)
         classes = list(spec["classes"])
         labels = np.array([classes.index(k.split("/")[0]) for k in keys])
-        module = ProbabilityModel([net], at_training_side([spec]), [1.0], tta=True)
-        rows.append({"trial": n, **score_module(module, None, [str(root / k) for k in keys], labels, factors)})
-    return rows
+        yield n, net, spec, [str(root / k) for k in keys], labels
+
+
+def score_held_out(rd: Path, factors: list[float], top: int = 2) -> list[dict[str, Any]]:
+    """The run's ``top`` trial networks on the run's own validation and test photos, which no
+    choice of sides saw."""
+    from automl_vision.predict import ProbabilityModel
+
+    return [{"trial": n, **score_module(ProbabilityModel([net], at_training_side([spec]), [1.0], tta=True), None,
+                                        paths, labels, factors)}
+            for n, net, spec, paths, labels in held_out_networks(rd, top)]
 
 
 def summarise(runs: list[dict[str, Any]], factors: list[float]) -> dict[str, Any]:
