@@ -134,7 +134,7 @@ def held_out_networks(rd: Path, top: int = 2):
     import json
 
     from automl_vision.predict import load_member
-    from automl_vision.rundir import open_run
+    from automl_vision.rundir import METRICS, open_run
 
     r = open_run(rd)
     run = r.read_run() or {}
@@ -143,7 +143,7 @@ def held_out_networks(rd: Path, top: int = 2):
     root = Path(r.read_data_report()["root"])
     ranked = []
     for t in r.usable_trials():
-        metrics = r.trial_dir(int(t["number"])) / "metrics.json"
+        metrics = r.trial_dir(int(t["number"])) / METRICS  # rundir spells the run directory's names
         if metrics.is_file():
             ranked.append((json.loads(metrics.read_text())["val"]["accuracy"], int(t["number"])))
     for _acc, n in sorted(ranked, reverse=True)[:top]:
