@@ -10,7 +10,9 @@ so a recipe trains exactly as that trial would.
 
 For every recipe and seed: every photo of ``<set>/train`` and ``<set>/eval`` decoded once
 with the engine's decoder (``automl_vision.data.images.decode``, square, as the cache
-does), then the engine's trainer (``automl_vision.training.trainer.train``, on the path
+does; the train photos at the side the search decodes them at, ``training.augment.train_side``,
+unless the recipe's ``cache`` says otherwise: before section 47 of benchmarks/README.md at the
+network's side), then the engine's trainer (``automl_vision.training.trainer.train``, on the path
 ``training.device.choose`` picks) trains on *all* the train photos for ``--seconds`` of
 wall-clock time (the schedule re-planned after every epoch so that it ends on time, as a
 final fit's does), the eval folder standing in for the validation split; scored once at
@@ -78,6 +80,13 @@ RECIPES: dict[str, dict[str, Any]] = {
     # at 64 px, stronger regularisation of the network itself (the entry: weight decay 0.05, dropout 0.1)
     "s64_wd5": {"size": 64, "weight_decay": 0.5},
     "s64_drop3": {"size": 64, "cnn.dropout": 0.3},
+    # the train photos decoded at this many times the side (the search: training/augment.py train_side, 1.5x
+    # for a network trained on crops; before section 47, 1x), the network trained at the side
+    "s64_c100": {"size": 64, "cache": 1.0},
+    "s64_c125": {"size": 64, "cache": 1.25},
+    "s64_c150": {"size": 64, "cache": 1.5},
+    "s96_c100": {"size": 96, "cache": 1.0},
+    "s96_c125": {"size": 96, "cache": 1.25},
 }
 
 
@@ -90,6 +99,16 @@ def load(folder: Path, classes: list[str], size: int) -> tuple[np.ndarray, np.nd
     return x, y
 
 
+def cache_side(cfg, overrides: dict[str, Any]) -> int:
+    """The side a recipe's train photos are decoded at: the search's (``train_side``), or ``cache`` times
+    the network's side (a multiple of 8)."""
+    from automl_vision.training.augment import train_side
+
+    if "cache" not in overrides:
+        return train_side(cfg.image_size, cfg.aug.crop_scale)
+    return max(cfg.image_size, int(round(cfg.image_size * float(overrides["cache"]) / 8)) * 8)
+
+
 def config_of(entry: dict[str, Any], overrides: dict[str, Any], size: int, num_classes: int, num_train: int):
     """The TrialConfig the search's sampler builds for this entry with these overrides."""
     import optuna
@@ -98,7 +117,8 @@ def config_of(entry: dict[str, Any], overrides: dict[str, Any], size: int, num_c
     from automl_vision.search.space import batch_choices, sample
     from automl_vision.settings import SearchSettings
 
-    params = {**entry["params"], **{k: v for k, v in overrides.items() if k != "size"}, "image_size": size}
+    params = {**entry["params"], **{k: v for k, v in overrides.items() if k not in ("size", "cache")},
+              "image_size": size}
     choices = batch_choices(num_train)  # a tiny set offers only small batches, as in the search
     if params.get("batch_size") not in choices:
         params["batch_size"] = max([b for b in choices if b <= params.get("batch_size", 64)] or [min(choices)])
@@ -170,10 +190,11 @@ def score_as_predict(model, cfg, eval_by_side: dict[int, np.ndarray], data) -> n
     """Eval-photo probabilities of ``model`` from predict's own :class:`ProbabilityModel`: averaged
     over its ``eval_sizes`` (training/augment.py), plain and flipped at each side."""
     from automl_vision.predict import ProbabilityModel
-    from automl_vision.training.augment import eval_sizes
+    from automl_vision.training.augment import eval_crops, eval_sizes
 
     spec = {"in_chans": 3, "image_size": cfg.image_size, "mean": data.mean, "std": data.std,
-            "eval_sizes": eval_sizes(cfg.image_size, cfg.aug.crop_scale)}
+            "eval_sizes": eval_sizes(cfg.image_size, cfg.aug.crop_scale),
+            "eval_crops": eval_crops(cfg.image_size, cfg.aug.crop_scale)}
     module = ProbabilityModel([model.to("cpu").eval()], [spec], [1.0], tta=True)
     return module.probs([eval_by_side[side] for side in module.sizes])
 
@@ -193,12 +214,13 @@ def run_compositions(entry, root: Path, classes: list[str], variants: list[tuple
     probs: list[tuple[str, np.ndarray, int]] = []  # (variant, eval probabilities, epochs)
     eval_cache: dict[int, np.ndarray] = {}
     y_eval = None
+    n_train = len(image_files(root / "train"))
     for label, side, overrides in variants:
-        xt, yt, xe, ye = load(root / "train", classes, side) + load(root / "eval", classes, side)
+        cfg = config_of(entry, overrides, side, len(classes), n_train)
+        xt, yt, xe, ye = load(root / "train", classes, cache_side(cfg, overrides)) + load(root / "eval", classes, side)
         y_eval = ye
         eval_cache.setdefault(side, xe)
         data = TensorData.from_arrays(xt, yt, xe, ye, len(classes))
-        cfg = config_of(entry, overrides, side, len(classes), len(yt))
         for s in eval_sizes(side, cfg.aug.crop_scale):
             if s not in eval_cache:
                 eval_cache[s] = load(root / "eval", classes, s)[0]
@@ -266,6 +288,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--entry", default=None, help="portfolio entry name (default: the first)")
     ap.add_argument("--image-size", type=int, default=128, help="image size of the recipes without their own (default 128)")
     ap.add_argument("--seconds", type=float, default=None, help="training time of each recipe (default 240; 3 with --quick)")
+    ap.add_argument("--warmup", type=float, default=None,
+                    help="seconds of a throwaway training before the first timed one (default 10; 0 with --quick): "
+                         "a process's first network ran 3-20%% fewer epochs in its time than the next (section 47)")
     ap.add_argument("--seeds", default="0", help="comma-separated seeds (default 0)")
     ap.add_argument("--networks", type=int, default=1,
                     help="networks a recipe trains, each for an equal share of --seconds, their predictions "
@@ -338,6 +363,14 @@ def main(argv: list[str] | None = None) -> int:
             "runs": [], "summary": {},
         }
         out = Path(args.out) if args.out else C.default_path(f"recipes_{root.name}", args.quick)
+        warmup = args.warmup if args.warmup is not None else (0.0 if args.quick else 10.0)
+        if warmup > 0:
+            from automl_vision.training.trainer import TensorData
+
+            xw, yw = load(root / "train", classes, args.image_size)
+            train_for(config_of(entry, {}, args.image_size, len(classes), len(yw)),
+                      TensorData.from_arrays(xw, yw, xw[:64], yw[:64], len(classes)), warmup, path)
+            payload["settings"]["warmup_seconds"] = warmup
         if sides or blend:
             variants = ([(str(x), x, {}) for x in sides] if sides else
                         [(r, int(RECIPES[r].get("size", args.image_size)), RECIPES[r]) for r in blend])
@@ -363,12 +396,13 @@ def main(argv: list[str] | None = None) -> int:
         for seed in seeds:
             for name in recipes:
                 size = int(RECIPES[name].get("size", args.image_size))
-                if size not in cache:
-                    cache[size] = load(root / "train", classes, size) + load(root / "eval", classes, size)
-                xt, yt, xe, ye = cache[size]
+                cfg = config_of(entry, RECIPES[name], size, len(classes), len(image_files(root / "train")))
+                key = (size, cache_side(cfg, RECIPES[name]))
+                if key not in cache:
+                    cache[key] = load(root / "train", classes, key[1]) + load(root / "eval", classes, size)
+                xt, yt, xe, ye = cache[key]
                 payload["settings"].update(n_train=len(yt), n_eval=len(ye))
                 data = TensorData.from_arrays(xt, yt, xe, ye, len(classes))
-                cfg = config_of(entry, RECIPES[name], size, len(classes), len(yt))
                 cfg.seed = seed
                 run = {"recipe": name, "seed": seed, "image_size": size, **run_recipe(cfg, data, ye, seconds, path, args.networks)}
                 payload["runs"].append(run)

@@ -117,6 +117,14 @@ def test_trainer_plan_shortens_the_trial_and_keeps_its_schedule_whole():
     assert lrs[-1] < 0.01 * cfg.lr  # the cosine reached its end within the 3 epochs
 
 
+def test_augmentation_resamples_at_a_smaller_side_with_or_without_geometry():
+    x = torch.rand(4, 3, 16, 16)
+    for preset in ("none", "medium"):
+        aug = BatchAugmenter(PRESETS[preset], num_classes=2, label_smoothing=0.0, generator=torch.Generator().manual_seed(0))
+        assert aug.geometry(x, 8).shape == (4, 3, 8, 8)
+        assert aug.geometry(x).shape == x.shape
+
+
 @pytest.mark.parametrize("preset", list(PRESETS))
 def test_augmentation_presets_keep_shape_and_range(preset):
     x = torch.rand(8, 3, 16, 16)

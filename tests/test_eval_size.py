@@ -149,3 +149,26 @@ def test_the_deliverable_predicts_at_its_eval_sizes_everywhere(cropped_run):
                               temperature=d.module.temperature, tta=d.module.tta).probs([at_one])
     assert as_one.shape == (len(ok), 10)
     assert not np.allclose(as_one, predictor.predict_proba([files[i] for i in ok]), atol=1e-4)
+
+
+def test_training_crops_are_cut_from_photos_decoded_larger_and_validation_stays_at_the_side(tmp_path):
+    """A network trained on random-resized crops gets its training photos decoded at 1.5x its side, so a
+    crop keeps the photo's detail instead of being upsampled; what it is scored on is decoded at its side."""
+    from automl_vision.builtin.image_folder import load_image_folder
+    from automl_vision.data.prepare import prepare
+    from automl_vision.training.augment import train_side
+    from conftest import write_colour_shapes
+
+    medium, light = PRESETS["medium"].crop_scale, PRESETS["light"].crop_scale
+    assert [train_side(s, medium) for s in (32, 64, 96, 128)] == [48, 96, 144, 192]
+    assert train_side(64, light) == 96
+    assert train_side(64, PRESETS["none"].crop_scale) == 64  # no crops: decoded at the side
+    assert train_side(224, medium) == 224  # large sides: not measured, and the cache would grow 2.25x
+
+    root = write_colour_shapes(tmp_path / "shapes", per_class=12, size=80)
+    data = prepare(load_image_folder(str(root)), RunDir(tmp_path / "run"), image_size=32, seed=0)
+    tr, va = data.split_index["train"], data.split_index["val"]
+    x_train, x_val = data.training_arrays(tr, va, 32, train_side=train_side(32, medium))
+    assert x_train.shape == (len(tr), 48, 48, 3) and x_val.shape == (len(va), 32, 32, 3)
+    plain_train, _ = data.training_arrays(tr, va, 32)
+    assert plain_train.shape == (len(tr), 32, 32, 3)

@@ -66,20 +66,24 @@ class PreparedData:
         return cache_mod.gather(self.images(image_size), idx, self.run_dir.cache_dir(image_size, self.in_chans), limit)
 
     def training_arrays(self, train_idx: np.ndarray, val_idx: np.ndarray, image_size: int,
-                        log: Callable[[str], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """The images a trainer needs, held in memory when they fit under :func:`cache.memory_limit`.
+                        log: Callable[[str], None] | None = None,
+                        train_side: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The images a trainer needs, held in memory when they fit under :func:`cache.memory_limit`:
+        the training images at ``train_side`` (``image_size`` unless given; larger for a network
+        that cuts random-resized crops from them, training/augment.py ``train_side``), the
+        validation images at ``image_size``.
 
         A split that does not fit is read from a memory-mapped file in the cache instead
         (and ``log`` says so), so a dataset larger than memory still trains.
         """
         limit, why = cache_mod.memory_limit()
-        x_train = self.gather(train_idx, image_size, limit)
+        x_train = self.gather(train_idx, train_side or image_size, limit)
         left = None if limit is None else max(0, limit - (0 if isinstance(x_train, np.memmap) else x_train.nbytes))
         x_val = self.gather(val_idx, image_size, left)
         streamed = [name for name, x in (("training", x_train), ("validation", x_val)) if isinstance(x, np.memmap)]
         if streamed and log is not None:
             size = sum(x.nbytes for x in (x_train, x_val) if isinstance(x, np.memmap))
-            log(f"{' and '.join(streamed)} images at {image_size}px ({size / 2**30:.2f} GiB) are read from a "
+            log(f"{' and '.join(streamed)} images at {train_side or image_size}px ({size / 2**30:.2f} GiB) are read from a "
                 f"memory-mapped file in the cache: more than {why}; set {cache_mod.MEMORY_ENV} to change the limit")
         return x_train, x_val
 

@@ -33,7 +33,7 @@ from automl_vision.search.interrupts import check_interrupt, interrupt_behind
 from automl_vision.search.study import SCHEDULE_STEPS
 from automl_vision.search.watchdog import Watchdog, busy_note
 from automl_vision.settings import PRESETS, SearchSettings, trial_seconds
-from automl_vision.training.augment import eval_crops, eval_size, eval_sizes
+from automl_vision.training.augment import eval_crops, eval_size, eval_sizes, train_side
 from automl_vision.training.device import ExecPath
 from automl_vision.training.inference import accepts_size
 from automl_vision.training.trainer import STRETCH_BY_EPOCH, BudgetExceeded, NonFiniteLoss, TensorData, train
@@ -132,14 +132,15 @@ class Objective:
         if busy:
             progress.log(f"warning: {busy}")
 
-    # data at one resolution, kept for the life of the worker
-    def tensors(self, image_size: int) -> TensorData:
-        if image_size not in self._tensors:
+    # data at one resolution (and the side its training images are decoded at), kept for the life of the worker
+    def tensors(self, image_size: int, train_side: int | None = None) -> TensorData:
+        key = (image_size, train_side or image_size)
+        if key not in self._tensors:
             tr, va = self.data.split_index["train"], self.data.split_index["val"]
-            x_train, x_val = self.data.training_arrays(tr, va, image_size, self.progress.log)
+            x_train, x_val = self.data.training_arrays(tr, va, image_size, self.progress.log, train_side=key[1])
             labels = self.data.labels
-            self._tensors[image_size] = TensorData.from_arrays(x_train, labels[tr], x_val, labels[va], len(self.data.classes))
-        return self._tensors[image_size]
+            self._tensors[key] = TensorData.from_arrays(x_train, labels[tr], x_val, labels[va], len(self.data.classes))
+        return self._tensors[key]
 
     def __call__(self, trial: optuna.Trial):
         tdir = self.run_dir.trial_dir(trial.number)
@@ -169,7 +170,7 @@ class Objective:
             if trial.user_attrs.get("portfolio"):  # a warm-start entry: the leaderboard says which
                 record["portfolio"] = trial.user_attrs["portfolio"]
             trial.set_user_attr("worker", self.worker)
-            data = self.tensors(cfg.image_size)
+            data = self.tensors(cfg.image_size, train_side(cfg.image_size, cfg.aug.crop_scale))
 
             def build() -> torch.nn.Module:
                 # the initial weights depend on the seed and the trial only (not on what ran before)

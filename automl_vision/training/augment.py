@@ -97,6 +97,34 @@ def eval_sizes(image_size: int, crop_scale: float) -> list[int]:
     return sorted({int(image_size), eval_size(image_size, crop_scale), _side(image_size, _enlargement(crop_scale))})
 
 
+# the training images of a network trained on random-resized crops are decoded at this many times its
+# side (train_side), up to sides of TRAIN_DECODE_UP_TO px
+TRAIN_DECODE = 1.5
+TRAIN_DECODE_UP_TO = 128
+
+
+def train_side(image_size: int, crop_scale: float) -> int:
+    """The side a network's training images are decoded at: ``TRAIN_DECODE`` times its input side
+    when it trains on random-resized crops (a multiple of 8), so that a crop cut from an image keeps
+    its detail (the trainer resamples it to ``image_size``) instead of being upsampled from an image
+    decoded at ``image_size`` (a crop of 35% of the area, medium's smallest, is then enlarged 1.7x);
+    ``image_size`` itself when training does not crop, and above ``TRAIN_DECODE_UP_TO`` px (what
+    was measured is 64 px; the cache grows with the square of the side).
+
+    Measured (benchmarks/bench_recipes.py, benchmarks/README.md section 47; the first portfolio CNN
+    at 64 px, one network of 120 s on every train photo, scored on the evaluation folder as predict
+    scores it): against photos decoded at the side, +40 photos over 16 pairs (four sets, seeds 1-4;
+    11 up, 1 level, 4 down): flowers17 +11 of 4 x 272, flowers12 +16 of 4 x 192, cats-vs-dogs +17 of
+    4 x 356, the ants/bees -4 of 4 x 153. The pairs in which it trained second, with 3-24% more
+    epochs than the first network of the process, account for +37; those in which it trained first,
+    with 2-7% fewer, for +3. 1.25x was +8 photos over four pairs where 1.5x was +9. At 96 px (144 against
+    96, trashnet, one seed) level.
+    """
+    if float(crop_scale) >= 1.0 or int(image_size) > TRAIN_DECODE_UP_TO:
+        return int(image_size)
+    return max(int(image_size), int(round(image_size * TRAIN_DECODE / 8.0)) * 8)
+
+
 # the crops of eval_crops: the centre and the four corners (models.crop_offsets)
 EVAL_CROPS = 5
 
@@ -182,10 +210,15 @@ class BatchAugmenter:
         chunks = [self._auto(c) for c in x.split(8)]
         return torch.cat(chunks)
 
-    def geometry(self, x: torch.Tensor) -> torch.Tensor:
+    def geometry(self, x: torch.Tensor, side: int | None = None) -> torch.Tensor:
+        """The policy's flip, crop, rotation and shift, resampled at ``side`` (the input's own
+        side unless given: progressive resizing trains at smaller sides first)."""
         p = self.policy
+        out = list(x.shape) if side is None else [x.shape[0], x.shape[1], int(side), int(side)]
         if not (p.flip or p.crop_scale < 1.0 or p.rotate or p.translate):
-            return x
+            if out[2:] == list(x.shape[2:]):
+                return x
+            return F.interpolate(x, size=out[2:], mode="bilinear", antialias=True, align_corners=False)
         n, device = x.shape[0], x.device
         area = p.crop_scale + (1 - p.crop_scale) * self._rand(n, device)
         log_ratio = (self._rand(n, device) * 2 - 1) * math.log(4 / 3)
@@ -204,7 +237,7 @@ class BatchAugmenter:
             ],
             dim=1,
         ).to(x.dtype)
-        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+        grid = F.affine_grid(theta, out, align_corners=False)
         return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 
     def colour(self, x: torch.Tensor) -> torch.Tensor:

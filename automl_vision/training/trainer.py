@@ -265,7 +265,12 @@ def train(
     random.seed(cfg.seed)
     memory_format = torch.channels_last if path.channels_last else torch.contiguous_format
     model = model.to(device=device, memory_format=memory_format)
-    path = path.for_network(model, tuple(data.x_train.shape[1:]))
+    # the network's input side: the training images' own, or image_size where they were decoded
+    # larger (crops cut from them keep their detail)
+    c, h, w = tuple(data.x_train.shape[1:])
+    if int(cfg.image_size) < h:
+        h = w = int(cfg.image_size)
+    path = path.for_network(model, (c, h, w))
     mean = torch.tensor(data.mean, device=device).view(1, -1, 1, 1)
     std = torch.tensor(data.std, device=device).view(1, -1, 1, 1)
     on_device = data_fits_on_device(data.x_train.nbytes + data.x_val.nbytes, path)
@@ -325,7 +330,7 @@ def train(
                 xb = augmenter.uint8_stage(fetch(idx, b))
                 idx = idx.to(device, non_blocking=True)
             xb = xb.float().div_(255.0)
-            xb = augmenter.colour(augmenter.geometry(xb))
+            xb = augmenter.colour(augmenter.geometry(xb, h))
             xb = ((xb - mean) / std).contiguous(memory_format=memory_format)
             xb = augmenter.erase(xb)
             yb = y_train[idx]

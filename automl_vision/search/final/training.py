@@ -51,6 +51,7 @@ def retrain(run_dir: RunDir, number: int, data: PreparedData, pm: PluginManager,
     of its schedule's steps is kept (its learning rate has all but reached the end of its
     decay); otherwise :class:`BudgetExceeded` propagates.
     """
+    from automl_vision.training.augment import train_side
     from automl_vision.training.trainer import STRETCH_BY_EPOCH, BudgetExceeded, TensorData, train
 
     tdir = run_dir.trial_dir(number)
@@ -62,7 +63,8 @@ def retrain(run_dir: RunDir, number: int, data: PreparedData, pm: PluginManager,
     cfg.seed += int(seed_offset)
     t0 = time.time()
     val = data.split_index["val"][:64]  # the trainer reports on these after each epoch; nothing is decided on them
-    x_train, x_val = data.training_arrays(idx, val, cfg.image_size, log)
+    x_train, x_val = data.training_arrays(idx, val, cfg.image_size, log,
+                                          train_side=train_side(cfg.image_size, cfg.aug.crop_scale))
     tensors = TensorData.from_arrays(x_train, data.labels[idx], x_val, data.labels[val], len(data.classes),
                                      mean=spec["mean"], std=spec["std"])
     torch.manual_seed(cfg.seed)  # the same initial weights as the trial (with no seed_offset)
