@@ -290,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=None, help="training time of each recipe (default 240; 3 with --quick)")
     ap.add_argument("--warmup", type=float, default=None,
                     help="seconds of a throwaway training before the first timed one (default 10; 0 with --quick): "
-                         "a process's first network ran 3-20%% fewer epochs in its time than the next (section 47)")
+                         "a process's first network ran up to 24%% fewer epochs in its time than the next (section 47)")
     ap.add_argument("--seeds", default="0", help="comma-separated seeds (default 0)")
     ap.add_argument("--networks", type=int, default=1,
                     help="networks a recipe trains, each for an equal share of --seconds, their predictions "

@@ -115,9 +115,9 @@ def train_side(image_size: int, crop_scale: float) -> int:
     at 64 px, one network of 120 s on every train photo, scored on the evaluation folder as predict
     scores it): against photos decoded at the side, +40 photos over 16 pairs (four sets, seeds 1-4;
     11 up, 1 level, 4 down): flowers17 +11 of 4 x 272, flowers12 +16 of 4 x 192, cats-vs-dogs +17 of
-    4 x 356, the ants/bees -4 of 4 x 153. The pairs in which it trained second, with 3-24% more
+    4 x 356, the ants/bees -4 of 4 x 153. The pairs in which it trained second, with up to 24% more
     epochs than the first network of the process, account for +37; those in which it trained first,
-    with 2-7% fewer, for +3. 1.25x was +8 photos over four pairs where 1.5x was +9. At 96 px (144 against
+    with 1-8% fewer, for +3. 1.25x was +8 photos over four pairs where 1.5x was +9. At 96 px (144 against
     96, trashnet, one seed) level.
     """
     if float(crop_scale) >= 1.0 or int(image_size) > TRAIN_DECODE_UP_TO:
