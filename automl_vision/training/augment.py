@@ -211,8 +211,9 @@ class BatchAugmenter:
         return torch.cat(chunks)
 
     def geometry(self, x: torch.Tensor, side: int | None = None) -> torch.Tensor:
-        """The policy's flip, crop, rotation and shift, resampled at ``side`` (the input's own
-        side unless given: progressive resizing trains at smaller sides first)."""
+        """The policy's flip, crop, rotation and shift, resampled at ``side``: the input's own side
+        unless given (the trainer gives the network's side where the training images were decoded
+        larger, :func:`train_side`; without geometry they are then just resized)."""
         p = self.policy
         out = list(x.shape) if side is None else [x.shape[0], x.shape[1], int(side), int(side)]
         if not (p.flip or p.crop_scale < 1.0 or p.rotate or p.translate):
