@@ -102,11 +102,11 @@ def load(folder: Path, classes: list[str], size: int) -> tuple[np.ndarray, np.nd
 def cache_side(cfg, overrides: dict[str, Any]) -> int:
     """The side a recipe's train photos are decoded at: the search's (``train_side``), or ``cache`` times
     the network's side (a multiple of 8)."""
-    from automl_vision.training.augment import train_side
+    from automl_vision.training.augment import decoded_side, train_side
 
     if "cache" not in overrides:
         return train_side(cfg.image_size, cfg.aug.crop_scale)
-    return max(cfg.image_size, int(round(cfg.image_size * float(overrides["cache"]) / 8)) * 8)
+    return decoded_side(cfg.image_size, overrides["cache"])
 
 
 def config_of(entry: dict[str, Any], overrides: dict[str, Any], size: int, num_classes: int, num_train: int):

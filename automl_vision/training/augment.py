@@ -122,7 +122,12 @@ def train_side(image_size: int, crop_scale: float) -> int:
     """
     if float(crop_scale) >= 1.0 or int(image_size) > TRAIN_DECODE_UP_TO:
         return int(image_size)
-    return max(int(image_size), int(round(image_size * TRAIN_DECODE / 8.0)) * 8)
+    return decoded_side(image_size, TRAIN_DECODE)
+
+
+def decoded_side(image_size: int, factor: float) -> int:
+    """``factor`` times ``image_size``, a multiple of 8, never below ``image_size``."""
+    return max(int(image_size), int(round(image_size * float(factor) / 8.0)) * 8)
 
 
 # the crops of eval_crops: the centre and the four corners (models.crop_offsets)
