@@ -172,3 +172,31 @@ def test_training_crops_are_cut_from_photos_decoded_larger_and_validation_stays_
     assert x_train.shape == (len(tr), 48, 48, 3) and x_val.shape == (len(va), 32, 32, 3)
     plain_train, _ = data.training_arrays(tr, va, 32)
     assert plain_train.shape == (len(tr), 32, 32, 3)
+
+
+def test_a_search_trains_its_cropping_networks_on_photos_decoded_larger(cropped_run, tmp_path):
+    """The trials and the final fit of a real search ask for the training photos at train_side: the
+    folder is decoded once at 48 px for the 32-px networks, and the final fit says so in its record."""
+    import shutil
+
+    from automl_vision.data.prepare import reload_prepared
+    from automl_vision.plugins import run_plugin_manager
+    from automl_vision.search.final import retrain
+    from automl_vision.training.device import choose
+
+    cache = cropped_run / "cache"
+    assert sorted(p.name for p in cache.iterdir() if p.name.endswith("px_1ch")) == ["32px_1ch", "48px_1ch"]
+    assert np.load(cache / "48px_1ch" / "images.npy", mmap_mode="r").shape[1:3] == (48, 48)
+
+    run = tmp_path / "run"
+    shutil.copytree(cropped_run, run)
+    rd = RunDir(run)
+    pm = run_plugin_manager(rd.read_run() or {}, [])
+    data = reload_prepared(rd, pm)
+    number = int(json.loads((run / "final" / "report.json").read_text())["best_trial"])
+    idx = np.sort(np.concatenate([data.split_index[s] for s in ("train", "val")]))
+    info = retrain(rd, number, data, pm, choose("cpu", "fp32", "off"), idx, 1, run / "fit", "final_fit",
+                   lambda m: None)
+    assert info["decoded_at"] == 48
+    spec = json.loads((run / "fit" / "model.json").read_text())
+    assert spec["image_size"] == 32 and spec["final_fit"]["decoded_at"] == 48

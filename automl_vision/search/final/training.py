@@ -47,9 +47,10 @@ def retrain(run_dir: RunDir, number: int, data: PreparedData, pm: PluginManager,
     its schedule). ``seed_offset`` is added to the trial's seed (other initial weights, batches
     and augmentation draws: a fresh network of the same configuration). The model's ``model.json`` gets ``kind``
     (``refit`` or ``final_fit``, with ``note`` added)
-    with what was done. With ``keep_from``, a run that ``abort`` stops after that share
-    of its schedule's steps is kept (its learning rate has all but reached the end of its
-    decay); otherwise :class:`BudgetExceeded` propagates.
+    with what was done (``decoded_at``: the side its training photos were decoded at, when its
+    random-resized crops were cut from photos larger than its input). With ``keep_from``, a
+    run that ``abort`` stops after that share of its schedule's steps is kept (its learning
+    rate has all but reached the end of its decay); otherwise :class:`BudgetExceeded` propagates.
     """
     from automl_vision.training.augment import train_side
     from automl_vision.training.trainer import STRETCH_BY_EPOCH, BudgetExceeded, TensorData, train
@@ -65,6 +66,7 @@ def retrain(run_dir: RunDir, number: int, data: PreparedData, pm: PluginManager,
     val = data.split_index["val"][:64]  # the trainer reports on these after each epoch; nothing is decided on them
     x_train, x_val = data.training_arrays(idx, val, cfg.image_size, log,
                                           train_side=train_side(cfg.image_size, cfg.aug.crop_scale))
+    side = int(x_train.shape[1])
     tensors = TensorData.from_arrays(x_train, data.labels[idx], x_val, data.labels[val], len(data.classes),
                                      mean=spec["mean"], std=spec["std"])
     torch.manual_seed(cfg.seed)  # the same initial weights as the trial (with no seed_offset)
@@ -89,6 +91,8 @@ def retrain(run_dir: RunDir, number: int, data: PreparedData, pm: PluginManager,
         log(f"{kind.replace('_', ' ')}: stopped by the time budget at {exc.progress:.0%} of its schedule; kept")
     info = {"of_trial": number, "epochs": epochs_run, "images": int(len(idx)), "seconds": time.time() - t0,
             "warm_start": warm}
+    if side != cfg.image_size:  # its random-resized crops were cut from photos decoded this large
+        info["decoded_at"] = side
     if seed_offset:
         info["seed"] = cfg.seed
     info.update(note or {})
