@@ -22,7 +22,15 @@ machine's load hits every arm alike:
   random-resized-crop (scale 0.35-1, ratio 3/4-4/3) and a horizontal flip drawn per image
   and applied to the batch as one affine resampling, label smoothing 0.1, fp32,
   channels-last, ``torch.set_num_threads(--threads)``; then the eval photos are loaded
-  the same way (outside the budget) and scored once.
+  the same way (outside the budget) and scored once;
+* ``loop_tv``: the same network, optimiser, schedule and budget, fed as a torchvision
+  tutorial feeds it: a Dataset over the training files and a DataLoader (batch 64,
+  shuffled, 2 workers) in which every epoch decodes each photo again in full (Pillow, EXIF
+  orientation, RGB) and torchvision's ``RandomResizedCrop(64, scale=(0.35, 1))`` and
+  ``RandomHorizontalFlip`` cut the crop from the full photo (sharper crops than ``loop``'s,
+  which are cut from a 64-px square, at the cost of decoding every epoch); eval photos
+  resized to a 64x64 square by ``transforms.Resize``. The search arms report, beside runs
+  above ``loop``, runs above ``loop_tv`` of the same seed.
 
 Every arm is scored once on the eval folder (accuracy over every eval image; an image
 that could not be predicted counts as wrong). Reported per set and arm: the median eval
@@ -64,7 +72,8 @@ from bench_search_quality import count_states, fmt_range  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-ARMS = ("default", "random", "loop")
+ARMS = ("default", "random", "loop", "loop_tv")
+LOOP_ARMS = ("loop", "loop_tv")
 SEARCH_ARMS = {"default": [], "random": ["--sampler", "random"]}
 IMAGE_EXTS = {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 REPORT_RECORDS = ("best_val", "best_test", "final_fit")
@@ -75,6 +84,7 @@ QUICK_EXTRA = ["--models", "cnn", "--image-size", "32", "--max-epochs", "2", "--
 LOOP = {"image_size": 64, "batch_size": 64, "lr": 2e-3, "weight_decay": 0.05, "label_smoothing": 0.1,
         "dropout": 0.1, "widths": [32, 64, 128, 256], "stem_width": 32, "crop_scale": [0.35, 1.0],
         "crop_ratio": [3 / 4, 4 / 3], "hflip": 0.5, "precision": "fp32", "channels_last": True}
+LOOP_TV_WORKERS = 2  # DataLoader workers of the loop_tv arm: one per core of the 2-core machines
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 
@@ -336,7 +346,88 @@ def random_resized_crop_flip(x, gen):
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 
 
+def fit_plain(model, epoch_batches, budget: float, t0: float, dev) -> dict[str, Any]:
+    """Train ``model`` on the batches ``epoch_batches()`` yields for one epoch ((x normalised, labels)
+    pairs), epoch after epoch, until the budget (counted from ``t0``) ends: AdamW, the cosine learning
+    rate driven by elapsed time / budget, label smoothing; no step is started that would end after it."""
+    import torch
+
+    opt = torch.optim.AdamW(model.parameters(), lr=LOOP["lr"], weight_decay=LOOP["weight_decay"])
+    crit = torch.nn.CrossEntropyLoss(label_smoothing=LOOP["label_smoothing"])
+    seen = steps = epochs_done = 0
+    last_loss = float("nan")
+    model.train()
+    t_train = time.perf_counter()
+    stop = False
+    step_seconds = 0.0  # running estimate of one step, loading included
+    while not stop:
+        batches = epoch_batches()
+        while True:
+            t_step = time.perf_counter()
+            elapsed = t_step - t0
+            if elapsed + step_seconds >= budget:
+                stop = True
+                break
+            try:
+                xb, yb = next(batches)
+            except StopIteration:
+                epochs_done += 1
+                break
+            for g in opt.param_groups:
+                g["lr"] = LOOP["lr"] * 0.5 * (1.0 + math.cos(math.pi * elapsed / budget))
+            loss = crit(model(xb), yb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            seen += len(yb)
+            steps += 1
+            took = time.perf_counter() - t_step
+            step_seconds = took if steps == 1 else 0.8 * step_seconds + 0.2 * took
+            if steps % 20 == 0:
+                last_loss = float(loss.detach())
+        del batches  # a DataLoader's workers end with their iterator
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    train_seconds = time.perf_counter() - t_train
+    return {"seen": seen, "steps": steps, "full_epochs": epochs_done, "last_loss": last_loss,
+            "train_seconds": train_seconds, "total_seconds": time.perf_counter() - t0,
+            "images_per_second": seen / train_seconds if train_seconds > 0 else float("nan")}
+
+
+def score_plain(model, set_dir: Path, index: dict[str, int], load_eval, dev, fmt) -> dict[str, Any]:
+    """Score once on ``set_dir/eval``: ``load_eval(files)`` gives float (N, 3, S, S) batches in [0, 1]
+    and the indices it could not read (counted wrong)."""
+    import torch
+
+    t1 = time.perf_counter()
+    held = image_files(set_dir / "eval")
+    mean = torch.tensor(MEAN, device=dev).view(1, 3, 1, 1)
+    std = torch.tensor(STD, device=dev).view(1, 3, 1, 1)
+    model.eval()
+    preds = np.full(len(held), -1)
+    bad_e: list[int] = []
+    with torch.no_grad():
+        for b in range(0, len(held), 256):
+            xb, bad = load_eval([f for f, _c in held[b:b + 256]])
+            bad_e += [b + i for i in bad]
+            xb = ((xb.to(dev) - mean) / std).contiguous(memory_format=fmt)
+            preds[b:b + 256] = model(xb).argmax(1).cpu().numpy()
+    for i in bad_e:
+        preds[i] = -1
+    truth = np.array([index.get(c, -2) for _f, c in held])  # a class unknown to training: never right
+    names = np.array([c for _f, c in held])
+    per_class = {c: float((preds[names == c] == truth[names == c]).mean()) for c in sorted(set(names.tolist()))}
+    return {
+        "eval_accuracy": float((preds == truth).mean()) if len(held) else float("nan"),
+        "eval_images": len(held), "eval_correct": int((preds == truth).sum()),
+        "eval_unpredicted": len(bad_e), "eval_per_class_accuracy": per_class,
+        "eval_wrong": wrong_files([f for (f, _c), p, t in zip(held, preds, truth) if p != t], set_dir / "eval"),
+        "eval_seconds": time.perf_counter() - t1,
+    }
+
+
 def run_loop_arm(set_dir: Path, seed: int, budget: float, device: str, threads: int) -> dict[str, Any]:
+    """The ``loop`` arm: photos decoded once at 64 px, crops and flips drawn per image on the batch."""
     import torch
 
     torch.set_num_threads(threads)
@@ -359,76 +450,100 @@ def run_loop_arm(set_dir: Path, seed: int, budget: float, device: str, threads: 
     load_seconds = time.perf_counter() - t0
 
     model = plain_cnn(len(classes)).to(dev).to(memory_format=fmt)
-    opt = torch.optim.AdamW(model.parameters(), lr=LOOP["lr"], weight_decay=LOOP["weight_decay"])
-    crit = torch.nn.CrossEntropyLoss(label_smoothing=LOOP["label_smoothing"])
     gen = torch.Generator().manual_seed(seed)
     n = len(y_all)
-    seen = steps = epochs_done = 0
-    last_loss = float("nan")
-    model.train()
-    t_train = time.perf_counter()
-    stop = n < 2
-    step_seconds = 0.0  # running estimate: no step is started that would end after the budget
-    while not stop:
+
+    def epoch_batches():
         perm = torch.randperm(n, generator=gen).to(dev)
         for b in range(0, n, bs):
-            t_step = time.perf_counter()
-            elapsed = t_step - t0
-            if elapsed + step_seconds >= budget:
-                stop = True
-                break
             idx = perm[b:b + bs]
             if len(idx) < 2:  # batch norm needs two images
                 continue
-            for g in opt.param_groups:
-                g["lr"] = LOOP["lr"] * 0.5 * (1.0 + math.cos(math.pi * elapsed / budget))
-            xb = x_all[idx].float().div_(255.0)
-            xb = random_resized_crop_flip(xb, gen)
-            xb = ((xb - mean) / std).contiguous(memory_format=fmt)
-            loss = crit(model(xb), y_all[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            seen += len(idx)
-            steps += 1
-            took = time.perf_counter() - t_step
-            step_seconds = took if steps == 1 else 0.8 * step_seconds + 0.2 * took
-            if steps % 20 == 0:
-                last_loss = float(loss.detach())
-        else:
-            epochs_done += 1
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
-    total_seconds = time.perf_counter() - t0
-    train_seconds = time.perf_counter() - t_train
+            xb = random_resized_crop_flip(x_all[idx].float().div_(255.0), gen)
+            yield ((xb - mean) / std).contiguous(memory_format=fmt), y_all[idx]
 
-    # scored once on eval (outside the budget)
-    t1 = time.perf_counter()
-    held = image_files(set_dir / "eval")
-    arr_e, bad_e = load_square([f for f, _c in held], size)
-    model.eval()
-    preds = np.full(len(held), -1)
-    with torch.no_grad():
-        for b in range(0, len(held), 256):
-            xb = torch.from_numpy(arr_e[b:b + 256]).permute(0, 3, 1, 2).to(dev).float().div_(255.0)
-            xb = ((xb - mean) / std).contiguous(memory_format=fmt)
-            preds[b:b + 256] = model(xb).argmax(1).cpu().numpy()
-    for i in bad_e:
-        preds[i] = -1
-    truth = np.array([index.get(c, -2) for _f, c in held])  # a class unknown to training: never right
-    names = np.array([c for _f, c in held])
-    per_class = {c: float((preds[names == c] == truth[names == c]).mean()) for c in sorted(set(names.tolist()))}
+    fit = fit_plain(model, epoch_batches, budget if n >= 2 else 0.0, t0, dev)
+
+    def load_eval(files):
+        a, bad_e = load_square(files, size)
+        return torch.from_numpy(a).permute(0, 3, 1, 2).float().div_(255.0), bad_e
+
     return {
-        "eval_accuracy": float((preds == truth).mean()) if len(held) else float("nan"),
-        "eval_images": len(held), "eval_correct": int((preds == truth).sum()),
-        "eval_unpredicted": len(bad_e), "eval_per_class_accuracy": per_class,
-        "eval_wrong": wrong_files([f for (f, _c), p, t in zip(held, preds, truth) if p != t], set_dir / "eval"),
+        **score_plain(model, set_dir, index, load_eval, dev, fmt),
         "train_images": int(n), "unreadable_train_images": len(bad),
-        "load_seconds": load_seconds, "train_seconds": train_seconds, "total_seconds": total_seconds,
-        "overrun_seconds": total_seconds - budget,
-        "epochs": seen / n if n else 0.0, "full_epochs": epochs_done, "steps": steps,
-        "images_per_second": seen / train_seconds if train_seconds > 0 else float("nan"),
-        "last_loss": last_loss, "eval_seconds": time.perf_counter() - t1,
+        "load_seconds": load_seconds, "train_seconds": fit["train_seconds"], "total_seconds": fit["total_seconds"],
+        "overrun_seconds": fit["total_seconds"] - budget,
+        "epochs": fit["seen"] / n if n else 0.0, "full_epochs": fit["full_epochs"], "steps": fit["steps"],
+        "images_per_second": fit["images_per_second"], "last_loss": fit["last_loss"],
+        "params": int(sum(p.numel() for p in model.parameters())),
+        "device": str(dev), "threads": torch.get_num_threads(),
+    }
+
+
+def run_loop_tv_arm(set_dir: Path, seed: int, budget: float, device: str, threads: int,
+                    workers: int = LOOP_TV_WORKERS) -> dict[str, Any]:
+    """The ``loop_tv`` arm: the same network and schedule, fed the way a torchvision tutorial feeds
+    it: every epoch each training photo is decoded again in full by a DataLoader worker and
+    torchvision's RandomResizedCrop(64) + RandomHorizontalFlip cut from the full photo."""
+    import torch
+    from PIL import Image, ImageOps
+    from torchvision import transforms as T
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    dev = torch.device(device)
+    size, bs = LOOP["image_size"], LOOP["batch_size"]
+    fmt = torch.channels_last if LOOP["channels_last"] else torch.contiguous_format
+    normalise = T.Normalize(MEAN, STD)
+
+    t0 = time.perf_counter()
+    train = image_files(set_dir / "train")
+    classes = sorted({c for _f, c in train})
+    index = {c: i for i, c in enumerate(classes)}
+    augment = T.Compose([T.RandomResizedCrop(size, scale=tuple(LOOP["crop_scale"]), ratio=tuple(LOOP["crop_ratio"])),
+                         T.RandomHorizontalFlip(LOOP["hflip"]), T.ToTensor(), normalise])
+
+    class Photos(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(train)
+
+        def __getitem__(self, i):
+            with Image.open(train[i][0]) as img:
+                photo = ImageOps.exif_transpose(img).convert("RGB")
+            return augment(photo), index[train[i][1]]
+
+    loader = torch.utils.data.DataLoader(Photos(), batch_size=bs, shuffle=True, drop_last=len(train) % bs == 1,
+                                         num_workers=workers, persistent_workers=workers > 0,
+                                         generator=torch.Generator().manual_seed(seed))
+    model = plain_cnn(len(classes)).to(dev).to(memory_format=fmt)
+
+    def epoch_batches():
+        for xb, yb in loader:
+            yield xb.to(dev).contiguous(memory_format=fmt), yb.to(dev)
+
+    fit = fit_plain(model, epoch_batches, budget, t0, dev)
+    del loader
+    square = T.Resize((size, size))
+
+    def load_eval(files):
+        out, bad_e = torch.zeros(len(files), 3, size, size), []
+        for i, f in enumerate(files):
+            try:
+                with Image.open(f) as img:
+                    out[i] = T.functional.to_tensor(square(ImageOps.exif_transpose(img).convert("RGB")))
+            except Exception:
+                bad_e.append(i)
+        return out, bad_e
+
+    n = len(train)
+    return {
+        **score_plain(model, set_dir, index, load_eval, dev, fmt),
+        "train_images": n, "load_seconds": 0.0, "workers": workers,
+        "train_seconds": fit["train_seconds"], "total_seconds": fit["total_seconds"],
+        "overrun_seconds": fit["total_seconds"] - budget,
+        "epochs": fit["seen"] / n if n else 0.0, "full_epochs": fit["full_epochs"], "steps": fit["steps"],
+        "images_per_second": fit["images_per_second"], "last_loss": fit["last_loss"],
         "params": int(sum(p.numel() for p in model.parameters())),
         "device": str(dev), "threads": torch.get_num_threads(),
     }
@@ -465,7 +580,13 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
                     for r in good if "eval_wrong" in r and r["seed"] in loop_wrong]
                 s["above_loop_fraction"] = sum(wins) / len(wins) if wins else float("nan")
                 s["loop_paired_by_seed"] = all(r["seed"] in loop_by_seed for r in good)
-        elif arm == "loop":
+            tv = {r["seed"]: r["eval_accuracy"] for r in runs if r["arm"] == "loop_tv" and ok(r)}
+            paired = [r for r in good if r["seed"] in tv]
+            if paired:  # against the torchvision-fed loop, seed by seed
+                s["above_loop_tv"] = (f"{sum(r['eval_accuracy'] > tv[r['seed']] for r in paired)}/{len(paired)}"
+                                      + "".join(f" (s{r['seed']} {r['eval_accuracy'] - tv[r['seed']]:+.3f})"
+                                                for r in paired))
+        elif arm in LOOP_ARMS:
             s["epochs"] = C.spread([r["epochs"] for r in good])
             s["images_per_second"] = C.spread([r["images_per_second"] for r in good])
         out[arm] = s
@@ -483,6 +604,8 @@ def table_text(payload: dict[str, Any]) -> str:
         for arm, s in entry.get("summary", {}).items():
             if arm in SEARCH_ARMS:
                 other = f"{fmt_range(s['trials'], 0)} trials, {fmt_range(s['search_seconds'], 0)} s"
+                if s.get("above_loop_tv"):
+                    other += f"; above loop_tv {s['above_loop_tv']}"
                 if s.get("misses_shared_with_loop"):
                     other += "; photos missed (search/loop/both): " + ", ".join(
                         f"s{m['seed']} {m['search']}/{m['loop']}/{m['both']}" for m in s["misses_shared_with_loop"])
@@ -572,7 +695,9 @@ def main(argv: list[str] | None = None) -> int:
             payload: dict[str, Any] = {
                 "benchmark": "small_data", "machine": machine, "quick": args.quick,
                 "settings": {"budget": budget_text, "budget_seconds": budget, "seeds": seeds, "arms": arms,
-                             "extra": extra, "cli": [Path(cli[0]).name, *cli[1:]], "loop": {**LOOP, "device": device, "threads": args.threads},
+                             "extra": extra, "cli": [Path(cli[0]).name, *cli[1:]],
+                             "loop": {**LOOP, "device": device, "threads": args.threads,
+                                      "loop_tv_workers": LOOP_TV_WORKERS},
                              "scoring": "accuracy over every image of <set>/eval (unpredicted = wrong)"},
                 "datasets": {},
             }
@@ -609,9 +734,10 @@ def main(argv: list[str] | None = None) -> int:
                             continue
                         entry["runs"] = [r for r in entry["runs"] if not (r["arm"] == arm and r["seed"] == seed)]
                         load_before = C.load_average()
-                        if arm == "loop":
+                        if arm in LOOP_ARMS:
                             try:
-                                res = run_loop_arm(s, seed, budget, device, args.threads)
+                                run_loop = run_loop_arm if arm == "loop" else run_loop_tv_arm
+                                res = run_loop(s, seed, budget, device, args.threads)
                             except Exception as exc:  # one failed run must not lose the others' figures
                                 res = {"error": f"{type(exc).__name__}: {exc}"}
                         else:
@@ -626,7 +752,7 @@ def main(argv: list[str] | None = None) -> int:
                         save()
                         if "error" in res:
                             print(f"  {s.name} seed {seed} {arm:8s}: ERROR {res['error'][-600:]}", flush=True)
-                        elif arm == "loop":
+                        elif arm in LOOP_ARMS:
                             print(f"  {s.name} seed {seed} {arm:8s}: eval acc {res['eval_accuracy']:.4f}  "
                                   f"{res['epochs']:.1f} epochs, {res['images_per_second']:.0f} img/s, "
                                   f"load {res['load_seconds']:.1f}s, total {res['total_seconds']:.1f}s", flush=True)

@@ -133,17 +133,17 @@ def test_search_quality_quick_every_arm(tmp_path):
 
 
 def test_small_data_benchmark_quick(tmp_path):
-    """The small-data benchmark: the search and the hand-written loop on a set with an eval folder."""
+    """The small-data benchmark: the search and the hand-written loops on a set with an eval folder."""
     out = tmp_path / "small.json"
-    proc = run_bench("bench_small_data.py", "--quick", "--arms", "default,loop", "--out", out,
+    proc = run_bench("bench_small_data.py", "--quick", "--arms", "default,loop,loop_tv", "--out", out,
                      "--workdir", tmp_path / "work", timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     res = res_small = json.loads(out.read_text())
     check_machine(res["machine"])
-    assert res["quick"] is True and res["settings"]["arms"] == ["default", "loop"]
+    assert res["quick"] is True and res["settings"]["arms"] == ["default", "loop", "loop_tv"]
     for name, ds in res["datasets"].items():
         arms = {r["arm"]: r for r in ds["runs"]}
-        assert set(arms) == {"default", "loop"}, name
+        assert set(arms) == {"default", "loop", "loop_tv"}, name
         for arm, r in arms.items():
             assert 0.0 <= r["eval_accuracy"] <= 1.0 and r["eval_images"] > 0
             assert ds["summary"][arm]["runs"] == 1
@@ -154,7 +154,13 @@ def test_small_data_benchmark_quick(tmp_path):
         assert shared == [{"seed": arms["default"]["seed"], "search": len(arms["default"]["eval_wrong"]),
                            "loop": len(arms["loop"]["eval_wrong"]),
                            "both": len(set(arms["default"]["eval_wrong"]) & set(arms["loop"]["eval_wrong"]))}]
-        assert arms["loop"]["epochs"] > 0 and finite(arms["loop"]["images_per_second"])
+        for loop in ("loop", "loop_tv"):
+            assert arms[loop]["epochs"] > 0 and finite(arms[loop]["images_per_second"])
+            assert arms[loop]["total_seconds"] <= res["settings"]["budget_seconds"] + 5  # the budget includes loading
+        # the torchvision-fed loop decodes every photo every epoch in its DataLoader's workers
+        assert arms["loop_tv"]["workers"] == 2 and arms["loop_tv"]["full_epochs"] >= 1
+        gap = arms["default"]["eval_accuracy"] - arms["loop_tv"]["eval_accuracy"]
+        assert ds["summary"]["default"]["above_loop_tv"] == f"{int(gap > 0)}/1 (s0 {gap:+.3f})"
         assert arms["default"]["report"]["deliverable"] in ("best", "ensemble")
     bad = run_bench("bench_small_data.py", "--arms", "nope", "--quick")
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
