@@ -426,16 +426,36 @@ def score_plain(model, set_dir: Path, index: dict[str, int], load_eval, dev, fmt
     }
 
 
-def run_loop_arm(set_dir: Path, seed: int, budget: float, device: str, threads: int) -> dict[str, Any]:
-    """The ``loop`` arm: photos decoded once at 64 px, crops and flips drawn per image on the batch."""
+def loop_setup(seed: int, device: str, threads: int):
+    """Threads and seeds of a loop arm; its device and memory format."""
     import torch
 
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
     np.random.seed(seed)
-    dev = torch.device(device)
+    return torch.device(device), (torch.channels_last if LOOP["channels_last"] else torch.contiguous_format)
+
+
+def loop_result(fit: dict[str, Any], n: int, budget: float, model, dev) -> dict[str, Any]:
+    """What a loop arm reports of its training (``fit_plain``'s figures) on ``n`` photos."""
+    import torch
+
+    return {
+        "train_images": int(n), "train_seconds": fit["train_seconds"], "total_seconds": fit["total_seconds"],
+        "overrun_seconds": fit["total_seconds"] - budget,
+        "epochs": fit["seen"] / n if n else 0.0, "full_epochs": fit["full_epochs"], "steps": fit["steps"],
+        "images_per_second": fit["images_per_second"], "last_loss": fit["last_loss"],
+        "params": int(sum(p.numel() for p in model.parameters())),
+        "device": str(dev), "threads": torch.get_num_threads(),
+    }
+
+
+def run_loop_arm(set_dir: Path, seed: int, budget: float, device: str, threads: int) -> dict[str, Any]:
+    """The ``loop`` arm: photos decoded once at 64 px, crops and flips drawn per image on the batch."""
+    import torch
+
+    dev, fmt = loop_setup(seed, device, threads)
     size, bs = LOOP["image_size"], LOOP["batch_size"]
-    fmt = torch.channels_last if LOOP["channels_last"] else torch.contiguous_format
     mean = torch.tensor(MEAN, device=dev).view(1, 3, 1, 1)
     std = torch.tensor(STD, device=dev).view(1, 3, 1, 1)
 
@@ -470,13 +490,8 @@ def run_loop_arm(set_dir: Path, seed: int, budget: float, device: str, threads: 
 
     return {
         **score_plain(model, set_dir, index, load_eval, dev, fmt),
-        "train_images": int(n), "unreadable_train_images": len(bad),
-        "load_seconds": load_seconds, "train_seconds": fit["train_seconds"], "total_seconds": fit["total_seconds"],
-        "overrun_seconds": fit["total_seconds"] - budget,
-        "epochs": fit["seen"] / n if n else 0.0, "full_epochs": fit["full_epochs"], "steps": fit["steps"],
-        "images_per_second": fit["images_per_second"], "last_loss": fit["last_loss"],
-        "params": int(sum(p.numel() for p in model.parameters())),
-        "device": str(dev), "threads": torch.get_num_threads(),
+        **loop_result(fit, n, budget, model, dev),
+        "unreadable_train_images": len(bad), "load_seconds": load_seconds,
     }
 
 
@@ -489,12 +504,8 @@ def run_loop_tv_arm(set_dir: Path, seed: int, budget: float, device: str, thread
     from PIL import Image, ImageOps
     from torchvision import transforms as T
 
-    torch.set_num_threads(threads)
-    torch.manual_seed(seed)
-    np.random.seed(seed)
-    dev = torch.device(device)
+    dev, fmt = loop_setup(seed, device, threads)
     size, bs = LOOP["image_size"], LOOP["batch_size"]
-    fmt = torch.channels_last if LOOP["channels_last"] else torch.contiguous_format
     normalise = T.Normalize(MEAN, STD)
 
     t0 = time.perf_counter()
@@ -539,13 +550,8 @@ def run_loop_tv_arm(set_dir: Path, seed: int, budget: float, device: str, thread
     n = len(train)
     return {
         **score_plain(model, set_dir, index, load_eval, dev, fmt),
-        "train_images": n, "load_seconds": 0.0, "workers": workers,
-        "train_seconds": fit["train_seconds"], "total_seconds": fit["total_seconds"],
-        "overrun_seconds": fit["total_seconds"] - budget,
-        "epochs": fit["seen"] / n if n else 0.0, "full_epochs": fit["full_epochs"], "steps": fit["steps"],
-        "images_per_second": fit["images_per_second"], "last_loss": fit["last_loss"],
-        "params": int(sum(p.numel() for p in model.parameters())),
-        "device": str(dev), "threads": torch.get_num_threads(),
+        **loop_result(fit, n, budget, model, dev),
+        "load_seconds": 0.0, "workers": workers,
     }
 
 
