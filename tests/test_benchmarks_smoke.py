@@ -284,6 +284,26 @@ def test_recipes_benchmark_compares_averages_across_recipes(tmp_path):
         assert bad.returncode == 2 and "--blend" in bad.stderr and "Traceback" not in bad.stderr
 
 
+def test_transfer_benchmark_starts_the_pretrained_arms_from_the_other_sets(tmp_path):
+    """A source network learns the other sets' classes; the pretrained arms start from its weights (all but the
+    classifier), the scratch arm from none; an unknown arm is a usage error."""
+    out = tmp_path / "transfer.json"
+    proc = run_bench("bench_transfer.py", "--quick", "--arms", "scratch,pretrained,backbone01", "--out", out)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    res = json.loads(out.read_text())
+    check_machine(res["machine"])
+    pre = res["pretraining"]
+    assert res["settings"]["set"] == "tiny-a" and pre["sources"] == ["tiny-b"] and pre["classes"] == 3
+    assert pre["epochs"] >= 1 and 0.0 <= pre["held_out_accuracy"] <= 1.0
+    assert [r["arm"] for r in res["runs"]] == ["scratch", "pretrained", "backbone01"]
+    loaded = {r["arm"]: r["loaded_tensors"] for r in res["runs"]}
+    assert loaded["scratch"] == 0 and loaded["pretrained"] == loaded["backbone01"] > 0
+    assert all(0.0 <= r["eval_accuracy_flip"] <= 1.0 and r["epochs"] >= 1 for r in res["runs"])
+    assert "| seed | scratch | pretrained | backbone01 |" in res["markdown"]
+    bad = run_bench("bench_transfer.py", "--quick", "--arms", "scratch,nope")
+    assert bad.returncode == 2 and "--arms" in bad.stderr and "Traceback" not in bad.stderr
+
+
 def small_data_result(commit: str, runs: list[tuple[str, int, float, list[str]]]) -> dict:
     return {"benchmark": "small_data", "machine": {"cpu": "Some CPU", "cpu_features": ["avx2"], "git_commit": commit},
             "settings": {"budget": "10m"},
