@@ -127,13 +127,19 @@ def config_of(entry: dict[str, Any], overrides: dict[str, Any], size: int, num_c
                   num_classes, 3, num_train, "cpu", 20)
 
 
-def train_for(cfg, data, seconds: float, path):
-    """One network of ``cfg`` trained for ``seconds`` of wall-clock time: the trainer's result."""
+def train_for(cfg, data, seconds: float, path, weights: dict[str, Any] | None = None):
+    """One network of ``cfg`` trained for ``seconds`` of wall-clock time: the trainer's result.
+
+    ``weights``: a state dict to start from, every tensor but the classifier's (``bench_transfer.py``)."""
     from automl_vision.models import build_model
     from automl_vision.training.trainer import train
 
     model = build_model({"family": cfg.family, "params": cfg.model_params, "in_chans": 3,
                          "image_size": cfg.image_size, "num_classes": data.num_classes})
+    if weights is not None:
+        missing = model.load_state_dict(weights, strict=False).missing_keys
+        if any(not k.startswith("head") for k in missing):
+            raise RuntimeError(f"the weights lack {missing}")
     t0 = time.perf_counter()
 
     def plan(done: int, epoch_seconds: float) -> int:  # as many epochs as the rest of the time affords
@@ -142,13 +148,14 @@ def train_for(cfg, data, seconds: float, path):
     return train(model, cfg, data, path, plan=plan, grow_until=10**9)
 
 
-def train_one(cfg, data, seconds: float, path):
-    """One network of ``cfg`` trained for ``seconds``: (plain, flipped) probabilities on the eval photos, epochs."""
+def train_one(cfg, data, seconds: float, path, weights: dict[str, Any] | None = None):
+    """One network of ``cfg`` trained for ``seconds`` (from ``weights`` if given, as :func:`train_for`):
+    (plain, flipped) probabilities on the eval photos, epochs."""
     import torch
 
     from automl_vision.training.inference import predict_probs
 
-    res = train_for(cfg, data, seconds, path)
+    res = train_for(cfg, data, seconds, path, weights)
     # the plain probabilities are the trainer's last evaluation (the eval folder stands in for validation);
     # the flipped ones come from the engine's own inference on its execution path, as predict's flip TTA
     mean = torch.tensor(data.mean, device=path.torch_device).view(1, -1, 1, 1)

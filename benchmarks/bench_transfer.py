@@ -80,46 +80,30 @@ def pretrain(entry: dict[str, Any], sources: list[Path], seconds: float, path) -
     return {k: v for k, v in res.model.state_dict().items() if not k.startswith("head")}, info
 
 
-def fine_tune(entry: dict[str, Any], root: Path, weights: dict[str, Any] | None, arm: str, seed: int,
-              seconds: float, path, data_cache: dict[str, Any]) -> dict[str, Any]:
-    import torch
-
-    from automl_vision.models import build_model
-    from automl_vision.training.inference import predict_probs
-    from automl_vision.training.trainer import TensorData, train
+def target_data(entry: dict[str, Any], root: Path):
+    """The set's config, its photos (train decoded as the search decodes them) and the eval labels."""
+    from automl_vision.training.trainer import TensorData
 
     classes = sorted({c for _, c in image_files(root / "train")})
     cfg = R.config_of(entry, {}, 64, len(classes), len(image_files(root / "train")))
-    if "data" not in data_cache:
-        xt, yt = R.load(root / "train", classes, R.cache_side(cfg, {}))
-        xe, ye = R.load(root / "eval", classes, 64)
-        data_cache.update(data=TensorData.from_arrays(xt, yt, xe, ye, len(classes)), y_eval=ye)
-    data, y_eval = data_cache["data"], data_cache["y_eval"]
+    xt, yt = R.load(root / "train", classes, R.cache_side(cfg, {}))
+    xe, ye = R.load(root / "eval", classes, 64)
+    return cfg, TensorData.from_arrays(xt, yt, xe, ye, len(classes)), ye
+
+
+def fine_tune(cfg, data, y_eval: np.ndarray, weights: dict[str, Any] | None, arm: str, seed: int,
+              seconds: float, path) -> dict[str, Any]:
+    import torch
+
     cfg = dataclasses.replace(cfg, seed=seed)
     if arm == "backbone01":
         cfg = dataclasses.replace(cfg, backbone_lr_scale=0.1, head=["head"])
     elif arm == "lr01":
         cfg = dataclasses.replace(cfg, lr=cfg.lr * 0.1)
-    torch.manual_seed(seed)
-    model = build_model({"family": cfg.family, "params": cfg.model_params, "in_chans": 3,
-                         "image_size": 64, "num_classes": len(classes)})
-    loaded = 0
-    if arm != "scratch":
-        missing = model.load_state_dict(weights, strict=False).missing_keys
-        if any(not k.startswith("head") for k in missing):
-            raise RuntimeError(f"the source network lacks {missing}")
-        loaded = len(weights)
-    t0 = time.perf_counter()
-
-    def plan(done: int, epoch_seconds: float) -> int:
-        return done + max(1, int((seconds - (time.perf_counter() - t0)) / max(epoch_seconds, 1e-3)))
-
-    res = train(model, cfg, data, path, plan=plan, grow_until=10**9)
-    mean = torch.tensor(data.mean, device=path.torch_device).view(1, -1, 1, 1)
-    std = torch.tensor(data.std, device=path.torch_device).view(1, -1, 1, 1)
-    plain = np.asarray(res.val_probs)
-    flipped = np.asarray(predict_probs(res.model, data.x_val.flip(3), mean, std, path))
-    return {"seed": seed, "arm": arm, "epochs": res.epochs_run, "loaded_tensors": loaded,
+    start = None if arm == "scratch" else weights
+    torch.manual_seed(seed)  # the classifier's (and a scratch network's) initial weights
+    plain, flipped, epochs = R.train_one(cfg, data, seconds, path, start)
+    return {"seed": seed, "arm": arm, "epochs": epochs, "loaded_tensors": len(start or {}),
             "eval_accuracy": float((plain.argmax(1) == y_eval).mean()),
             "eval_accuracy_flip": float(((plain + flipped).argmax(1) == y_eval).mean())}
 
@@ -197,10 +181,10 @@ def main(argv: list[str] | None = None) -> int:
             weights, payload["pretraining"] = pretrain(entry, sources, pre_s, path)
             print(f"source network: {payload['pretraining']}", flush=True)
         out = Path(args.out) if args.out else C.default_path(f"transfer_{target.name}", args.quick)
-        cache: dict[str, Any] = {}
+        cfg, data, y_eval = target_data(entry, target)
         for seed in seeds:
             for arm in arms:
-                run = fine_tune(entry, target, weights, arm, seed, seconds, path, cache)
+                run = fine_tune(cfg, data, y_eval, weights, arm, seed, seconds, path)
                 payload["runs"].append(run)
                 print(f"seed {seed} {arm}: eval {run['eval_accuracy']:.3f} (flip {run['eval_accuracy_flip']:.3f}), "
                       f"{run['epochs']} epochs", flush=True)
