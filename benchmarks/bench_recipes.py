@@ -74,6 +74,9 @@ RECIPES: dict[str, dict[str, Any]] = {
     "s64_trivial": {"size": 64, "aug.preset": "custom", "aug.flip": True, "aug.crop_scale": 0.35, "aug.rotate": 10.0,
                     "aug.translate": 0.1, "aug.color": 0.2, "aug.auto": "trivial", "aug.mix": "none", "aug.erase": 0.0},
     "s64_sgd": {"size": 64, "optimizer": "sgd", "lr.sgd": 0.05},
+    # a fixed wavelet front (first-order scattering, custom_cnn.ScatterStem) in place of the learnt stem
+    "s64_conv": {"size": 64, "cnn.stem_stride": 2, "cnn.stem": "conv"},
+    "s64_scatter": {"size": 64, "cnn.stem_stride": 2, "cnn.stem": "scatter"},
     # at 64 px on a thousand photos or more: does a larger network than the hand loop's pay in the same time
     "s64_w48": {"size": 64, "cnn.width": 48},
     "s64_x2": {"size": 64, "cnn.blocks": 2},

@@ -272,13 +272,61 @@ def test_cnn_stride2_stem_is_searched_only_for_larger_images_and_quarters_the_fi
                                               "cnn.kernel": 3, "cnn.norm": "batch", "cnn.act": "relu",
                                               "cnn.dropout": 0.0, "cnn.pool": "avg", "cnn.down": "stride"}), SearchContext(2, 3, 32))
     assert "cnn.stem_stride" not in small
-    params = dict(small, **{"cnn.stem_stride": 2})
+    params = dict(small, **{"cnn.stem_stride": 2, "cnn.stem": "conv"})
     fixed = optuna.trial.FixedTrial(params)
     assert suggest(fixed, SearchContext(2, 3, 64))["cnn.stem_stride"] == 2
     model = build(params, in_chans=3, image_size=64, num_classes=2)
     feats = model.features[:3](torch.zeros(1, 3, 64, 64))  # the stem
     assert feats.shape[-1] == 32
     assert model(torch.zeros(2, 3, 64, 64)).shape == (2, 2)
+
+
+def test_cnn_scatter_stem_is_a_fixed_oriented_wavelet_front_with_the_stride2_geometry():
+    import math
+
+    import optuna
+
+    from automl_vision.builtin.custom_cnn import ScatterStem, build, describe, suggest
+    from automl_vision.types import SearchContext
+
+    params = {"cnn.block": "plain", "cnn.stages": 4, "cnn.blocks": 1, "cnn.width": 32, "cnn.kernel": 3,
+              "cnn.norm": "batch", "cnn.act": "relu", "cnn.dropout": 0.1, "cnn.pool": "avg", "cnn.down": "maxpool",
+              "cnn.stem_stride": 2, "cnn.stem": "scatter"}
+    assert suggest(optuna.trial.FixedTrial(params), SearchContext(2, 3, 64))["cnn.stem"] == "scatter"
+    stride1 = suggest(optuna.trial.FixedTrial(dict(params, **{"cnn.stem_stride": 1})), SearchContext(2, 3, 64))
+    assert "cnn.stem" not in stride1  # only the stride-2 stem has the choice
+    model = build(params, in_chans=3, image_size=64, num_classes=2)
+    stem = model.features[0]
+    assert isinstance(stem, ScatterStem) and not list(stem.parameters())  # nothing in it is trained
+    assert "scatter" in describe(params)
+    # a grating along each axis: the wavelet aligned with it answers most, the one across it least,
+    # and the map keeps the stride-2 stem's geometry (27 maps = 3 colours x (low-pass + 8 orientations))
+    r = torch.arange(64.0)
+    answers = []
+    for angle in (0.0, math.pi / 2):
+        wave = torch.cos(3 * math.pi / 4 * (r[None, :] * math.cos(angle) + r[:, None] * math.sin(angle)))
+        out = stem(wave.expand(1, 3, 64, 64).contiguous())
+        assert out.shape == (1, 27, 32, 32)
+        answers.append(out[0, 3:11].mean((1, 2)))  # the first colour's 8 orientations
+    assert answers[0].argmax() != answers[1].argmax()
+    assert answers[0].max() > 10 * answers[0].min() and answers[1].max() > 10 * answers[1].min()
+    # a constant image has no edges: every wavelet answers (almost) nothing away from the border
+    flat = stem(torch.ones(1, 3, 64, 64))
+    assert flat[0, 3:11, 8:24, 8:24].abs().max() < 1e-2
+    assert torch.allclose(flat[0, :3, 8:24, 8:24], torch.ones(3, 16, 16), atol=1e-3)  # the low-pass keeps the mean
+    # trained, it learns like the learnt stem does, and the stem stays as it was
+    before = stem.bank.clone()
+    x = torch.randn(16, 3, 64, 64)
+    y = (x[:, 0].mean((1, 2)) > 0).long()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for _ in range(3):
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert torch.equal(stem.bank, before)
+    traced = torch.jit.trace(model.eval(), x[:2])  # plain convolutions: it traces (and so exports)
+    assert torch.allclose(traced(x[:4]), model(x[:4]), atol=1e-5)
 
 
 def test_cnn_max_pool_downsampling_and_older_trials_without_the_choice():
